@@ -1,0 +1,49 @@
+"""Shared fixtures: one tiny demo world per test session, built for real (about 15 s)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from mashup_core.workspace import Workspace
+
+# No test may reach the network: models and data come from the tiny world or local files.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory) -> Workspace:
+    """A complete tiny demo world. Read-only for tests: copy it (`world_copy`) to modify."""
+    from mashup_core.world import build_world
+
+    ws = Workspace(tmp_path_factory.mktemp("tiny-world"))
+    build_world(ws, "tiny", seed=0, progress=False, log=lambda _msg: None)
+    return ws
+
+
+@pytest.fixture
+def world_copy(tiny_world, tmp_path) -> Workspace:
+    """A private, writable copy of the tiny world (runs, caches, damage)."""
+    dst = tmp_path / "ws"
+    shutil.copytree(tiny_world.root, dst)
+    return Workspace(dst)
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip_gpu = pytest.mark.skip(reason="needs CUDA; run `pytest -m gpu` on a GPU machine")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return Path(__file__).resolve().parent.parent
