@@ -21,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mashup_core import synthetic
+from mashup_core.errors import MashupError
 from mashup_core.evaluation import evaluate_mc
 from mashup_core.modeling import (
     TinyModelSpec,
@@ -151,7 +152,7 @@ def build_world(
 ) -> BuildReport:
     """Build the demo world once; later calls reuse it (seconds) unless `force`."""
     if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; choose from {', '.join(PROFILES)}")
+        raise MashupError(f"unknown profile {profile!r}; choose from {', '.join(PROFILES)}")
     workspace.ensure_writable()
     usable, reason = world_status(workspace)
     manifest = workspace.manifest()

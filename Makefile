@@ -1,0 +1,48 @@
+# The two commands of the README: `make demo` (the main job) and `make test`.
+PY        ?= python3
+VENV      ?= .venv
+BIN       := $(VENV)/bin
+STAMP     := $(VENV)/.installed
+WORKSPACE ?= workspace
+PROFILE   ?= full
+ADDRESS   ?= 127.0.0.1
+PORT      ?= 8501
+PYTEST_ARGS ?= -m "not slow and not gpu"
+
+.PHONY: demo serve test test-all lint bench clean-workspace
+
+# Install once into .venv; again only when pyproject.toml changes. torch comes first and
+# pinned, so that pip does not resolve the open registry to a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	@echo "installing into $(VENV) (log: $(VENV)/install.log)"
+	@( $(BIN)/python -c "import torch" 2>/dev/null \
+	   || $(BIN)/pip install --progress-bar off "torch==2.13.0" \
+	   || $(BIN)/pip install --progress-bar off "torch>=2.4,<2.14" ) > $(VENV)/install.log 2>&1 \
+	   || (cat $(VENV)/install.log; exit 1)
+	@$(BIN)/pip install --progress-bar off -e ".[test]" >> $(VENV)/install.log 2>&1 \
+	   || (cat $(VENV)/install.log; exit 1)
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/mashup demo build --workspace $(WORKSPACE) --profile $(PROFILE)
+	$(MAKE) --no-print-directory serve
+
+serve: $(STAMP)
+	MASHUP_WORKSPACE=$(WORKSPACE) $(BIN)/streamlit run app.py \
+	  --server.address $(ADDRESS) --server.port $(PORT)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-all: $(STAMP)
+	$(BIN)/python -m pytest -m "not gpu"
+
+lint: $(STAMP)
+	$(BIN)/ruff check mashup_core pages tests benchmarks app.py
+
+bench: $(STAMP)
+	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean-workspace:
+	rm -rf $(WORKSPACE)
