@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from mashup_core.errors import MashupError
 from mashup_core.tasks import MCExample
 
 
@@ -150,3 +151,113 @@ def evaluate_mc(model, tokenizer, examples: Sequence[MCExample], batch_size: int
         return mc_result(examples, choice_loglikelihoods(model, tokenizer, examples, batch_size))
     finally:
         model.train(was_training)
+
+
+# --- Letter-prompt accuracy ---------------------------------------------------------------
+# The reference code's second metric: show the options with letters and read the model's
+# next-token preference among the letters only. It needs no answer scoring, but it only means
+# something for models that learned the lettered format (instruction-tuned ones do; the demo's
+# tiny models mostly do not), so it complements `evaluate_mc` rather than replacing it.
+
+
+class LetterPromptError(MashupError, ValueError):
+    """The tokenizer cannot spell the lettered prompt (a letter is unknown or not one token)."""
+
+
+@dataclass(frozen=True)
+class LetterFormat:
+    letters: str = "ABCDEFGHIJ"
+    option: str = "\n{letter}. {choice}"
+    answer: str = "\nAnswer:"
+    # BPE vocabularies have " A" as one token, so the space belongs to the letter; for
+    # character vocabularies the space is its own token and joins the prompt instead.
+    letter_prefix: str = " "
+
+    def prompt(self, ex: MCExample) -> str:
+        if len(ex.choices) > len(self.letters):
+            raise LetterPromptError(
+                f"{len(ex.choices)} choices but only {len(self.letters)} letters "
+                f"({self.letters!r}); pass a LetterFormat with more letters"
+            )
+        options = "".join(
+            self.option.format(letter=letter, choice=choice)
+            for letter, choice in zip(self.letters, ex.choices, strict=False)
+        )
+        return f"{ex.prompt}{options}{self.answer}"
+
+
+# The reference format, and the same layout in characters the demo's char vocabulary has.
+REFERENCE_LETTERS = LetterFormat()
+CHAR_SAFE_LETTERS = LetterFormat(letters="abcdefghij", option=" {letter}. {choice}", answer=" answer:")
+
+
+def letter_format_for(tokenizer) -> LetterFormat:
+    """The reference format if the tokenizer can spell it without unknown tokens, else the
+    lowercase one-line layout (the demo's char tokenizer has no capitals or newlines)."""
+    unk = tokenizer.unk_token_id
+    probe = REFERENCE_LETTERS.prompt(MCExample("q", ("x", "y"), 0)) + " " + REFERENCE_LETTERS.letters
+    if unk is None or unk not in tokenizer(probe)["input_ids"]:
+        return REFERENCE_LETTERS
+    return CHAR_SAFE_LETTERS
+
+
+def _letter_setup(tokenizer, fmt: LetterFormat, n_letters: int) -> tuple[str, list[int]]:
+    """(suffix to add to each prompt, token id of each letter) — each letter one known token."""
+    probe = fmt.prompt(MCExample("q", tuple("x" * n_letters), 0))
+    for suffix, cont in (("", fmt.letter_prefix), (fmt.letter_prefix, "")):
+        ids = [encode_pair(tokenizer, probe + suffix, cont + letter)[1] for letter in fmt.letters[:n_letters]]
+        if all(len(t) == 1 and t[0] != tokenizer.unk_token_id for t in ids):
+            return suffix, [t[0] for t in ids]
+    raise LetterPromptError(
+        f"the tokenizer cannot read the letters {fmt.letters[:n_letters]!r} as single known tokens "
+        f"(after {fmt.letter_prefix!r}); use letter_format_for(tokenizer) or pass a LetterFormat "
+        "whose letters are in its vocabulary"
+    )
+
+
+@torch.no_grad()
+def letter_logits(
+    model, tokenizer, examples: Sequence[MCExample], fmt: LetterFormat | None = None,
+    batch_size: int = 32,
+) -> list[list[float]]:
+    """Per example, the next-token logit of each option's letter after the lettered prompt."""
+    fmt = fmt or letter_format_for(tokenizer)
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    n_letters = max(len(ex.choices) for ex in examples)
+    suffix, letter_ids = _letter_setup(tokenizer, fmt, n_letters)
+    was_training = model.training
+    model.eval()
+    out: list[list[float]] = []
+    try:
+        for start in range(0, len(examples), batch_size):
+            batch = examples[start : start + batch_size]
+            rows = [tokenizer(fmt.prompt(ex) + suffix)["input_ids"] for ex in batch]
+            width = max(len(r) for r in rows)
+            ids = torch.full((len(rows), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(rows), width), dtype=torch.long)
+            for i, r in enumerate(rows):  # left-pad: every prompt's last token in the last column
+                ids[i, width - len(r):] = torch.tensor(r)
+                mask[i, width - len(r):] = 1
+            pos = (mask.cumsum(-1) - 1).clamp(min=0)
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device),
+                           position_ids=pos.to(device)).logits[:, -1].float()
+            picked = logits[:, letter_ids].cpu().tolist()
+            out.extend(row[: len(ex.choices)] for row, ex in zip(picked, batch, strict=True))
+    finally:
+        model.train(was_training)
+    return out
+
+
+def letter_accuracy(
+    model, tokenizer, examples: Sequence[MCExample], fmt: LetterFormat | None = None,
+    batch_size: int = 32,
+) -> float:
+    """Share of examples whose gold letter has the highest next-token logit among the letters.
+
+    `fmt` defaults to `letter_format_for(tokenizer)`: "A. …\\nB. …\\nAnswer:" read at " A" for
+    BPE tokenizers; lowercase letters on one line for the demo's character tokenizer.
+    """
+    scores = letter_logits(model, tokenizer, examples, fmt, batch_size)
+    hits = [max(range(len(s)), key=s.__getitem__) == ex.gold for s, ex in zip(scores, examples, strict=True)]
+    return sum(hits) / len(hits)

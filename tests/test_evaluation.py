@@ -1,0 +1,100 @@
+"""Letter-prompt accuracy and agreement with lm-evaluation-harness, on the tiny demo world."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from peft import PeftModel
+
+from mashup_core.evaluation import (
+    CHAR_SAFE_LETTERS,
+    REFERENCE_LETTERS,
+    LetterPromptError,
+    evaluate_mc,
+    letter_accuracy,
+    letter_format_for,
+    letter_logits,
+)
+from mashup_core.lm_eval_bridge import LmEvalError, lm_eval_accuracy, write_lm_eval_task
+from mashup_core.modeling import load_base_model, load_tokenizer
+from mashup_core.tasks import MCExample
+from mashup_core.world import load_split
+
+
+@pytest.fixture(scope="module")
+def base(tiny_world):
+    return load_base_model(tiny_world.base_dir, device="cpu"), load_tokenizer(tiny_world.base_dir)
+
+
+@pytest.fixture(scope="module")
+def adapted(tiny_world):
+    model = load_base_model(tiny_world.base_dir, device="cpu")
+    return PeftModel.from_pretrained(model, tiny_world.library_dir / "sort"), load_tokenizer(tiny_world.base_dir)
+
+
+def test_letter_format_fits_the_char_tokenizer(base):
+    _, tok = base
+    # The demo vocabulary has no capitals or newlines, so the reference layout would be <unk>s.
+    assert letter_format_for(tok) == CHAR_SAFE_LETTERS
+    ex = MCExample("sort:cab=", ("abc", "cba"), 0)
+    prompt = CHAR_SAFE_LETTERS.prompt(ex)
+    assert prompt == "sort:cab= a. abc b. cba answer:"
+    assert tok.unk_token_id not in tok(prompt)["input_ids"]
+
+
+def test_letter_logits_match_a_plain_forward(base, tiny_world):
+    model, tok = base
+    examples = load_split(tiny_world, "min", "validation")[:10]
+    batched = letter_logits(model, tok, examples, batch_size=4)  # left-padded batches
+    letters = [tok.convert_tokens_to_ids(c) for c in "abcd"]
+    for ex, row in zip(examples, batched, strict=True):
+        ids = tok(CHAR_SAFE_LETTERS.prompt(ex) + " ")["input_ids"]
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([ids])).logits[0, -1]
+        assert row == pytest.approx(logits[letters].tolist(), abs=1e-4)
+
+
+def test_exactly_one_gold_letter_wins(base, tiny_world):
+    """The same question with the gold at each position: one letter wins, so exactly 1/4."""
+    model, tok = base
+    source = load_split(tiny_world, "sort", "validation")[:8]
+    rotated = [MCExample(ex.prompt, ex.choices, g) for ex in source for g in range(4)]
+    assert letter_accuracy(model, tok, rotated) == 0.25
+
+
+def test_letters_the_tokenizer_cannot_spell_are_refused(base, tiny_world):
+    model, tok = base
+    examples = load_split(tiny_world, "sort", "validation")[:2]
+    with pytest.raises(LetterPromptError, match="cannot read the letters 'ABCD' as single known tokens"):
+        letter_accuracy(model, tok, examples, REFERENCE_LETTERS)
+    with pytest.raises(LetterPromptError, match="4 choices but only 2 letters"):
+        letter_accuracy(model, tok, examples, CHAR_SAFE_LETTERS.__class__(letters="ab"))
+
+
+def _uneven_lengths(examples):
+    """Choices of different lengths, so acc and acc_norm can disagree."""
+    return [MCExample(ex.prompt, (ex.answer, ex.answer[:2], ex.answer * 2, ex.choices[(ex.gold + 1) % 4][:3]), 0)
+            for ex in examples]
+
+
+@pytest.mark.parametrize("which", ["base", "adapted"])
+def test_lm_eval_agrees_with_evaluate_mc(which, base, adapted, tiny_world, tmp_path):
+    model, tok = base if which == "base" else adapted
+    examples = load_split(tiny_world, "sort", "validation")[:24]
+    examples += _uneven_lengths(load_split(tiny_world, "min", "validation")[:24])
+    ours = evaluate_mc(model, tok, examples)
+    theirs = lm_eval_accuracy(model, tok, examples, tmp_path / "task", batch_size=8)
+    assert theirs["n"] == ours.n == 48
+    assert theirs["acc"] == pytest.approx(ours.acc, abs=1e-9)
+    assert theirs["acc_norm"] == pytest.approx(ours.acc_norm, abs=1e-9)
+    if which == "adapted":
+        assert ours.acc > 0.4  # the sort adapter solves the sort half: a meaningful comparison
+
+
+def test_lm_eval_task_export_rejects_bad_input(tmp_path):
+    with pytest.raises(LmEvalError, match="no examples"):
+        write_lm_eval_task([], tmp_path)
+    with pytest.raises(LmEvalError, match="must be letters, digits and underscores"):
+        write_lm_eval_task([MCExample("q", ("a",), 0)], tmp_path, name="my task")
+    yaml = write_lm_eval_task([MCExample("q", ("a",), 0)], tmp_path).read_text()
+    assert 'target_delimiter: ""' in yaml
