@@ -43,8 +43,12 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
 
     Tokenising the two halves apart would change the tokens at the seam for BPE vocabularies.
     """
-    whole = tokenizer(context + continuation)["input_ids"]
     ctx = tokenizer(context)["input_ids"]
+    if not ctx:  # e.g. a WinoGrande blank at the start, with a tokenizer that adds no BOS
+        # As lm-eval does: condition on the end-of-text token so the first answer token is scored.
+        ctx = [tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id]
+        return ctx, tokenizer(continuation)["input_ids"]
+    whole = tokenizer(context + continuation)["input_ids"]
     return ctx, whole[len(ctx):]
 
 

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from mashup_core import synthetic
 from mashup_core.errors import MashupError
 from mashup_core.evaluation import evaluate_mc
+from mashup_core.library import META_FILE
 from mashup_core.modeling import (
     TinyModelSpec,
     build_char_tokenizer,
@@ -34,7 +35,6 @@ from mashup_core.training import LoraSpec, TrainConfig, add_lora, as_pairs, trai
 from mashup_core.workspace import Workspace, sha256_file, write_json_atomic
 
 WORLD_DIRS = ("base", "tasks", "library")
-META_FILE = "mashup_meta.json"  # our metadata beside a PEFT adapter
 
 
 @dataclass(frozen=True)

@@ -98,3 +98,28 @@ def test_lm_eval_task_export_rejects_bad_input(tmp_path):
         write_lm_eval_task([MCExample("q", ("a",), 0)], tmp_path, name="my task")
     yaml = write_lm_eval_task([MCExample("q", ("a",), 0)], tmp_path).read_text()
     assert 'target_delimiter: ""' in yaml
+
+
+def test_empty_prompt_is_scored_against_end_of_text_without_bos():
+    """A WinoGrande-style example whose blank starts the sentence has an empty prompt; with a
+    tokenizer that adds no BOS (GPT-2 style) the answer is conditioned on EOS, as in lm-eval."""
+    import torch.nn.functional as F
+    from transformers import PreTrainedTokenizerFast
+
+    from mashup_core.evaluation import choice_loglikelihoods
+    from mashup_core.modeling import TinyModelSpec, build_char_tokenizer, build_tiny_llama
+    from mashup_core.tasks import MCExample
+
+    core = build_char_tokenizer().backend_tokenizer
+    core.post_processor = None  # no BOS
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="<eos>")
+    assert tok("")["input_ids"] == []
+    model = build_tiny_llama(len(tok), TinyModelSpec(hidden_size=32), seed=0).eval()
+    example = MCExample("", ("abc", "ba"), 0)
+    scores = choice_loglikelihoods(model, tok, [example])
+    with torch.no_grad():
+        for choice, got in zip(example.choices, scores.logprobs[0], strict=True):
+            ids = [tok.eos_token_id, *tok(choice)["input_ids"]]
+            logp = F.log_softmax(model(torch.tensor([ids])).logits[0], -1)
+            expected = sum(logp[i, ids[i + 1]].item() for i in range(len(ids) - 1))
+            assert got == pytest.approx(expected, abs=1e-4)
