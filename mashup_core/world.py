@@ -30,7 +30,8 @@ from mashup_core.modeling import (
     build_tiny_llama,
     set_threads_for_determinism,
 )
-from mashup_core.tasks import read_jsonl, write_jsonl
+from mashup_core.tasks import load_demo_task as load_split  # noqa: F401  (re-exported)
+from mashup_core.tasks import write_jsonl
 from mashup_core.training import LoraSpec, TrainConfig, add_lora, as_pairs, train
 from mashup_core.workspace import Workspace, sha256_file, write_json_atomic
 
@@ -251,10 +252,3 @@ def _save_adapter(ws, peft_model, name, task, step, cfg, seed, accuracy) -> Path
             "base_model": "../../base"}
     write_json_atomic(out / META_FILE, meta)
     return out
-
-
-def load_split(ws: Workspace, task: str, split: str):
-    path = ws.task_split_path(task, split)
-    if not path.exists():
-        raise FileNotFoundError(f"no {split} split for task {task!r} in {ws.tasks_dir}")
-    return read_jsonl(path)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 
 def _sizes(text: str) -> list[int]:
@@ -48,25 +47,11 @@ def register(sub, parent: argparse.ArgumentParser) -> None:
 
 
 def _load_target(ws, target: str):
-    """(examples, label, demo task or None)."""
-    from mashup_core.scoring import ScoringError
-    from mashup_core.tasks import read_jsonl
-    from mashup_core.world import load_split
+    """(examples, label, demo task or None): a demo task, a benchmark or a file, train split."""
+    from mashup_core.tasks import load_target, resolve_target
 
-    path = Path(target)
-    if path.suffix == ".jsonl" or path.exists():
-        if not path.is_file():
-            raise ScoringError(f"target file {path} does not exist")
-        return read_jsonl(path), path.stem, None
-    try:
-        return load_split(ws, target, "train"), target, target
-    except FileNotFoundError:
-        known = sorted(p.name for p in ws.tasks_dir.iterdir()) if ws.tasks_dir.is_dir() else []
-        raise ScoringError(
-            f"no train split for target {target!r} in {ws.tasks_dir}; "
-            + (f"known tasks: {', '.join(known)}; " if known else "build the demo world with "
-               "`mashup demo build`, or ")
-            + "or pass a JSONL file of examples") from None
+    spec = resolve_target(target, ws, "train")
+    return load_target(spec, ws), spec.label, spec.name_or_path if spec.kind == "demo" else None
 
 
 def _score(args) -> int:
