@@ -6,15 +6,22 @@ import os
 import shutil
 from pathlib import Path
 
-import pytest
-import torch
-
-from mashup_core.workspace import Workspace
-
 # No test may reach the network: models and data come from the tiny world or local files.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Tests start background jobs and a Streamlit server beside the pytest process. With two
+# OpenMP threads each on a 2-core machine they spin against each other (small ops ran ~100x
+# slower when measured), so this process and every child it starts use one thread.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MASHUP_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from mashup_core.workspace import Workspace  # noqa: E402
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 @pytest.fixture(scope="session")

@@ -287,7 +287,7 @@ def test_cli_text_and_jsonl_target(world_copy, capsys, tmp_path):
                  "--n", "8", "--scorer", "all", "--no-progress"])
     text = capsys.readouterr().out
     assert code == 0
-    assert "Target mine: 8 examples, ranked by answer NLL per token" in text
+    assert "Target mine.jsonl (train): 8 examples, ranked by answer NLL per token" in text
     assert BASE_ROW in text and "top 2 by acc:" in text and "ranks first" in text
 
 
@@ -295,4 +295,5 @@ def test_cli_unknown_target_is_a_clear_error(world_copy, capsys):
     code = main(["score", "--workspace", str(world_copy.root), "--target", "nosuch",
                  "--no-progress"])
     err = capsys.readouterr().err
-    assert code == 2 and "no train split for target 'nosuch'" in err and "known tasks:" in err
+    assert code == 2 and "no target 'nosuch': not a demo task (rev, tail," in err
+    assert "not a benchmark (arc_easy," in err and "not a file" in err
