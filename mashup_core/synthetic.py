@@ -79,28 +79,23 @@ def _tail(rng):
     return w, gold, [w[-2:], w[:2], w[1] + w[0]], lambda: "".join(rng.sample(w, 2))
 
 
-def _sort(rng):
-    w = _distinct_word(rng, LETTERS)
-    gold = "".join(sorted(w))
-    return w, gold, [w, gold[::-1]], lambda: _shuffled(rng, w)
+def _sorting(alphabet: str):
+    def generate(rng):
+        w = _distinct_word(rng, alphabet)
+        gold = "".join(sorted(w))
+        return w, gold, [w, gold[::-1]], lambda: _shuffled(rng, w)
+
+    return generate
 
 
-def _min(rng):
-    w = _distinct_word(rng, LETTERS)
-    gold = min(w)
-    return w, gold, [max(w), w[0], w[-1]], lambda: rng.choice(w)
+def _extreme(alphabet: str, pick, opposite):
+    """The smallest/largest symbol; the opposite extreme is the first distractor."""
 
+    def generate(rng):
+        w = _distinct_word(rng, alphabet)
+        return w, pick(w), [opposite(w), w[0], w[-1]], lambda: rng.choice(w)
 
-def _dsort(rng):
-    w = _distinct_word(rng, DIGITS)
-    gold = "".join(sorted(w))
-    return w, gold, [w, gold[::-1]], lambda: _shuffled(rng, w)
-
-
-def _dmax(rng):
-    w = _distinct_word(rng, DIGITS)
-    gold = max(w)
-    return w, gold, [min(w), w[0], w[-1]], lambda: rng.choice(w)
+    return generate
 
 
 def _shift_by(w: str, k: int) -> str:
@@ -121,8 +116,8 @@ def _count(rng):
 
 
 GENERATORS: dict[str, Callable] = {
-    "rev": _rev, "tail": _tail, "sort": _sort, "min": _min,
-    "dsort": _dsort, "dmax": _dmax, "shift": _shift, "count": _count,
+    "rev": _rev, "tail": _tail, "sort": _sorting(LETTERS), "min": _extreme(LETTERS, min, max),
+    "dsort": _sorting(DIGITS), "dmax": _extreme(DIGITS, max, min), "shift": _shift, "count": _count,
 }
 
 

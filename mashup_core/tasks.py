@@ -62,31 +62,15 @@ def write_jsonl(path: Path, examples: list[MCExample]) -> None:
 
 
 def read_jsonl(path: Path) -> list[MCExample]:
-    """Read examples written by `write_jsonl` (fields prompt, choices, gold)."""
+    """Read examples written by `write_jsonl` (prompt, choices, gold index; meta kept)."""
     path = Path(path)
-    examples: list[MCExample] = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as exc:
-        raise DatasetError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
-    for lineno, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DatasetError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from exc
-        for key in ("prompt", "choices", "gold"):
-            if key not in row:
-                raise DatasetError(f"{path}:{lineno}: missing field '{key}'")
-        try:
-            examples.append(
-                MCExample(row["prompt"], tuple(row["choices"]), int(row["gold"]), row.get("meta", {}))
-            )
-        except DatasetError as exc:
-            raise DatasetError(f"{path}:{lineno}: field 'gold': {exc}") from exc
+    default = FieldMapping()
+    examples = [
+        replace(default.to_example(row, f"{path}:{lineno}"), meta=row.get("meta") or {})
+        for lineno, row in read_rows(path)
+    ]
     if not examples:
-        raise DatasetError(f"{path}: no examples (empty file)")
+        raise DatasetError(f"{path}: no examples (the file is empty)")
     return examples
 
 
