@@ -1,0 +1,42 @@
+"""Mashup Explorer: the dashboard over a workspace (`make serve`, or `streamlit run app.py`).
+
+Each page renders what `mashup_core` computes and launches jobs through it; the workspace
+folder is the only state shared with background jobs, so a reload loses nothing.
+"""
+
+import sys
+from pathlib import Path
+
+import streamlit as st
+
+# `streamlit run` puts this folder on sys.path for the pages' shared helpers; AppTest does not.
+if str(Path(__file__).resolve().parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from mashup_core.workspace import Workspace  # noqa: E402
+from pages import _ui  # noqa: E402
+
+st.set_page_config(page_title="Mashup Explorer", page_icon=":material/hub:", layout="wide")
+
+PAGES = [
+    st.Page("pages/overview.py", title="Overview", icon=":material/home:", default=True),
+    st.Page("pages/library.py", title="Library", icon=":material/inventory_2:"),
+    st.Page("pages/target.py", title="Target", icon=":material/target:"),
+    st.Page("pages/relevance.py", title="Relevance", icon=":material/leaderboard:"),
+    st.Page("pages/merge.py", title="Merge methods", icon=":material/merge:"),
+    st.Page("pages/launch.py", title="Launch", icon=":material/rocket_launch:"),
+    st.Page("pages/convergence.py", title="Convergence", icon=":material/show_chart:"),
+]
+page = st.navigation(PAGES)
+st.session_state[_ui.NAVIGATION_KEY] = True
+if wanted := st.session_state.pop(_ui.WANTED_PAGE_KEY, None):  # see _ui.hand_over_to_app
+    st.switch_page(wanted)
+
+with st.sidebar:
+    st.text_input("Workspace", value=str(Workspace.resolve().root), key="workspace",
+                  help="The folder with the demo world, runs and studies "
+                  "(default: $MASHUP_WORKSPACE, else ./workspace).")
+    chosen = _ui.target(_ui.workspace())
+    st.caption(f"**Target:** {chosen.label} · n = {chosen.n}")
+
+page.run()

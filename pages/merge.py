@@ -1,0 +1,115 @@
+"""Merge methods: which merge method and k win, across targets (a leave-one-out study)."""
+
+from pathlib import Path
+
+import streamlit as st
+
+from mashup_core import views
+from pages import _ui
+
+ws = _ui.require_world(__file__)
+_ui.page_header("Merge methods", "A leave-one-out study: each demo task in turn is the target, "
+                "the other tasks' adapters are the library; every (method, k) merge is evaluated "
+                "on it. Cells are ranked per target, then the ranks averaged.")
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def load_study(path: str, stamp: tuple):
+    from mashup_core.study import study_table
+
+    return study_table(Path(path))
+
+
+def study_form(studies: list) -> None:
+    """Run a new study, or extend the selected one, as a background job."""
+    from mashup_core.merging import MERGE_METHODS
+    from mashup_core.study import StudySpec
+
+    tasks = (ws.manifest() or {}).get("tasks", [])
+    with st.form("new_study"):
+        st.markdown("**Run or extend a study** (in the background; finished cells are kept)")
+        c1, c2, c3 = st.columns([3, 3, 2])
+        chosen_tasks = c1.multiselect("Targets", tasks, default=tasks)
+        methods = c2.multiselect("Merge methods", list(MERGE_METHODS),
+                                 default=[m for m in ("linear", "cat_svd", "ties") if m in MERGE_METHODS])
+        ks = c3.multiselect("k", [1, 2, 3, 4, 5], default=[1, 2, 3])
+        c4, c5, c6 = st.columns(3)
+        n = c4.number_input("Scoring examples n", 1, 4096, 64)
+        eval_limit = c5.number_input("Validation examples (0 = all)", 0, 100_000, 0)
+        train = c6.toggle("Also finetune from each merge (slow)", value=False)
+        extend = st.toggle("Extend the selected study", value=bool(studies), disabled=not studies)
+        if st.form_submit_button("Run in the background", icon=":material/play_arrow:"):
+            with _ui.shown_errors():
+                spec = StudySpec(tasks=tuple(chosen_tasks), methods=tuple(methods), ks=tuple(ks),
+                                 n=int(n), eval_limit=int(eval_limit), train=train)
+                spec.validate()
+                study_id = st.session_state.get("study_id") if extend and studies else None
+                study_dir = views.launch_study(ws, spec, study_id)
+                st.session_state["study_id"] = study_dir.name
+                st.rerun()
+
+
+@st.fragment(run_every=3)
+def job_status(study_dir) -> None:
+    job = views.study_job(study_dir)
+    if job.get("state") == "running":
+        table = load_study(str(study_dir), views.fingerprint(study_dir))
+        st.progress(table.finished / max(table.planned, 1),
+                    text=f"Study running: {table.finished}/{table.planned} cells finished")
+    elif job.get("state") in ("failed", "killed"):
+        st.error(f"The study job {job['state']}: {job.get('error')}", icon=":material/error:")
+    if job and job.get("state") != st.session_state.get(f"job-{study_dir.name}"):
+        st.session_state[f"job-{study_dir.name}"] = job.get("state")
+        st.rerun()  # the heatmap below is drawn by the full page: refresh it on a change
+
+
+studies = views.list_studies(ws)
+if not studies:
+    st.info("No study in this workspace yet. Start one below (the demo's 8 targets × 3 methods × "
+            "3 values of k take a few minutes on a CPU), or from a terminal with `mashup study`.",
+            icon=":material/info:")
+    study_form(studies)
+    st.stop()
+
+with _ui.shown_errors():
+    names = [d.name for d in studies]
+    current = st.session_state.get("study_id")
+    name = st.selectbox("Study", names, index=names.index(current) if current in names else 0)
+    st.session_state["study_id"] = name
+    study_dir = ws.studies_dir / name
+    job_status(study_dir)
+    table = load_study(str(study_dir), views.fingerprint(study_dir))
+    spec = table.spec
+    st.caption(f"{table.finished}/{table.planned} cells · targets {', '.join(spec.tasks)} · "
+               f"n = {spec.n} · scorer {', '.join(spec.scorers)} · weights {', '.join(spec.weightings)}")
+
+    trained = spec.train and st.segmented_control(
+        "Accuracy", ["merged (zero-shot)", "after finetuning"],
+        default="merged (zero-shot)") == "after finetuning"
+    event = st.plotly_chart(views.rank_heatmap(table, trained), key="ranks", on_select="rerun",
+                            selection_mode="points")
+    st.caption("Mean rank across targets: 1 = the best merge on every target (green). Hover a "
+               "cell for its per-target accuracies; click it (or pick it below) for the detail.")
+
+    ranks = table.trained_mean_rank if trained else table.mean_rank
+    points = (event.selection.points if event and event.selection else []) or []
+    if points:  # a click on the heatmap picks the cell
+        st.session_state["cell_label"] = points[0]["y"]
+        st.session_state["cell_k"] = int(str(points[0]["x"]).removeprefix("k="))
+    left, right = st.columns(2)
+    labels, ks = list(ranks.index), [int(k) for k in ranks.columns]
+    if st.session_state.get("cell_label") not in labels:
+        st.session_state["cell_label"] = labels[0]
+    if st.session_state.get("cell_k") not in ks:
+        st.session_state["cell_k"] = ks[0]
+    label = left.selectbox("Merge method", labels, key="cell_label")
+    k = right.selectbox("k", ks, key="cell_k")
+    with _ui.shown_errors():
+        st.plotly_chart(views.cell_figure(table, label, k, trained), key="cell")
+        st.caption(f"{label}, k={k}: accuracy on each target when merging its top-{k} "
+                   "checkpoints from the other tasks (orange), beside the "
+                   + ("model trained from scratch (grey)." if trained else
+                      "base model without any adapter (grey)."))
+        st.dataframe(views.cell_frame(table, label, k, trained), hide_index=True, width="stretch")
+
+study_form(studies)

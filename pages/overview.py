@@ -1,0 +1,47 @@
+"""Overview: Mashup Learning in one screen, the open workspace, and where to go next."""
+
+import streamlit as st
+
+from mashup_core import views
+from pages import _ui
+
+ws = _ui.require_world(__file__)
+summary = views.workspace_summary(ws)
+
+_ui.page_header(
+    "Mashup Explorer",
+    "Finetuning a model on a new task? Start from a **merge of the most relevant checkpoints** "
+    "you already have, instead of from scratch. Mashup Learning scores every checkpoint of a "
+    "library on a few target examples, merges the best *k*, and trains from there.",
+)
+st.plotly_chart(views.method_diagram(summary.checkpoints, k=2), config={"displayModeBar": False},
+                key="diagram")
+st.caption("Read left to right: the library is scored on the target, the top-k are merged, and "
+           "the merge is finetuned next to a from-scratch baseline. Hover a box for details.")
+
+cols = st.columns(4)
+cols[0].metric("Checkpoints", summary.checkpoints, help="LoRA adapters in the demo library")
+cols[1].metric("Demo targets", summary.targets, help="synthetic tasks of the demo world")
+cols[2].metric("Runs", summary.runs, help="finetuning runs in this workspace")
+cols[3].metric("Studies", summary.studies, help="leave-one-out merge-method studies")
+st.caption(f"Workspace `{summary.root}` · {summary.profile} demo world")
+
+st.subheader("Walk through it")
+steps = [
+    ("pages/library.py", "Library", ":material/inventory_2:",
+     "the checkpoints, validated, and how they transfer"),
+    ("pages/target.py", "Target", ":material/target:",
+     "pick a demo task, a benchmark or your own file"),
+    ("pages/relevance.py", "Relevance", ":material/leaderboard:",
+     "which checkpoints fit the target"),
+    ("pages/merge.py", "Merge methods", ":material/merge:",
+     "which merge method and k win across targets"),
+    ("pages/launch.py", "Launch", ":material/rocket_launch:",
+     "finetune from the merge and from scratch, live"),
+    ("pages/convergence.py", "Convergence", ":material/show_chart:",
+     "how much sooner the mashup run gets there"),
+]
+left, right = st.columns(2)
+for i, (path, label, icon, what) in enumerate(steps):
+    with left if i < 3 else right:
+        st.page_link(path, label=f"**{label}** — {what}", icon=icon)

@@ -1,0 +1,135 @@
+"""The dashboard in a real browser: `streamlit run app.py` on a copy of the tiny world, driven
+by Debian's Chromium through Playwright. Walks every page, launches a tiny pair of runs and
+waits for its curve; saves a screenshot of each page under test-artifacts/screenshots/."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+try:
+    from playwright.sync_api import expect, sync_playwright
+except ImportError:  # an install without the test extras
+    sync_playwright = expect = None
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = Path("/usr/bin/chromium")
+ROOT = Path(__file__).resolve().parent.parent
+SHOTS = ROOT / "test-artifacts" / "screenshots"
+PAGES = {  # screenshot name -> (sidebar link, the page's heading)
+    "overview": ("Overview", "Mashup Explorer"), "library": ("Library", "Checkpoint library"),
+    "target": ("Target", "Target task"), "relevance": ("Relevance", "Relevance"),
+    "merge": ("Merge methods", "Merge methods"), "launch": ("Launch", "Launch a run"),
+    "convergence": ("Convergence", "Convergence"),
+}
+IDLE = "[data-testid=stApp][data-test-script-state=notRunning]"
+
+
+def _need(what: str, ok: bool) -> None:
+    """Skip without `what`, except on CI, where a missing browser is a broken setup."""
+    if not ok:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{what} is missing on CI")
+        pytest.skip(f"{what} is missing")
+
+
+@pytest.fixture
+def server(world_copy, tmp_path):
+    """A Streamlit server on a free loopback port; always terminated."""
+    _need("Playwright", sync_playwright is not None)
+    _need(f"Chromium at {CHROMIUM}", CHROMIUM.exists())
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = open(tmp_path / "server.log", "w")  # noqa: SIM115 - closed below, after the server
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+         "--server.address", "127.0.0.1", "--server.port", str(port)],
+        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+        env={**os.environ, "MASHUP_WORKSPACE": str(world_copy.root)},
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                    break
+            except OSError:
+                pass
+            assert proc.poll() is None, (tmp_path / "server.log").read_text()
+            assert time.monotonic() < deadline, "the server did not become healthy in 90 s"
+            time.sleep(0.5)
+        yield url, world_copy
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def settle(page, timeout: float = 180_000) -> None:
+    """Wait until the script run is over (fragments may start again later)."""
+    page.wait_for_selector(IDLE, timeout=timeout)
+    page.wait_for_timeout(500)
+
+
+def open_page(page, name: str) -> None:
+    """Follow the sidebar link (one browser session, so the session state is kept)."""
+    link, heading = PAGES[name]
+    page.get_by_test_id("stSidebarNav").get_by_role("link", name=link, exact=True).click()
+    page.get_by_role("heading", name=heading, level=1).wait_for(timeout=180_000)
+    settle(page)
+    assert page.get_by_test_id("stException").count() == 0, f"{name}: an exception is shown"
+
+
+def test_walk_every_page_launch_and_watch_the_curve(server):
+    from mashup_core.runs import list_runs, wait
+
+
+    url, ws = server
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 2000})
+            page.goto(url)
+            page.get_by_role("heading", name="Mashup Explorer", level=1).wait_for(timeout=120_000)
+            settle(page)
+            for name in PAGES:
+                open_page(page, name)
+                page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+            # a tiny pair: 10 steps, evaluated every 5, watched live on the Launch page
+            open_page(page, "launch")
+            for label, value in (("Steps", "10"), ("Batch size", "8"), ("Evaluate every (steps)", "5"),
+                                 ("Validation examples per evaluation (0 = all)", "16")):
+                page.get_by_role("spinbutton", name=label, exact=True).fill(value)
+            page.get_by_role("button", name="Launch mashup + scratch").click()
+            page.get_by_text("Launched pair").wait_for(timeout=60_000)
+            for run in list_runs(ws):
+                record = wait(ws, run["id"], timeout=400)
+                assert record.state == "done", (record.dir / "log.txt").read_text()[-2000:]
+            expect(page.get_by_text("done, step 10/10")).to_have_count(2, timeout=30_000)
+            page.get_by_test_id("stPlotlyChart").first.wait_for(timeout=30_000)
+            page.screenshot(path=str(SHOTS / "launch-done.png"), full_page=True)
+
+            open_page(page, "convergence")
+            page.get_by_role("heading", name="Training to parity").wait_for(timeout=60_000)
+            assert page.get_by_test_id("stPlotlyChart").count() >= 1
+            assert page.get_by_text("Training to parity").count() >= 1
+            page.screenshot(path=str(SHOTS / "convergence-done.png"), full_page=True)
+        finally:
+            browser.close()
