@@ -634,6 +634,9 @@ class TargetSpec:
         return cls(**data)
 
 
+HELD_OUT_EVERY = 5  # a single-file target: every 5th row is its validation/test split
+
+
 def _file_target(spec: TargetSpec, ws: Workspace) -> list[MCExample]:
     path = Path(spec.name_or_path)
     if path.is_dir():
@@ -641,9 +644,19 @@ def _file_target(spec: TargetSpec, ws: Workspace) -> list[MCExample]:
         if not found:
             raise DatasetError(f"{path}: no {spec.split} file ({', '.join(spec.split + e for e in READERS)})")
         path = found[0]
-    elif not path.exists():
+        return load_file(path, spec.mapping)
+    if not path.exists():
         raise DatasetError(f"{path}: no such file")
-    return load_file(path, spec.mapping)
+    # One file holds every split: hold every 5th example out, so that validation curves and
+    # the final accuracy never score rows the model was trained (or selected) on.
+    examples = load_file(path, spec.mapping)
+    held_out = spec.split != "train"
+    chosen = [ex for i, ex in enumerate(examples) if (i % HELD_OUT_EVERY == HELD_OUT_EVERY - 1) == held_out]
+    if not chosen:
+        raise DatasetError(f"{path}: {len(examples)} examples are too few to hold out a {spec.split} "
+                           f"split (every {HELD_OUT_EVERY}th row); give a folder with train and "
+                           "validation files instead")
+    return chosen
 
 
 TARGET_LOADERS: dict[str, Callable[[TargetSpec, Workspace], list[MCExample]]] = {

@@ -297,3 +297,20 @@ def test_resolve_target_from_what_a_user_types(tiny_world, tmp_path):
     assert resolve_target(str(path), tiny_world).kind == "file"
     with pytest.raises(DatasetError, match=r"no target 'mnli': not a demo task \(rev, tail.*not a benchmark \(arc_easy"):
         resolve_target("mnli", tiny_world)
+
+
+def test_single_file_target_holds_out_a_validation_split(tmp_path):
+    """One uploaded file: train and validation are disjoint and together are the whole file."""
+    from mashup_core.tasks import load_target, write_jsonl
+
+    examples = [MCExample(f"q{i}:", ("a", "b"), i % 2) for i in range(23)]
+    path = tmp_path / "mine.jsonl"
+    write_jsonl(path, examples)
+    train = load_target(TargetSpec("file", str(path), "train"))
+    validation = load_target(TargetSpec("file", str(path), "validation"))
+    assert len(validation) == 4 and len(train) == 19
+    assert {ex.prompt for ex in train}.isdisjoint(ex.prompt for ex in validation)
+    assert sorted(ex.prompt for ex in train + validation) == sorted(ex.prompt for ex in examples)
+    write_jsonl(path, examples[:3])
+    with pytest.raises(DatasetError, match="too few to hold out a validation split"):
+        load_target(TargetSpec("file", str(path), "validation"))
