@@ -317,8 +317,8 @@ def read_lora_adapter(path: str | os.PathLike) -> LoraAdapter:
             raise AdapterFileError(
                 f"{path} holds pickle weights ({', '.join(pickles)}) and no {WEIGHTS_FILE}; pickles "
                 "can run code when loaded, so they are refused. Convert once in a trusted "
-                "environment: `from safetensors.torch import save_file; save_file(torch.load("
-                f"'{pickles[0]}', weights_only=True), '{WEIGHTS_FILE}')`"
+                "environment: `from safetensors.torch import save_file; "
+                f"save_file(torch.load('{pickles[0]}', weights_only=True), '{WEIGHTS_FILE}')`"
             )
         raise AdapterFileError(f"{path}: no {WEIGHTS_FILE}; is this a PEFT adapter folder?")
     try:
