@@ -359,4 +359,5 @@ def test_cli_search_weights_runs_the_budget_and_writes_the_best_merge(tiny_world
 def test_cli_search_weights_names_an_unknown_target(tiny_world, capsys):
     code = main(["search-weights", "sort", "--workspace", str(tiny_world.root), "--target", "nope"])
     assert code == 2
-    assert "'nope' is neither a JSONL file nor a task" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "no target 'nope': not a demo task (rev, tail," in err and "not a file" in err

@@ -105,25 +105,12 @@ def _merge(args) -> int:
 
 
 def _target_examples(ws, target: str, n: int, seed: int):
-    import random
+    """A seeded sample of n train examples of a demo task, benchmark or file."""
+    from mashup_core.tasks import DatasetError, load_target, resolve_target, sample_examples
 
-    from mashup_core.tasks import DatasetError, read_jsonl
-    from mashup_core.world import load_split
-
-    path = Path(target)
-    if path.suffix == ".jsonl" or path.is_file():
-        examples = read_jsonl(path)
-    else:
-        try:
-            examples = load_split(ws, target, "train")
-        except FileNotFoundError as exc:
-            raise DatasetError(
-                f"--target {target!r} is neither a JSONL file nor a task with a train split in "
-                f"{ws.tasks_dir}"
-            ) from exc
     if n < 1:
         raise DatasetError(f"--n must be at least 1, got {n}")
-    return random.Random(seed).sample(examples, min(n, len(examples)))
+    return sample_examples(load_target(resolve_target(target, ws, "train"), ws), n, seed)
 
 
 def _search(args) -> int:
