@@ -282,7 +282,7 @@ def test_cli_score_json_with_sweep(world_copy, capsys):
 
 def test_cli_text_and_jsonl_target(world_copy, capsys, tmp_path):
     target = tmp_path / "mine.jsonl"
-    write_jsonl(target, load_split(world_copy, "min", "train")[:8])
+    write_jsonl(target, load_split(world_copy, "min", "train")[:10])  # 8 train + 2 held out
     code = main(["score", "--workspace", str(world_copy.root), "--target", str(target),
                  "--n", "8", "--scorer", "all", "--no-progress"])
     text = capsys.readouterr().out
