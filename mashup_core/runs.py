@@ -34,7 +34,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -381,12 +381,18 @@ def _refresh(rd: Path, status: dict[str, Any]) -> dict[str, Any]:
         status["pid"], status.get("pid_start")
     ):
         pid = status["pid"]
+        # `cancel`'s SIGTERM can land while the job is still importing torch, before its handler
+        # exists: the job dies without a word, but the user did ask it to stop.
+        if (rd / "cancel").exists():
+            outcome = {"state": "cancelled"}
+        else:
+            outcome = {"state": "killed", "error": f"the job (pid {pid}) ended without recording "
+                       "a result; resume it to continue from its last checkpoint"}
         status = _update_status(
             rd, only_if=lambda st: st.get("state") in ACTIVE and st.get("pid") == pid,
-            state="killed", finished=time.time(),
-            error=f"the job (pid {pid}) ended without recording a result; resume it to continue "
-                  "from its last checkpoint",
+            finished=time.time(), **outcome,
         )
+        (rd / "cancel").unlink(missing_ok=True)
     return status
 
 
@@ -741,24 +747,32 @@ def _train(ws: Workspace, rd: Path, spec: RunSpec, device, log, stop: _Stop, pro
     return {"stopped": result.stopped, "step": result.state.step, "final": final}
 
 
-def _spawn(ws: Workspace, run_id: str) -> int:
-    """Start `mashup run --resume-id` detached: its own session, so it outlives the caller."""
-    rd = run_dir(ws, run_id)
-    cmd = [sys.executable, "-m", "mashup_core.cli", "run", "--resume-id", run_id,
-           "--workspace", str(ws.root), "--no-progress", "--detached"]
-    with open(rd / "log.txt", "a") as out:
-        try:
-            proc = subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
-        except OSError as exc:
-            _update_status(rd, state="failed", error=f"cannot start the job: {exc}")
-            raise RunError(f"cannot start the job for run {run_id}: {exc}") from exc
-    # The job writes its own status too; whichever writes first, the pid is the same.
-    _update_status(rd, only_if=lambda st: st.get("pid") is None, pid=proc.pid,
-                   pid_start=_process_start(proc.pid))
+def spawn_detached(cli_args: Sequence[str], log_path: Path, mode: str = "a") -> int:
+    """Start `mashup CLI_ARGS...` in its own session, so it outlives the caller (a dashboard
+    or a terminal); its output goes to `log_path`. Returns the pid."""
+    cmd = [sys.executable, "-m", "mashup_core.cli", *cli_args]
+    with open(log_path, mode) as out:
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
     return proc.pid
+
+
+def _spawn(ws: Workspace, run_id: str) -> int:
+    """Start `mashup run --resume-id` detached."""
+    rd = run_dir(ws, run_id)
+    cli_args = ["run", "--resume-id", run_id, "--workspace", str(ws.root), "--no-progress",
+                "--detached"]
+    try:
+        pid = spawn_detached(cli_args, rd / "log.txt")
+    except OSError as exc:
+        _update_status(rd, state="failed", error=f"cannot start the job: {exc}")
+        raise RunError(f"cannot start the job for run {run_id}: {exc}") from exc
+    # The job writes its own status too; whichever writes first, the pid is the same.
+    _update_status(rd, only_if=lambda st: st.get("pid") is None, pid=pid,
+                   pid_start=_process_start(pid))
+    return pid
 
 
 def launch(ws: Workspace, spec: RunSpec) -> str:
