@@ -10,9 +10,6 @@ import hashlib
 import json
 import os
 import re
-import subprocess
-import sys
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,13 +117,12 @@ def _build_pid_path(ws: Workspace) -> Path:
 def launch_demo_build(ws: Workspace, profile: str = "full", seed: int = 0) -> int:
     """Start `mashup demo build` as a detached process (it outlives the page); returns its pid."""
     ws.ensure_writable()
-    cmd = [sys.executable, "-m", "mashup_core.cli", "demo", "build", "--workspace", str(ws.root),
-           "--profile", profile, "--seed", str(seed), "--no-progress"]
-    with open(build_log_path(ws), "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    _build_pid_path(ws).write_text(str(proc.pid))
-    return proc.pid
+    from mashup_core.runs import spawn_detached
+
+    pid = spawn_detached(["demo", "build", "--workspace", str(ws.root), "--profile", profile,
+                          "--seed", str(seed), "--no-progress"], build_log_path(ws), mode="w")
+    _build_pid_path(ws).write_text(str(pid))
+    return pid
 
 
 def build_running(ws: Workspace) -> bool:
@@ -583,7 +579,6 @@ def _pct(value: float | None) -> float | None:
 
 # --- leave-one-out studies -------------------------------------------------------------------
 
-STUDY_JOB = "job.json"  # beside a study's spec.json: the background job that fills it
 
 
 def list_studies(ws: Workspace) -> list[Path]:
@@ -646,69 +641,3 @@ def cell_frame(table, label: str, k: int, trained: bool = False) -> pd.DataFrame
         "merged checkpoints": [", ".join(s or []) for s in rows["selected"]],
         "weights": [", ".join(f"{w:.2f}" for w in (ws or [])) for ws in rows["weights"]],
     })
-
-
-def launch_study(ws: Workspace, spec, study_id: str | None = None) -> Path:
-    """Run or extend a leave-one-out study as a detached job (it outlives the page).
-
-    Same approach as `runs.launch`: its own session, its output in a log file, its pid in
-    a JSON file beside the study so any page can tell whether it still runs.
-    """
-    from mashup_core.runs import process_alive
-    from mashup_core.study import open_study
-
-    study_dir = open_study(ws, spec, study_id)
-    job = study_job(study_dir)
-    if job.get("state") == "running" and process_alive(job.get("pid")):
-        raise MashupError(f"study {study_dir.name} is already running (pid {job['pid']}); wait for "
-                          "it to finish before extending it")
-    cmd = [sys.executable, "-m", "mashup_core.views", "study", str(ws.root), study_dir.name]
-    with open(study_dir / "job.log", "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    _write_job(study_dir, state="running", pid=proc.pid, started=time.time())
-    return study_dir
-
-
-def study_job(study_dir: Path) -> dict[str, Any]:
-    """The background job of a study: state running | done | failed | killed, or {} if none."""
-    from mashup_core.runs import process_alive
-
-    try:
-        job = json.loads((Path(study_dir) / STUDY_JOB).read_text())
-    except (FileNotFoundError, ValueError):
-        return {}
-    if job.get("state") == "running" and not process_alive(job.get("pid")):
-        job = {**job, "state": "killed", "error": f"the job (pid {job.get('pid')}) ended without "
-               "recording a result; run the study again to finish the missing cells"}
-    return job
-
-
-def _write_job(study_dir: Path, **fields: Any) -> None:
-    from mashup_core.workspace import write_json_atomic
-
-    write_json_atomic(Path(study_dir) / STUDY_JOB, fields)
-
-
-def _study_main(root: str, study_id: str) -> int:
-    """The detached job: run the study's missing cells, then record how it ended."""
-    from mashup_core.study import StudySpec, run_study
-
-    ws = Workspace(Path(root))
-    study_dir = ws.studies_dir / study_id
-    spec = StudySpec.from_dict(json.loads((study_dir / "spec.json").read_text()))
-    started = time.time()
-    try:
-        run_study(ws, spec, study_id, progress=False)
-    except BaseException as exc:
-        _write_job(study_dir, state="failed", pid=os.getpid(), started=started,
-                   finished=time.time(), error=f"{type(exc).__name__}: {exc}")
-        raise
-    _write_job(study_dir, state="done", pid=os.getpid(), started=started, finished=time.time())
-    return 0
-
-
-if __name__ == "__main__":  # `python -m mashup_core.views study ROOT ID`, started by launch_study
-    if len(sys.argv) != 4 or sys.argv[1] != "study":
-        sys.exit("usage: python -m mashup_core.views study WORKSPACE STUDY_ID")
-    sys.exit(_study_main(sys.argv[2], sys.argv[3]))

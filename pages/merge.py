@@ -5,6 +5,7 @@ from pathlib import Path
 import streamlit as st
 
 from mashup_core import views
+from mashup_core.study import launch_study, study_job
 from pages import _ui
 
 ws = _ui.require_world(__file__)
@@ -44,14 +45,14 @@ def study_form(studies: list) -> None:
                                  n=int(n), eval_limit=int(eval_limit), train=train)
                 spec.validate()
                 study_id = st.session_state.get("study_id") if extend and studies else None
-                study_dir = views.launch_study(ws, spec, study_id)
+                study_dir = launch_study(ws, spec, study_id)
                 st.session_state["study_id"] = study_dir.name
                 st.rerun()
 
 
 @st.fragment(run_every=3)
 def job_status(study_dir) -> None:
-    job = views.study_job(study_dir)
+    job = study_job(study_dir)
     if job.get("state") == "running":
         table = load_study(str(study_dir), views.fingerprint(study_dir))
         st.progress(table.finished / max(table.planned, 1),

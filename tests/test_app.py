@@ -16,6 +16,7 @@ import plotly.io as pio
 import pytest
 
 from mashup_core import views
+from mashup_core.study import study_job
 from mashup_core.workspace import Workspace, write_json_atomic
 
 pytest.importorskip("streamlit.testing.v1")
@@ -390,9 +391,9 @@ def test_study_button_runs_a_study_in_the_background(private):
     check(at)
     (study_dir,) = views.list_studies(private)
     deadline = time.monotonic() + 300
-    while views.study_job(study_dir).get("state") == "running" and time.monotonic() < deadline:
+    while study_job(study_dir).get("state") == "running" and time.monotonic() < deadline:
         time.sleep(1)
-    assert views.study_job(study_dir)["state"] == "done", (study_dir / "job.log").read_text()
+    assert study_job(study_dir)["state"] == "done", (study_dir / "job.log").read_text()
     at.run()
     check(at)
     assert list(figures(at)[0].data[0].x) == ["k=1"]

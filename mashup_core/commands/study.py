@@ -43,6 +43,9 @@ def register(sub, parent: argparse.ArgumentParser) -> None:
     study.add_argument("--eval-every", type=int, default=10)
     study.add_argument("--parallel", type=int, default=1, metavar="N", help="worker processes (one per target at a time)")
     study.add_argument("--id", dest="study_id", help="study folder name (default: derived from the settings)")
+    study.add_argument("--job", metavar="ID",
+                       help="run the stored spec of study ID and record the job's state "
+                       "(how the dashboard runs a study in the background)")
     study.set_defaults(func=_study)
 
     parity = sub.add_parser("parity", parents=[parent],
@@ -54,10 +57,21 @@ def register(sub, parent: argparse.ArgumentParser) -> None:
 
 def _study(args) -> int:
     from mashup_core.cli import emit
-    from mashup_core.study import StudyError, StudySpec, format_rank_table, run_study, study_table
+    from mashup_core.study import (
+        StudyError,
+        StudySpec,
+        format_rank_table,
+        run_study,
+        run_study_job,
+        study_table,
+    )
     from mashup_core.workspace import Workspace
 
     ws = Workspace.resolve(args.workspace)
+    if args.job:
+        study_dir = run_study_job(ws, args.job)
+        emit(args, {"study_dir": str(study_dir)}, f"study {args.job} done: {study_dir}")
+        return 0
     if args.tasks == "all":
         manifest = ws.manifest()
         if manifest is None:
