@@ -20,7 +20,6 @@ import random
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields
-from itertools import combinations
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -447,19 +446,11 @@ def _read_cached(path: Path) -> ScoreTable | None:
 
 
 def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float | None:
-    """Kendall's tau-b (ties allowed, as scipy computes it); None when either side is constant."""
-    concordant = discordant = tied_x_only = tied_y_only = 0
-    for i, j in combinations(range(len(x)), 2):
-        dx, dy = (x[i] > x[j]) - (x[i] < x[j]), (y[i] > y[j]) - (y[i] < y[j])
-        if dx and dy:
-            concordant += dx == dy
-            discordant += dx != dy
-        elif dx:
-            tied_y_only += 1
-        elif dy:
-            tied_x_only += 1
-    denom = math.sqrt((concordant + discordant + tied_y_only) * (concordant + discordant + tied_x_only))
-    return (concordant - discordant) / denom if denom else None
+    """Kendall's tau-b (ties allowed); None when either side is constant."""
+    from scipy.stats import kendalltau
+
+    tau = kendalltau(x, y).statistic
+    return None if math.isnan(tau) else float(tau)
 
 
 @dataclass
