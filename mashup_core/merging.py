@@ -200,9 +200,11 @@ def dense_method(name: str, summary: str, *, magnitude_prune: bool = False,
     def register(combine: Combine) -> Combine:
         def merge(factors: Sequence[LoraFactors], weights: torch.Tensor, params: MergeParams) -> LoraFactors:
             out_dim, in_dim = factors[0].B.shape[0], factors[0].A.shape[1]
-            thresholds = [_magnitude_threshold(f, params.density) for f in factors] if magnitude_prune else None
+            blocks = list(_row_blocks(out_dim, in_dim, len(factors)))
+            thresholds = ([_magnitude_threshold(f, blocks, params.density) for f in factors]
+                          if magnitude_prune else None)
             merged = torch.empty(out_dim, in_dim)
-            for rows in _row_blocks(out_dim, in_dim, len(factors)):
+            for rows in blocks:
                 tasks = [f.delta(rows) for f in factors]
                 if thresholds is not None:
                     tasks = [t * (t.abs() >= thr) for t, thr in zip(tasks, thresholds, strict=True)]
@@ -247,13 +249,23 @@ def _dare_ties(tasks: list[torch.Tensor], weights: torch.Tensor, params: MergePa
     return merge_utils.dare_ties(tasks, weights, params.density, params.majority_sign_method)
 
 
-def _magnitude_threshold(f: LoraFactors, density: float) -> float:
+def dense_delta(f: LoraFactors, blocks: Sequence[slice]) -> torch.Tensor:
+    """ΔW assembled from the same row blocks the merge sees.
+
+    B[rows] @ A and (B @ A)[rows] may differ in the last bit (BLAS picks kernels by shape, and
+    differently on each CPU), and an entry at the pruning threshold would then flip. Taking
+    the threshold from these very values makes the pruning exact by construction.
+    """
+    return torch.cat([f.delta(rows) for rows in blocks])
+
+
+def _magnitude_threshold(f: LoraFactors, blocks: Sequence[slice], density: float) -> float:
     """|x| at which PEFT's `magnitude_based_pruning` of the whole ΔW would cut."""
     numel = f.B.shape[0] * f.A.shape[1]
     keep = int(density * numel)  # PEFT's count
     if keep >= numel:
         return -math.inf
-    return _kth_largest(f.delta().abs_().view(-1), keep) if keep > 0 else math.inf
+    return _kth_largest(dense_delta(f, blocks).abs_().view(-1), keep) if keep > 0 else math.inf
 
 
 def _kth_largest(values: torch.Tensor, k: int, sample: int = 1 << 16) -> float:

@@ -242,6 +242,36 @@ def transfer_heatmap(manifest: dict) -> go.Figure:
     return _layout(fig, height=90 + 34 * len(y))
 
 
+def transfer_caption(ws: Workspace) -> str:
+    """What the transfer heatmap shows in THIS world, from the build's own measurements."""
+    from mashup_core.world import world_story
+
+    story = world_story(ws)
+    text = ("Each cell is an adapter's validation accuracy on a task (darker = better). The "
+            "diagonal is its own task; off-diagonal dark cells are the donors Mashup Learning "
+            "can find. The last row is the base model alone.")
+    if story is None:
+        return text
+    if story.transfers:
+        text += " Measured in this world: " + "; ".join(t.sentence() for t in story.transfers[:3]) + "."
+    else:
+        text += " In this world no adapter beats the base on another task by 20 points or more."
+    if story.harmful:
+        worst = min(story.harmful.values(), key=lambda t: t.gain)
+        text += f" A trap: {worst.sentence()}."
+    return text
+
+
+def default_target(ws: Workspace) -> str | None:
+    """The demo task whose best donor helps most (measured), else the first task."""
+    from mashup_core.world import world_story
+
+    story = world_story(ws)
+    if story is not None and story.default_target:
+        return story.default_target
+    return next(iter((ws.manifest() or {}).get("tasks") or []), None)
+
+
 # --- targets ---------------------------------------------------------------------------------
 
 

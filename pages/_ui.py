@@ -18,7 +18,6 @@ from mashup_core import views
 from mashup_core.errors import MashupError
 from mashup_core.workspace import Workspace
 
-DEFAULT_TARGET = "min"  # sort's adapter transfers to it: the demo's clearest story
 DEFAULT_N = 64
 NAVIGATION_KEY = "_navigation"  # set by app.py once its st.navigation has run
 WANTED_PAGE_KEY = "_wanted_page"  # the page to show once app.py has taken over
@@ -102,8 +101,7 @@ def target(ws: Workspace) -> Target:
     chosen = st.session_state.get("target")
     if chosen is not None:
         return chosen
-    tasks = (ws.manifest() or {}).get("tasks") or [DEFAULT_TARGET]
-    task = DEFAULT_TARGET if DEFAULT_TARGET in tasks else tasks[0]
+    task = views.default_target(ws) or "min"  # the world's clearest measured story
     return Target({"kind": "demo", "name_or_path": task, "split": "train", "mapping": None},
                   DEFAULT_N, f"{task} (demo task)")
 

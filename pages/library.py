@@ -49,6 +49,4 @@ if _ui.extra_sources():
 st.subheader("Transfer: which adapter helps which task?")
 with _ui.shown_errors():
     st.plotly_chart(views.transfer_heatmap(ws.manifest()), key="transfer")
-    st.caption("Each cell is an adapter's validation accuracy on a task (darker = better). The "
-               "diagonal is its own task; off-diagonal dark cells are the donors Mashup "
-               "Learning can find, e.g. sort → min. The last row is the base model alone.")
+    st.caption(views.transfer_caption(ws))

@@ -18,6 +18,7 @@ import pytest
 from mashup_core import views
 from mashup_core.study import study_job
 from mashup_core.workspace import Workspace, write_json_atomic
+from mashup_core.world import world_story
 
 pytest.importorskip("streamlit.testing.v1")
 from streamlit.testing.v1 import AppTest  # noqa: E402
@@ -120,7 +121,8 @@ def test_every_page_renders_with_a_caption_per_chart(shared, page):
 def test_overview_shows_the_method_counts_and_links(shared):
     at = render()
     assert at.text_input(key="workspace").value == str(shared.root)
-    assert any(c.value == "**Target:** min (demo task) · n = 64" for c in at.sidebar.caption)
+    chosen = world_story(shared).default_target  # the world's clearest measured story
+    assert any(c.value == f"**Target:** {chosen} (demo task) · n = 64" for c in at.sidebar.caption)
     assert [m.label for m in at.metric] == ["Checkpoints", "Demo targets", "Runs", "Studies"]
     assert at.metric[0].value == "16" and at.metric[1].value == "8"
     assert len(at.get("page_link")) == 6

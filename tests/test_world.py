@@ -9,6 +9,7 @@ import pytest
 import torch
 from peft import PeftModel
 from safetensors.torch import load_file
+from world_checks import check_measured_story
 
 from mashup_core import synthetic
 from mashup_core.cli import main
@@ -182,3 +183,13 @@ def test_cli_help_and_status(tiny_world, capsys):
 def test_cli_reports_bad_profile(tmp_path, capsys):
     assert main(["demo", "build", "--workspace", str(tmp_path / "w"), "--profile", "huge"]) == 2
     assert "unknown profile 'huge'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [1, 2])
+def test_the_world_dependent_checks_hold_for_other_seeds(tmp_path, seed):
+    # Another seed is as different a world as another CPU: the checks must hold for each
+    # (seed 0 is the session's tiny world, checked in test_scoring.py).
+    ws = Workspace(tmp_path / f"seed{seed}")
+    build_world(ws, "tiny", seed=seed, progress=False, log=lambda _msg: None)
+    check_measured_story(ws)
