@@ -45,8 +45,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def prepare_workspace(args):
+    from mashup_core.demo.world import build_world, world_status
     from mashup_core.workspace import Workspace
-    from mashup_core.world import build_world, world_status
 
     ws = Workspace.resolve(args.workspace)
     usable, _ = world_status(ws)
@@ -60,9 +60,11 @@ def prepare_workspace(args):
 
 
 def run_target(ws, target: str, tasks: list[str], args) -> dict:
-    from mashup_core.runs import RunSpec, create_run, execute_run, get_run
-    from mashup_core.study import compare_runs
-    from mashup_core.training import TrainConfig
+    from mashup_core.compare.parity import compare_runs
+    from mashup_core.jobs.runner import execute_run
+    from mashup_core.jobs.spec import RunSpec
+    from mashup_core.jobs.store import create_run, get_run
+    from mashup_core.training.loop import TrainConfig
 
     spec = RunSpec(
         target=target, kind="mashup", name=f"bench {target}",

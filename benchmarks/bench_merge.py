@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from peft.utils import merge_utils
 
-from mashup_core.merging import (
+from mashup_core.merging.lora import (
     EXACT_SVD_MAX_DIM,
     MERGE_METHODS,
     LoraAdapter,

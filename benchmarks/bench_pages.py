@@ -52,8 +52,8 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     sys.path.insert(0, str(ROOT))
+    from mashup_core.demo.world import world_status
     from mashup_core.workspace import Workspace
-    from mashup_core.world import world_status
 
     source = Workspace.resolve(args.workspace)
     usable, reason = world_status(source)

@@ -25,18 +25,13 @@ import torch
 import torch.nn.functional as F
 from peft import LoraConfig, PeftModel, get_peft_model
 
-from mashup_core import synthetic
-from mashup_core.evaluation import encode_pair
-from mashup_core.library import scan_library
-from mashup_core.modeling import (
-    TinyModelSpec,
-    build_char_tokenizer,
-    build_tiny_llama,
-    load_base_model,
-    load_tokenizer,
-)
-from mashup_core.scoring import score_library
-from mashup_core.training import ALL_LINEAR
+from mashup_core.demo import synthetic
+from mashup_core.demo.tiny_model import TinyModelSpec, build_char_tokenizer, build_tiny_llama
+from mashup_core.models.library import scan_library
+from mashup_core.models.loading import load_base_model, load_tokenizer
+from mashup_core.selection.loglik import encode_pair
+from mashup_core.selection.scoring import score_library
+from mashup_core.training.loop import ALL_LINEAR
 
 SPEC = TinyModelSpec(hidden_size=512, num_layers=6, num_heads=8, intermediate_size=1408)
 

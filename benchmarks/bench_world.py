@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
+from mashup_core.demo.world import build_world
 from mashup_core.workspace import Workspace
-from mashup_core.world import build_world
 
 
 def main() -> None:

@@ -112,7 +112,7 @@ def set_target(value: Target) -> None:
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def load_examples(root: str, spec: dict, stamp: tuple) -> list:
-    from mashup_core.tasks import TargetSpec, load_target
+    from mashup_core.data.targets import TargetSpec, load_target
 
     return load_target(TargetSpec.from_dict(spec), Workspace.resolve(root))
 

@@ -13,13 +13,13 @@ _ui.page_header("Convergence", "Does starting from the merge get there sooner? E
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def load_run(root: str, run_id: str, stamp: tuple):
-    from mashup_core.runs import get_run
+    from mashup_core.jobs.store import get_run
 
     return get_run(Workspace.resolve(root), run_id)
 
 
 with _ui.shown_errors():
-    from mashup_core.runs import list_runs
+    from mashup_core.jobs.store import list_runs
 
     rows = [r for r in list_runs(ws) if r["status"] != "queued"]
     if not rows:

@@ -3,8 +3,8 @@
 import streamlit as st
 
 from mashup_core import views
-from mashup_core.merging import MERGE_METHODS
-from mashup_core.weights import WEIGHT_STRATEGIES
+from mashup_core.merging.lora import MERGE_METHODS
+from mashup_core.merging.weights import WEIGHT_STRATEGIES
 from mashup_core.workspace import Workspace
 from pages import _ui
 
@@ -46,8 +46,9 @@ with st.form("launch"):
 
 if submitted:
     with _ui.shown_errors():
-        from mashup_core.runs import RunSpec, launch_pair
-        from mashup_core.training import TrainConfig
+        from mashup_core.jobs.runner import launch_pair
+        from mashup_core.jobs.spec import RunSpec
+        from mashup_core.training.loop import TrainConfig
 
         extra = list(_ui.extra_sources())  # added on the Library page, on top of the demo library
         spec = RunSpec(
@@ -68,7 +69,8 @@ if submitted:
 @st.fragment(run_every=2)
 def monitor(root: str) -> None:
     """Re-reads the run folders every 2 s: progress, live curves, cancel and resume."""
-    from mashup_core.runs import cancel, get_run, list_runs, resume
+    from mashup_core.jobs.runner import cancel, resume
+    from mashup_core.jobs.store import get_run, list_runs
 
     ws = Workspace.resolve(root)
     rows = list_runs(ws)

@@ -5,7 +5,7 @@ from pathlib import Path
 import streamlit as st
 
 from mashup_core import views
-from mashup_core.study import launch_study, study_job
+from mashup_core.study.job import launch_study, study_job
 from pages import _ui
 
 ws = _ui.require_world(__file__)
@@ -16,15 +16,15 @@ _ui.page_header("Merge methods", "A leave-one-out study: each demo task in turn 
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def load_study(path: str, stamp: tuple):
-    from mashup_core.study import study_table
+    from mashup_core.study.report import study_table
 
     return study_table(Path(path))
 
 
 def study_form(studies: list) -> None:
     """Run a new study, or extend the selected one, as a background job."""
-    from mashup_core.merging import MERGE_METHODS
-    from mashup_core.study import StudySpec
+    from mashup_core.merging.lora import MERGE_METHODS
+    from mashup_core.study.spec import StudySpec
 
     tasks = (ws.manifest() or {}).get("tasks", [])
     with st.form("new_study"):

@@ -3,7 +3,7 @@
 import streamlit as st
 
 from mashup_core import views
-from mashup_core.scoring import explain_choice, sweep_from_table
+from mashup_core.selection.scoring import explain_choice, sweep_from_table
 from mashup_core.workspace import Workspace
 from pages import _ui
 
@@ -16,7 +16,7 @@ _ui.page_header("Relevance", f"Every checkpoint scored on **{chosen.n}** train e
 @st.cache_data(show_spinner=False, max_entries=16)
 def score(root: str, spec: dict, n: int, extra: tuple[str, ...], stamp: tuple):
     """The score table (`scoring` also caches it on disk, so a restart does not rescore)."""
-    from mashup_core.scoring import score_library_cached
+    from mashup_core.selection.scoring import score_library_cached
 
     ws = Workspace.resolve(root)
     examples = _ui.target_examples(ws, _ui.Target(spec, n, ""))

@@ -70,7 +70,7 @@ else:
                 "mapping.", icon=":material/info:")
     if upload is not None:
         with _ui.shown_errors():
-            from mashup_core.tasks import GOLD_FORMATS, FieldMapping, file_fields, load_file
+            from mashup_core.data.targets import GOLD_FORMATS, FieldMapping, file_fields, load_file
 
             path = views.save_upload(ws, upload.name, upload.getvalue())
             fields = file_fields(path)

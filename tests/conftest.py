@@ -27,7 +27,7 @@ torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 @pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory) -> Workspace:
     """A complete tiny demo world. Read-only for tests: copy it (`world_copy`) to modify."""
-    from mashup_core.world import build_world
+    from mashup_core.demo.world import build_world
 
     ws = Workspace(tmp_path_factory.mktemp("tiny-world"))
     build_world(ws, "tiny", seed=0, progress=False, log=lambda _msg: None)

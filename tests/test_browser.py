@@ -95,7 +95,8 @@ def open_page(page, name: str) -> None:
 
 
 def test_walk_every_page_launch_and_watch_the_curve(server):
-    from mashup_core.runs import list_runs, wait
+    from mashup_core.jobs.runner import wait
+    from mashup_core.jobs.store import list_runs
 
 
     url, ws = server

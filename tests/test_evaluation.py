@@ -6,7 +6,11 @@ import pytest
 import torch
 from peft import PeftModel
 
-from mashup_core.evaluation import (
+from mashup_core.data.targets import MCExample
+from mashup_core.demo.world import load_split
+from mashup_core.models.loading import load_base_model, load_tokenizer
+from mashup_core.selection.lm_eval_bridge import LmEvalError, lm_eval_accuracy, write_lm_eval_task
+from mashup_core.selection.loglik import (
     CHAR_SAFE_LETTERS,
     REFERENCE_LETTERS,
     LetterPromptError,
@@ -15,10 +19,6 @@ from mashup_core.evaluation import (
     letter_format_for,
     letter_logits,
 )
-from mashup_core.lm_eval_bridge import LmEvalError, lm_eval_accuracy, write_lm_eval_task
-from mashup_core.modeling import load_base_model, load_tokenizer
-from mashup_core.tasks import MCExample
-from mashup_core.world import load_split
 
 
 @pytest.fixture(scope="module")
@@ -106,9 +106,9 @@ def test_empty_prompt_is_scored_against_end_of_text_without_bos():
     import torch.nn.functional as F
     from transformers import PreTrainedTokenizerFast
 
-    from mashup_core.evaluation import choice_loglikelihoods
-    from mashup_core.modeling import TinyModelSpec, build_char_tokenizer, build_tiny_llama
-    from mashup_core.tasks import MCExample
+    from mashup_core.data.targets import MCExample
+    from mashup_core.demo.tiny_model import TinyModelSpec, build_char_tokenizer, build_tiny_llama
+    from mashup_core.selection.loglik import choice_loglikelihoods
 
     core = build_char_tokenizer().backend_tokenizer
     core.post_processor = None  # no BOS

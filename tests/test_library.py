@@ -13,15 +13,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mashup_core.cli import main
-from mashup_core.library import (
+from mashup_core.demo.synthetic import TASKS
+from mashup_core.models.library import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
     LibraryError,
     demo_library,
     scan_library,
 )
-from mashup_core.synthetic import TASKS
-from mashup_core.training import ALL_LINEAR
 
 SNAPSHOTS = {f"{t}-step40" for t in TASKS}  # the tiny profile saves one at half of 80 steps
 Q0 = "base_model.model.model.layers.0.self_attn.q_proj"
@@ -38,7 +37,8 @@ def test_demo_library_finds_finals_and_snapshots(tiny_world):
     assert set(scan.names) == set(TASKS) | SNAPSHOTS and scan.rejected == []
     sort = scan.by_name("sort")
     assert (sort.kind, sort.source_task, sort.rank, sort.alpha) == ("lora", "sort", 8, 16)
-    assert sort.target_modules == tuple(sorted(ALL_LINEAR)) and sort.notes == ()
+    llama_linear = ("down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj")
+    assert sort.target_modules == llama_linear and sort.notes == ()  # "all-linear", resolved
     assert sort.base_model == str(tiny_world.base_dir.resolve())  # "../../base" resolved
     assert sort.size_bytes == (tiny_world.library_dir / "sort" / ADAPTER_WEIGHTS).stat().st_size
     assert not sort.is_snapshot and scan.by_name("sort-step40").is_snapshot

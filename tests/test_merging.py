@@ -12,21 +12,22 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from peft.utils import merge_utils
 from safetensors.torch import load_file, save_file
 
-from mashup_core import merging
 from mashup_core.cli import main
-from mashup_core.commands.merge import METHODS
-from mashup_core.merging import (
+from mashup_core.cli.merge import METHODS
+from mashup_core.demo.tiny_model import TinyModelSpec, build_tiny_llama
+from mashup_core.demo.world import load_split
+from mashup_core.merging import lora as merging
+from mashup_core.merging.lora import (
     MERGE_METHODS,
     AdapterFileError,
     MergeConfigError,
     load_lora_factors,
-    make_merge_objective,
     merge_adapters,
     merge_factors,
 )
-from mashup_core.modeling import TinyModelSpec, build_tiny_llama, load_base_model, load_tokenizer
-from mashup_core.training import ALL_LINEAR
-from mashup_core.world import load_split
+from mashup_core.merging.objective import make_merge_objective
+from mashup_core.models.loading import load_base_model, load_tokenizer
+from mashup_core.training.loop import ALL_LINEAR
 
 TINY = TinyModelSpec(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=48)
 DENSITY_METHODS = [m for m, spec in MERGE_METHODS.items() if spec.uses_density]
@@ -37,7 +38,8 @@ def random_adapter(root: Path, name: str, *, r: int = 4, alpha: int = 8, seed: i
     """A real PEFT adapter on a tiny random Llama, with non-zero B (not PEFT's zero init)."""
     model = build_tiny_llama(64, spec, seed=123)  # one base for every adapter of a test
     torch.manual_seed(seed)
-    config = LoraConfig(r=r, lora_alpha=alpha, target_modules=list(targets), init_lora_weights=False)
+    targets = targets if isinstance(targets, str) else list(targets)
+    config = LoraConfig(r=r, lora_alpha=alpha, target_modules=targets, init_lora_weights=False)
     get_peft_model(model, config).save_pretrained(root / name)
     return root / name
 
@@ -232,7 +234,7 @@ def test_a_merge_killed_while_writing_leaves_nothing(tiny_world, tmp_path, monke
 
 
 def test_objective_writes_merges_into_a_slot_and_scores_them(tiny_world, tok):
-    from mashup_core.evaluation import evaluate_mc
+    from mashup_core.selection.loglik import evaluate_mc
 
     names = ("sort", "min")
     adapters = load_lora_factors([tiny_world.library_dir / n for n in names])

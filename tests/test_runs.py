@@ -10,10 +10,19 @@ from dataclasses import replace
 
 import pytest
 
-from mashup_core import runs
 from mashup_core.cli import main
-from mashup_core.runs import RunSpec, SpecError
-from mashup_core.training import TrainConfig, latest_checkpoint
+from mashup_core.jobs import runner
+from mashup_core.jobs.runner import cancel, execute_run, launch, launch_pair, resume, wait
+from mashup_core.jobs.spec import RunSpec, SpecError
+from mashup_core.jobs.store import (
+    RunError,
+    create_run,
+    get_run,
+    list_runs,
+    rebuild_index,
+    update_status,
+)
+from mashup_core.training.loop import TrainConfig, latest_checkpoint
 
 
 def tiny_spec(**changes) -> RunSpec:
@@ -62,7 +71,7 @@ def test_spec_round_trips_through_json():
      "field 'scorer': 'vibes' is not one of nll, acc"),
     ({"device": "gpu"}, "field 'device': 'gpu' is not auto, cpu, mps, cuda or cuda:N"),
     ({"target": {"kind": "web", "name_or_path": "x"}}, "field 'target': target kind 'web'"),
-    ({"lora": {"target_modules": "q_proj"}}, "field 'target_modules': expected a list of strings"),
+    ({"lora": {"target_modules": 3}}, "field 'target_modules': expected a list of strings"),
 ])
 def test_bad_specs_name_the_field(change, message):
     data = {**tiny_spec().to_dict(), **change}
@@ -81,8 +90,8 @@ def test_spec_files_and_unknown_targets(world_copy, tmp_path):
     with pytest.raises(SpecError, match=r"spec.json:2: invalid JSON"):
         RunSpec.load(broken)
     with pytest.raises(SpecError, match="field 'target': no target 'nope'"):
-        runs.create_run(world_copy, tiny_spec(target="nope"))
-    assert runs.list_runs(world_copy) == []
+        create_run(world_copy, tiny_spec(target="nope"))
+    assert list_runs(world_copy) == []
 
 
 def test_new_spec_writes_a_valid_template(capsys):
@@ -97,19 +106,19 @@ def test_new_spec_writes_a_valid_template(capsys):
 
 
 def test_foreground_run_writes_everything_and_indexes_it(world_copy, capsys):
-    run_id = runs.create_run(world_copy, tiny_spec(name="fg"))
-    record = runs.execute_run(world_copy, run_id, progress=False, echo=False)
+    run_id = create_run(world_copy, tiny_spec(name="fg"))
+    record = execute_run(world_copy, run_id, progress=False, echo=False)
     assert record.state == "done" and record.status["pid"] == os.getpid()
     assert steps(record, "train") == list(range(1, 21))
     assert steps(record, "eval") == [0, 10, 20]
     assert record.status["final"]["acc"] == record.evals[-1]["acc"]
     assert {"load_s", "training_s", "eval_s"} <= record.timings.keys()
     assert latest_checkpoint(record.dir / "checkpoints").name == "step-00000020"
-    (row,) = runs.list_runs(world_copy)
+    (row,) = list_runs(world_copy)
     assert (row["id"], row["status"], row["final_acc"], row["name"]) == (
         run_id, "done", record.evals[-1]["acc"], "fg")
-    with pytest.raises(runs.RunError, match="has finished already"):
-        runs.execute_run(world_copy, run_id, progress=False, echo=False)
+    with pytest.raises(RunError, match="has finished already"):
+        execute_run(world_copy, run_id, progress=False, echo=False)
     assert main(["show", run_id, "--workspace", str(world_copy.root)]) == 0
     assert "step    20" in capsys.readouterr().out
     assert main(["runs", "--json", "--workspace", str(world_copy.root)]) == 0
@@ -119,20 +128,20 @@ def test_foreground_run_writes_everything_and_indexes_it(world_copy, capsys):
 
     # The folders are the truth: a lost index comes back from them.
     (world_copy.runs_dir / "index.sqlite").unlink()
-    assert runs.rebuild_index(world_copy) == 1
-    assert runs.list_runs(world_copy, status="done")[0]["id"] == run_id
+    assert rebuild_index(world_copy) == 1
+    assert list_runs(world_copy, status="done")[0]["id"] == run_id
 
 
 def test_mashup_run_trains_from_the_merged_top_k(world_copy):
     from peft import PeftModel
 
-    from mashup_core.evaluation import evaluate_mc
-    from mashup_core.modeling import load_base_model, load_tokenizer
-    from mashup_core.tasks import sample_examples
-    from mashup_core.world import load_split
+    from mashup_core.data.targets import sample_examples
+    from mashup_core.demo.world import load_split
+    from mashup_core.models.loading import load_base_model, load_tokenizer
+    from mashup_core.selection.loglik import evaluate_mc
 
     spec = tiny_spec(kind="mashup", n=32, k=2, train=TrainConfig(steps=10, batch_size=16, lr=5e-3))
-    record = runs.execute_run(world_copy, runs.create_run(world_copy, spec), progress=False, echo=False)
+    record = execute_run(world_copy, create_run(world_copy, spec), progress=False, echo=False)
     assert record.state == "done", record.status
     chosen = record.selection["selected"]
     assert len(chosen) == 2 and not any(c.split("-")[0] == "min" for c in chosen)  # own task excluded
@@ -147,36 +156,36 @@ def test_mashup_run_trains_from_the_merged_top_k(world_copy):
 
 
 def test_dead_job_reads_as_killed_and_unknown_ids_are_explained(world_copy):
-    run_id = runs.create_run(world_copy, tiny_spec())
+    run_id = create_run(world_copy, tiny_spec())
     proc = __import__("subprocess").Popen(["true"])
     proc.wait()
-    runs._update_status(world_copy.runs_dir / run_id, state="running", pid=proc.pid)
-    record = runs.get_run(world_copy, run_id)
+    update_status(world_copy.runs_dir / run_id, state="running", pid=proc.pid)
+    record = get_run(world_copy, run_id)
     assert record.state == "killed" and "resume it" in record.status["error"]
-    assert runs.list_runs(world_copy)[0]["status"] == "killed"
-    with pytest.raises(runs.RunError, match="is killed; only queued or running runs can be cancelled"):
-        runs.cancel(world_copy, run_id)
-    with pytest.raises(runs.RunError, match=f"no run '{run_id[:-1]}' .* did you mean {run_id}"):
-        runs.get_run(world_copy, run_id[:-1])
+    assert list_runs(world_copy)[0]["status"] == "killed"
+    with pytest.raises(RunError, match="is killed; only queued or running runs can be cancelled"):
+        cancel(world_copy, run_id)
+    with pytest.raises(RunError, match=f"no run '{run_id[:-1]}' .* did you mean {run_id}"):
+        get_run(world_copy, run_id[:-1])
 
 
 def test_pair_reuses_an_identical_finished_baseline(world_copy, monkeypatch):
     spawned = []
-    monkeypatch.setattr(runs, "_spawn", lambda ws, run_id: spawned.append(run_id))
+    monkeypatch.setattr(runner, "_spawn", lambda ws, run_id: spawned.append(run_id))
     spec = tiny_spec(kind="mashup", k=2)
-    first = runs.launch_pair(world_copy, spec)
+    first = launch_pair(world_copy, spec)
     assert not first.reused_baseline and spawned == [first.mashup_id, first.baseline_id]
-    baseline = runs.get_run(world_copy, first.baseline_id)
+    baseline = get_run(world_copy, first.baseline_id)
     assert baseline.spec == replace(spec.scratch_baseline(), group=first.group)
     assert (baseline.spec.kind, baseline.spec.init, baseline.spec.train) == ("scratch", "scratch", spec.train)
 
-    runs._update_status(baseline.dir, state="done")
-    second = runs.launch_pair(world_copy, replace(spec, k=3, name="other"))  # mashup side differs
+    update_status(baseline.dir, state="done")
+    second = launch_pair(world_copy, replace(spec, k=3, name="other"))  # mashup side differs
     assert second.reused_baseline and second.baseline_id == first.baseline_id
     assert spawned[-1] == second.mashup_id
-    third = runs.launch_pair(world_copy, replace(spec, train=replace(spec.train, lr=1e-3)))
+    third = launch_pair(world_copy, replace(spec, train=replace(spec.train, lr=1e-3)))
     assert not third.reused_baseline  # another learning rate: another baseline
-    row = {r["id"]: r for r in runs.list_runs(world_copy)}[second.mashup_id]
+    row = {r["id"]: r for r in list_runs(world_copy)}[second.mashup_id]
     assert (row["group_id"], row["baseline_id"]) == (second.group, first.baseline_id)
 
 
@@ -184,17 +193,17 @@ def test_pair_reuses_an_identical_finished_baseline(world_copy, monkeypatch):
 
 
 def test_sigkilled_job_resumes_from_its_checkpoint(world_copy):
-    run_id = runs.launch(world_copy, tiny_spec(train=TrainConfig(steps=40, batch_size=16, lr=5e-3)))
+    run_id = launch(world_copy, tiny_spec(train=TrainConfig(steps=40, batch_size=16, lr=5e-3)))
     ckpt_dir = world_copy.runs_dir / run_id / "checkpoints"
     poll(lambda: latest_checkpoint(ckpt_dir))
-    pid = runs.get_run(world_copy, run_id).status["pid"]
+    pid = get_run(world_copy, run_id).status["pid"]
     os.kill(pid, signal.SIGKILL)
-    record = poll(lambda: (r := runs.get_run(world_copy, run_id)).state != "running" and r)
+    record = poll(lambda: (r := get_run(world_copy, run_id)).state != "running" and r)
     assert record.state == "killed"
     assert steps(record, "train")[-1] < 40  # it really was cut short
 
-    runs.resume(world_copy, run_id)
-    record = runs.wait(world_copy, run_id, timeout=180)
+    resume(world_copy, run_id)
+    record = wait(world_copy, run_id, timeout=180)
     assert record.state == "done", record.status
     assert steps(record, "train") == list(range(1, 41))  # complete and unique
     assert steps(record, "eval") == [0, 10, 20, 30, 40]
@@ -202,27 +211,27 @@ def test_sigkilled_job_resumes_from_its_checkpoint(world_copy):
 
 
 def test_launches_queue_in_order_and_cancel_stops_them(world_copy):
-    first = runs.launch(world_copy, tiny_spec(train=TrainConfig(steps=2000, batch_size=16, lr=5e-3)))
-    second = runs.launch(world_copy, tiny_spec(train=TrainConfig(steps=5, batch_size=16, lr=5e-3)))
-    third = runs.launch(world_copy, tiny_spec(train=TrainConfig(steps=5, batch_size=16, lr=5e-3)))
+    first = launch(world_copy, tiny_spec(train=TrainConfig(steps=2000, batch_size=16, lr=5e-3)))
+    second = launch(world_copy, tiny_spec(train=TrainConfig(steps=5, batch_size=16, lr=5e-3)))
+    third = launch(world_copy, tiny_spec(train=TrainConfig(steps=5, batch_size=16, lr=5e-3)))
 
     def all_waiting():
-        a, b, c = (runs.get_run(world_copy, i) for i in (first, second, third))
+        a, b, c = (get_run(world_copy, i) for i in (first, second, third))
         return a.state == "running" and steps(a, "train") and all(
             r.status.get("device") == "cpu" for r in (b, c))
 
     poll(all_waiting)
-    assert [r["status"] for r in runs.list_runs(world_copy)] == ["queued", "queued", "running"]
+    assert [r["status"] for r in list_runs(world_copy)] == ["queued", "queued", "running"]
 
-    runs.cancel(world_copy, third)  # waiting in the queue: it ends without ever starting
-    assert runs.wait(world_copy, third, timeout=60).status.get("started") is None
-    assert runs.get_run(world_copy, third).state == "cancelled"
+    cancel(world_copy, third)  # waiting in the queue: it ends without ever starting
+    assert wait(world_copy, third, timeout=60).status.get("started") is None
+    assert get_run(world_copy, third).state == "cancelled"
 
-    runs.cancel(world_copy, first)  # training: it stops between steps, after a checkpoint
-    cancelled = runs.wait(world_copy, first, timeout=60)
+    cancel(world_copy, first)  # training: it stops between steps, after a checkpoint
+    cancelled = wait(world_copy, first, timeout=60)
     assert cancelled.state == "cancelled"
     stopped_at = steps(cancelled, "train")[-1]
     assert latest_checkpoint(cancelled.dir / "checkpoints").name == f"step-{stopped_at:08d}"
 
-    done = runs.wait(world_copy, second, timeout=120)
+    done = wait(world_copy, second, timeout=120)
     assert done.state == "done" and done.status["started"] >= cancelled.status["finished"]

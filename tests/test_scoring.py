@@ -12,10 +12,12 @@ import torch
 from world_checks import check_measured_story
 
 from mashup_core.cli import main
-from mashup_core.evaluation import evaluate_mc
-from mashup_core.library import demo_library
-from mashup_core.modeling import load_base_model, load_tokenizer
-from mashup_core.scoring import (
+from mashup_core.data.targets import write_jsonl
+from mashup_core.demo.world import load_split
+from mashup_core.models.library import demo_library
+from mashup_core.models.loading import load_base_model, load_tokenizer
+from mashup_core.selection.loglik import evaluate_mc
+from mashup_core.selection.scoring import (
     BASE_ROW,
     SCORERS,
     ScoreRow,
@@ -29,8 +31,6 @@ from mashup_core.scoring import (
     sweep_from_table,
     sweep_n,
 )
-from mashup_core.tasks import write_jsonl
-from mashup_core.world import load_split
 
 N = 32
 

@@ -8,24 +8,20 @@ import pytest
 from peft import PeftModel
 
 from mashup_core.cli import main
-from mashup_core.evaluation import evaluate_mc
-from mashup_core.modeling import load_base_model, load_tokenizer
-from mashup_core.study import (
-    CELLS_FILE,
-    SUMMARY_FILE,
+from mashup_core.compare.parity import (
     ComparisonError,
-    StudyError,
-    StudySpec,
     compare_runs,
     mean_ranks,
-    read_cells,
-    run_study,
-    study_table,
     training_to_parity,
     wallclock_ratio,
     wallclock_ratio_timed,
 )
-from mashup_core.world import load_split
+from mashup_core.demo.world import load_split
+from mashup_core.models.loading import load_base_model, load_tokenizer
+from mashup_core.selection.loglik import evaluate_mc
+from mashup_core.study.grid import run_study
+from mashup_core.study.report import study_table
+from mashup_core.study.spec import CELLS_FILE, SUMMARY_FILE, StudyError, StudySpec, read_cells
 
 SCRATCH = [(0, 0.25), (10, 0.40), (20, 0.60), (30, 0.70), (40, 0.80)]  # target 0.80, 40 steps
 
@@ -238,8 +234,10 @@ def test_parallel_study_matches_serial(world_copy):
 
 
 def test_parity_command_compares_two_real_runs(world_copy, capsys):
-    from mashup_core.runs import RunSpec, create_run, execute_run, get_run
-    from mashup_core.training import TrainConfig
+    from mashup_core.jobs.runner import execute_run
+    from mashup_core.jobs.spec import RunSpec
+    from mashup_core.jobs.store import create_run, get_run
+    from mashup_core.training.loop import TrainConfig
 
     spec = RunSpec(target="min", kind="mashup", library=[str(world_copy.library_dir / "sort")],
                    n=16, k=1, train=TrainConfig(steps=4, batch_size=8, lr=3e-3), eval_every=2,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mashup_core.tasks import (
+from mashup_core.data.targets import (
     BENCHMARKS,
     DatasetError,
     FieldMapping,
@@ -301,7 +301,7 @@ def test_resolve_target_from_what_a_user_types(tiny_world, tmp_path):
 
 def test_single_file_target_holds_out_a_validation_split(tmp_path):
     """One uploaded file: train and validation are disjoint and together are the whole file."""
-    from mashup_core.tasks import load_target, write_jsonl
+    from mashup_core.data.targets import load_target, write_jsonl
 
     examples = [MCExample(f"q{i}:", ("a", "b"), i % 2) for i in range(23)]
     path = tmp_path / "mine.jsonl"

@@ -10,9 +10,10 @@ import torch
 from peft import PeftModel
 from safetensors.torch import load_file, save_file
 
-from mashup_core.evaluation import evaluate_mc
-from mashup_core.modeling import load_base_model, load_tokenizer
-from mashup_core.training import (
+from mashup_core.demo.world import load_split
+from mashup_core.models.loading import load_base_model, load_tokenizer
+from mashup_core.selection.loglik import evaluate_mc
+from mashup_core.training.loop import (
     FitSchedule,
     LoraSpec,
     TrainConfig,
@@ -23,7 +24,6 @@ from mashup_core.training import (
     list_checkpoints,
     trainable_state,
 )
-from mashup_core.world import load_split
 
 CFG = TrainConfig(steps=12, batch_size=16, lr=5e-3, seed=0)
 
@@ -142,7 +142,7 @@ def test_bad_setups_are_explained(tiny_world, data, tmp_path):
 
 @pytest.mark.gpu
 def test_bf16_lora_step_on_cuda(tiny_world, data):
-    from mashup_core.training import training_dtype
+    from mashup_core.training.loop import training_dtype
 
     tok, train, val = data
     device = torch.device("cuda")

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from mashup_core.weights import WEIGHT_STRATEGIES, WeightSearchError, search_weights
+from mashup_core.merging.weights import WEIGHT_STRATEGIES, WeightSearchError, search_weights
 
 TARGET = np.array([0.8, 0.1, 0.4])
 

@@ -11,19 +11,18 @@ from peft import PeftModel
 from safetensors.torch import load_file
 from world_checks import check_measured_story
 
-from mashup_core import synthetic
 from mashup_core.cli import main
-from mashup_core.evaluation import evaluate_mc
-from mashup_core.modeling import (
+from mashup_core.demo import synthetic
+from mashup_core.demo.tiny_model import (
     CHARSET,
     TinyModelSpec,
     build_char_tokenizer,
     build_tiny_llama,
-    load_base_model,
-    load_tokenizer,
 )
+from mashup_core.demo.world import META_FILE, build_world, load_split, world_status
+from mashup_core.models.loading import load_base_model, load_tokenizer
+from mashup_core.selection.loglik import evaluate_mc
 from mashup_core.workspace import Workspace, WorkspaceError
-from mashup_core.world import META_FILE, build_world, load_split, world_status
 
 
 def test_tokenizer_round_trip(tmp_path):
@@ -109,7 +108,7 @@ def test_adapter_accuracy_reproduces_from_disk(tiny_world):
 
 
 def test_second_build_reuses_the_world(world_copy, monkeypatch):
-    from mashup_core import world
+    from mashup_core.demo import world
 
     def fail(*_args, **_kwargs):
         raise AssertionError("a complete world must not be rebuilt")
@@ -120,7 +119,7 @@ def test_second_build_reuses_the_world(world_copy, monkeypatch):
 
 
 def test_force_and_other_seed_rebuild(world_copy, monkeypatch):
-    from mashup_core import world
+    from mashup_core.demo import world
 
     calls = []
     monkeypatch.setattr(world, "_build", lambda ws, prof, seed, progress: calls.append(seed))

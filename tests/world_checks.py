@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import pytest
 
-from mashup_core.library import demo_library
-from mashup_core.modeling import load_base_model, load_tokenizer
-from mashup_core.scoring import score_library
+from mashup_core.demo.story import STORY_MARGIN, world_story
+from mashup_core.demo.world import load_split
+from mashup_core.models.library import demo_library
+from mashup_core.models.loading import load_base_model, load_tokenizer
+from mashup_core.selection.scoring import score_library
 from mashup_core.workspace import Workspace
-from mashup_core.world import STORY_MARGIN, load_split, world_story
 
 
 def check_measured_story(ws: Workspace) -> None:

@@ -1,0 +1,162 @@
+"""`mashup merge` and `mashup search-weights`: combine library adapters into one."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+# Listed here so `--help` needs no torch; tests/test_merging.py checks it against the registry.
+METHODS = ("linear", "cat", "cat_svd", "task_arithmetic", "ties", "dare_linear", "dare_ties",
+           "magnitude_prune")
+
+
+def register(sub, parent: argparse.ArgumentParser) -> None:
+    merge = sub.add_parser("merge", parents=[parent], help="merge LoRA adapters into one PEFT adapter")
+    _adapter_arguments(merge)
+    how = merge.add_mutually_exclusive_group()
+    how.add_argument("--weights", help="one weight per adapter, comma-separated, e.g. 0.5,0.5")
+    how.add_argument("--strategy", choices=("equal", "proportional"), default=None,
+                     help="equal (default) or proportional to --scores")
+    merge.add_argument("--scores", help="relevance scores for --strategy proportional, comma-separated")
+    merge.add_argument("--lower-is-better", action="store_true",
+                       help="the --scores are losses (NLL): weights go as exp(-score)")
+    merge.add_argument("--out", metavar="DIR",
+                       help="output adapter folder (default: <workspace>/merges/<method>-<names>)")
+    merge.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    merge.set_defaults(func=_merge)
+
+    search = sub.add_parser(
+        "search-weights", parents=[parent],
+        help="search merge weights that do best on a target's train examples",
+    )
+    _adapter_arguments(search)
+    search.add_argument("--target", required=True, metavar="TASK_OR_JSONL",
+                        help="a demo task of the workspace (its train split) or a JSONL file")
+    search.add_argument("--strategy", default="cmaes", help="cmaes (default), lorahub, equal")
+    search.add_argument("--metric", choices=("acc", "nll"),
+                        help="what to optimise (default: acc for cmaes, nll for lorahub)")
+    search.add_argument("--budget", type=int, default=30, help="objective evaluations (default 30)")
+    search.add_argument("--n", type=int, default=64, help="target examples to evaluate on (default 64)")
+    search.add_argument("--base", metavar="DIR", help="base model (default: the workspace's)")
+    search.add_argument("--batch-size", type=int, default=32)
+    search.add_argument("--out", metavar="DIR", help="also write the merge with the best weights here")
+    search.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    search.set_defaults(func=_search)
+
+
+def _adapter_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("adapters", nargs="+", metavar="ADAPTER_DIR",
+                        help="PEFT adapter folders, or names in the workspace library")
+    parser.add_argument("--method", default="linear", help=f"merge method: {', '.join(METHODS)} (default linear)")
+    parser.add_argument("--rank", type=int, help="output rank of cat_svd and the dense methods")
+    parser.add_argument("--density", type=float, help="fraction kept by ties, dare_*, magnitude_prune")
+    parser.add_argument("--majority-sign-method", default="total", choices=("total", "frequency"))
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def _floats(text: str, option: str) -> list[float]:
+    from mashup_core.merging.lora import MergeConfigError
+
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError as exc:
+        raise MergeConfigError(f"{option} must be comma-separated numbers, got {text!r}") from exc
+
+
+def _adapter_dirs(ws, names: list[str]) -> list[Path]:
+    """A path if it exists, else the workspace library's adapter of that name."""
+    return [Path(n) if Path(n).exists() or not (ws.library_dir / n).is_dir() else ws.library_dir / n
+            for n in names]
+
+
+def _merge_options(args) -> dict:
+    return {"rank": args.rank, "density": args.density, "seed": args.seed,
+            "majority_sign_method": args.majority_sign_method}
+
+
+def _default_out(ws, method: str, dirs: list[Path]) -> Path:
+    return ws.merges_dir / "-".join([method, *(d.name for d in dirs)])
+
+
+def _merge(args) -> int:
+    from mashup_core.cli import emit
+    from mashup_core.merging.lora import MergeConfigError, merge_adapters
+    from mashup_core.merging.weights import search_weights
+    from mashup_core.workspace import Workspace
+
+    ws = Workspace.resolve(args.workspace)
+    dirs = _adapter_dirs(ws, args.adapters)
+    if args.weights is not None:
+        weights = _floats(args.weights, "--weights")
+    else:
+        if args.scores is not None and args.strategy != "proportional":
+            raise MergeConfigError("--scores only applies to --strategy proportional")
+        scores = _floats(args.scores, "--scores") if args.scores is not None else None
+        weights = search_weights(args.strategy or "equal", len(dirs), scores=scores,
+                                 higher_is_better=not args.lower_is_better).weights
+    out = Path(args.out) if args.out else _default_out(ws, args.method, dirs)
+    record = merge_adapters(dirs, weights, args.method, out, overwrite=args.overwrite,
+                            **_merge_options(args))
+    shown = ", ".join(f"{d.name}={w:.3g}" for d, w in zip(dirs, record.weights, strict=True))
+    emit(args, record.to_dict(),
+         f"merged {shown} with {record.method} (rank {record.rank}) in {record.seconds:.2f} s "
+         f"-> {record.out_dir}")
+    return 0
+
+
+def _target_examples(ws, target: str, n: int, seed: int):
+    """A seeded sample of n train examples of a demo task, benchmark or file."""
+    from mashup_core.data.targets import DatasetError, load_target, resolve_target, sample_examples
+
+    if n < 1:
+        raise DatasetError(f"--n must be at least 1, got {n}")
+    return sample_examples(load_target(resolve_target(target, ws, "train"), ws), n, seed)
+
+
+def _search(args) -> int:
+    from tqdm.auto import tqdm
+
+    from mashup_core.cli import emit
+    from mashup_core.merging.lora import load_lora_factors, merge_adapters
+    from mashup_core.merging.objective import make_merge_objective
+    from mashup_core.merging.weights import WEIGHT_STRATEGIES, WeightSearchError, search_weights
+    from mashup_core.models.loading import default_device, load_base_model, load_tokenizer
+    from mashup_core.workspace import Workspace
+
+    ws = Workspace.resolve(args.workspace)
+    spec = WEIGHT_STRATEGIES.get(args.strategy)
+    if spec is None or spec.needs_scores:
+        usable = ", ".join(n for n, s in WEIGHT_STRATEGIES.items() if not s.needs_scores)
+        raise WeightSearchError(f"--strategy must be one of {usable}, got {args.strategy!r}")
+    dirs = _adapter_dirs(ws, args.adapters)
+    adapters = load_lora_factors(dirs)  # bad adapters fail before the model loads
+    examples = _target_examples(ws, args.target, args.n, args.seed)
+    base = args.base or ws.base_dir
+    model = load_base_model(base, device=default_device())
+    tokenizer = load_tokenizer(base)
+    metric = args.metric or ("acc" if spec.maximize else "nll")
+    objective = make_merge_objective(model, tokenizer, adapters, examples, args.method, metric=metric,
+                                     batch_size=args.batch_size, **_merge_options(args))
+    total = args.budget if spec.needs_objective else 1
+    with tqdm(total=total, desc=f"{args.strategy} search", disable=args.no_progress) as bar:
+        def progress(_index: int, _value: float, best: float) -> None:
+            bar.update(1)
+            bar.set_postfix({f"best {metric}": f"{best:.4f}"})
+
+        result = search_weights(args.strategy, len(adapters), objective=objective,
+                                budget=args.budget, seed=args.seed, on_progress=progress)
+    report = {**result.to_dict(), "metric": metric, "method": args.method, "target": args.target,
+              "n": len(examples), "adapters": [str(d) for d in dirs]}
+    if args.out:
+        record = merge_adapters(dirs, result.weights, args.method, args.out, overwrite=args.overwrite,
+                                extra={"search": {k: v for k, v in report.items() if k != "history"}},
+                                **_merge_options(args))
+        report["merge"] = record.to_dict()
+    shown = ", ".join(f"{d.name}={w:.3f}" for d, w in zip(dirs, result.weights, strict=True))
+    text = (f"{args.strategy}: {shown}; {metric} {result.best_value:.4f} on {len(examples)} "
+            f"examples of {args.target} after {len(result.history)} evaluations "
+            f"({result.seconds:.1f} s)")
+    if args.out:
+        text += f"\nmerged adapter -> {report['merge']['out_dir']}"
+    emit(args, report, text)
+    return 0

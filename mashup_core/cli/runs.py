@@ -1,0 +1,190 @@
+"""`mashup run|launch|runs|show|cancel|resume|new-spec`: training runs and background jobs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(sub, parent: argparse.ArgumentParser) -> None:
+    run = sub.add_parser("run", parents=[parent], help="run a spec in the foreground")
+    what = run.add_mutually_exclusive_group(required=True)
+    what.add_argument("spec", nargs="?", metavar="SPEC.json", help="a run spec (see new-spec)")
+    what.add_argument("--resume-id", metavar="ID", help="continue an existing run in this process")
+    run.add_argument("--detached", action="store_true", help=argparse.SUPPRESS)
+    run.set_defaults(func=_run)
+
+    launch = sub.add_parser("launch", parents=[parent],
+                            help="start a spec as a background job (it queues if the device is busy)")
+    launch.add_argument("spec", metavar="SPEC.json")
+    launch.add_argument("--pair", action="store_true",
+                        help="also launch (or reuse) the matching from-scratch baseline")
+    launch.set_defaults(func=_launch)
+
+    runs = sub.add_parser("runs", parents=[parent], help="list runs, newest first")
+    runs.add_argument("--status", help="only runs in this state (queued, running, done, ...)")
+    runs.add_argument("--target", help="only runs on this target")
+    runs.add_argument("--kind", choices=["scratch", "mashup"])
+    runs.add_argument("--group", help="only runs of this pair/group id")
+    runs.add_argument("--rebuild-index", action="store_true", help="rebuild the index from the run folders")
+    runs.set_defaults(func=_list)
+
+    show = sub.add_parser("show", parents=[parent], help="a run's spec, status, curve and timings")
+    show.add_argument("run_id", metavar="ID")
+    show.set_defaults(func=_show)
+
+    cancel = sub.add_parser("cancel", parents=[parent], help="stop a queued or running job")
+    cancel.add_argument("run_id", metavar="ID")
+    cancel.set_defaults(func=_cancel)
+
+    resume = sub.add_parser("resume", parents=[parent],
+                            help="continue a killed, cancelled or failed run from its last checkpoint")
+    resume.add_argument("run_id", metavar="ID")
+    resume.add_argument("--foreground", action="store_true", help="run here instead of in the background")
+    resume.set_defaults(func=_resume)
+
+    new = sub.add_parser("new-spec", parents=[parent],
+                         help="print a valid run spec with defaults (a template to edit)")
+    new.add_argument("--target", required=True, help="demo task, benchmark name or data file")
+    new.add_argument("--kind", choices=["scratch", "mashup"], default="mashup")
+    new.add_argument("--name", default="")
+    new.add_argument("--base-model", default="", help="folder or Hub id (default: the demo base)")
+    new.add_argument("--library", nargs="*", default=[], help="checkpoint sources (default: demo library)")
+    new.add_argument("--scorer", default="acc")
+    new.add_argument("--n", type=int, default=256, help="target examples used for scoring")
+    new.add_argument("--k", type=int, default=2, help="checkpoints to merge")
+    new.add_argument("--method", default="linear", help="merge method")
+    new.add_argument("--weights", default="equal", help="weight strategy")
+    new.add_argument("--init", default="", help="scratch, merged-fold or merged-continue")
+    new.add_argument("--finetune", default="lora", help="lora or full")
+    new.add_argument("--steps", type=int, default=200)
+    new.add_argument("--batch-size", type=int, default=32)
+    new.add_argument("--lr", type=float, default=3e-4)
+    new.add_argument("--eval-every", type=int, default=10)
+    new.add_argument("--checkpoint-every", type=int, default=20)
+    new.add_argument("--seed", type=int, default=0, help="seeds everything, batch order included")
+    new.add_argument("--device", default="auto")
+    new.set_defaults(func=_new_spec)
+
+
+def _ws(args):
+    from mashup_core.workspace import Workspace
+
+    return Workspace.resolve(args.workspace)
+
+
+def _run(args) -> int:
+    from mashup_core.cli import emit
+    from mashup_core.jobs.runner import execute_run
+    from mashup_core.jobs.spec import RunSpec
+    from mashup_core.jobs.store import create_run
+
+    ws = _ws(args)
+    run_id = args.resume_id or create_run(ws, RunSpec.load(args.spec))
+    record = execute_run(ws, run_id, progress=not args.no_progress, echo=not args.detached)
+    if not args.detached:
+        emit(args, _summary(record), _describe(record))
+    return 0 if record.state == "done" else 1
+
+
+def _launch(args) -> int:
+    from dataclasses import asdict
+
+    from mashup_core.cli import emit
+    from mashup_core.jobs.runner import launch, launch_pair
+    from mashup_core.jobs.spec import RunSpec
+
+    ws, spec = _ws(args), RunSpec.load(args.spec)
+    if args.pair:
+        pair = launch_pair(ws, spec)
+        reused = " (reused)" if pair.reused_baseline else ""
+        emit(args, asdict(pair), f"{pair.mashup_id}\n{pair.baseline_id}{reused}\ngroup {pair.group}")
+    else:
+        run_id = launch(ws, spec)
+        emit(args, {"id": run_id}, run_id)
+    return 0
+
+
+def _list(args) -> int:
+    from mashup_core.cli import emit
+    from mashup_core.jobs.store import list_runs, rebuild_index
+
+    ws = _ws(args)
+    if args.rebuild_index:
+        rebuild_index(ws)
+    rows = list_runs(ws, status=args.status, target=args.target, kind=args.kind, group=args.group)
+    lines = [f"{'id':<44} {'kind':<8} {'target':<12} {'status':<10} {'acc':>6} group"]
+    for r in rows:
+        acc = f"{r['final_acc']:.3f}" if r["final_acc"] is not None else "-"
+        lines.append(f"{r['id']:<44} {r['kind']:<8} {r['target']:<12} {r['status']:<10} {acc:>6} "
+                     f"{r['group_id'] or ''}")
+    emit(args, rows, "\n".join(lines) if rows else f"no runs in {ws.runs_dir}")
+    return 0
+
+
+def _show(args) -> int:
+    from mashup_core.cli import emit
+    from mashup_core.jobs.store import get_run
+
+    record = get_run(_ws(args), args.run_id)
+    emit(args, record.to_dict(), _describe(record))
+    return 0
+
+
+def _cancel(args) -> int:
+    from mashup_core.cli import emit
+    from mashup_core.jobs.runner import cancel
+
+    status = cancel(_ws(args), args.run_id)
+    emit(args, status, f"{args.run_id}: cancel requested (was {status.get('state')})")
+    return 0
+
+
+def _resume(args) -> int:
+    from mashup_core.cli import emit
+    from mashup_core.jobs.runner import resume
+    from mashup_core.jobs.store import get_run
+
+    ws = _ws(args)
+    resume(ws, args.run_id, detach=not args.foreground, progress=not args.no_progress)
+    record = get_run(ws, args.run_id)
+    emit(args, _summary(record), f"{args.run_id}: {record.state}")
+    return 0
+
+
+def _new_spec(args) -> int:
+    from mashup_core.jobs.spec import RunSpec
+    from mashup_core.training.loop import TrainConfig
+
+    spec = RunSpec(
+        target=args.target, kind=args.kind, name=args.name, base_model=args.base_model,
+        library=list(args.library), scorer=args.scorer, n=args.n, k=args.k,
+        merge_method=args.method, weight_strategy=args.weights, init=args.init,
+        finetune=args.finetune, eval_every=args.eval_every,
+        checkpoint_every=args.checkpoint_every, seed=args.seed, device=args.device,
+        train=TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed),
+    )
+    spec = RunSpec.from_dict(spec.to_dict(), "new-spec")  # the same checks a run makes
+    print(json.dumps(spec.to_dict(), indent=2))
+    return 0
+
+
+def _summary(record) -> dict:
+    return {"id": record.id, "status": record.status, "timings": record.timings,
+            "evals": record.evals}
+
+
+def _describe(record) -> str:
+    spec, st = record.spec, record.status
+    lines = [f"run {record.id}: {spec.kind} on {spec.target_label} ({spec.init}, {spec.finetune}), "
+             f"{st.get('state')}" + (f": {st['error']}" if st.get("error") else "")]
+    if record.selection:
+        chosen = ", ".join(f"{n} ({w:.2f})" for n, w in
+                           zip(record.selection["selected"], record.selection["weights"], strict=True))
+        lines.append(f"  merged: {chosen}")
+    for e in record.evals:
+        lines.append(f"  step {e['step']:>5}  {e['seconds']:>8.1f} s  acc {e['acc']:.3f}  "
+                     f"nll {e['nll']:.3f}")
+    if record.timings:
+        lines.append("  timings: " + ", ".join(f"{k} {v:.1f}" for k, v in sorted(record.timings.items())))
+    return "\n".join(lines)

@@ -1,0 +1,154 @@
+"""`mashup score`: rank the library's checkpoints by relevance to a target task."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _sizes(text: str) -> list[int]:
+    try:
+        sizes = sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected sizes like 8,16,32,64, got {text!r}") from None
+    if not sizes or sizes[0] < 1:
+        raise argparse.ArgumentTypeError(f"sizes must be positive integers, got {text!r}")
+    return sizes
+
+
+def register(sub, parent: argparse.ArgumentParser) -> None:
+    from mashup_core.selection.scoring import SCORERS
+
+    score = sub.add_parser(
+        "score", parents=[parent],
+        help="rank library checkpoints by how well they already do on a target",
+        description="Score every checkpoint of the demo library (and the base model) on a sample "
+        "of the target's train split, rank them and pick the top k to merge.",
+    )
+    score.add_argument("--target", required=True, metavar="TASK|FILE.jsonl",
+                       help="a demo task (its train split is used) or a JSONL file of examples")
+    score.add_argument("--scorer", default="nll", choices=[*SCORERS, "all"],
+                       help="nll: answer loss, lower is better (the paper's text); acc: accuracy "
+                       "(the reference code); all: show the top k by each (default: nll)")
+    score.add_argument("--n", type=int, default=64, help="target examples to score on (default 64)")
+    score.add_argument("--seed", type=int, default=None,
+                       help="sample the n examples with this seed (default: the first n)")
+    score.add_argument("--k", type=int, default=2, help="how many checkpoints to select (default 2)")
+    score.add_argument("--no-snapshots", action="store_true",
+                       help="leave out intermediate training snapshots (<task>-step<N>)")
+    score.add_argument("--include-own", action="store_true",
+                       help="let the target task's own checkpoints be selected (the reference "
+                       "code leaves them out)")
+    score.add_argument("--sweep", type=_sizes, metavar="N1,N2,...",
+                       help="also rank on each of these sample sizes and report how stable the "
+                       "ranking is (Kendall tau vs the largest; one scoring pass in all)")
+    score.add_argument("--batch-size", type=int, default=32)
+    score.add_argument("--refresh", action="store_true", help="ignore cached scores")
+    score.set_defaults(func=_score)
+
+
+def _load_target(ws, target: str):
+    """(examples, label, demo task or None): a demo task, a benchmark or a file, train split."""
+    from mashup_core.data.targets import load_target, resolve_target
+
+    spec = resolve_target(target, ws, "train")
+    return load_target(spec, ws), spec.label, spec.name_or_path if spec.kind == "demo" else None
+
+
+def _score(args) -> int:
+    from mashup_core.cli import emit
+    from mashup_core.models.library import demo_library
+    from mashup_core.selection.scoring import (
+        SCORERS,
+        ScoringError,
+        explain_choice,
+        score_library_cached,
+        sweep_from_table,
+    )
+    from mashup_core.workspace import Workspace
+
+    ws = Workspace.resolve(args.workspace)
+    examples, label, task = _load_target(ws, args.target)
+    scan = demo_library(ws, include_snapshots=not args.no_snapshots)
+    if not scan.checkpoints:
+        raise ScoringError(f"no usable checkpoints in {ws.library_dir}"
+                           + "".join(f"\n  {r.name}: {r.reason}" for r in scan.rejected))
+    scorers = list(SCORERS) if args.scorer == "all" else [args.scorer]
+    exclude_task = None if args.include_own else task
+    scored_n = max([args.n, *(args.sweep or [])])
+    full = score_library_cached(ws, scan.checkpoints, examples, n=scored_n, seed=args.seed,
+                                target=label, batch_size=args.batch_size,
+                                progress=not args.no_progress, refresh=args.refresh)
+    table = full.head(args.n)
+    selected = {s: table.select_top_k(s, args.k, exclude_task=exclude_task) for s in scorers}
+    explanation = explain_choice(table, scorers[0], args.k, exclude_task=exclude_task)
+    sweep = (sweep_from_table(full, args.sweep, scorers[0], seed=args.seed or 0,
+                              exclude_task=exclude_task) if args.sweep else None)
+
+    data = table.to_dict()
+    data.pop("per_example")
+    result = {
+        "workspace": str(ws.root), "target": label, "n": table.n, "seed": args.seed,
+        "k": args.k, "scorers": scorers, "exclude_task": exclude_task, "selected": selected,
+        "explanation": explanation, "table": data, "from_cache": full.from_cache,
+        "rejected": [r.to_dict() for r in scan.rejected],
+        "sweep": sweep.to_dict() if sweep else None,
+    }
+    text = [_render(table, scorers[0], selected[scorers[0]], exclude_task)]
+    text += [f"top {args.k} by {s}: {', '.join(names)}" for s, names in selected.items()]
+    text += ["", explanation]
+    if sweep:
+        text += ["", _render_sweep(sweep)]
+    if scan.rejected:
+        text += ["", "Rejected checkpoints:"] + [f"  {r.name}: {r.reason}" for r in scan.rejected]
+    if full.from_cache:
+        text.append(f"(scores from the cache in {ws.cache_dir / 'scores'}; --refresh to recompute)")
+    emit(args, result, "\n".join(text))
+    return 0
+
+
+def _render(table, scorer: str, selected: list[str], exclude_task: str | None) -> str:
+    from mashup_core.selection.scoring import BASE_ROW, SCORERS
+
+    s = SCORERS[scorer]
+    order = table.rank(scorer, exclude_task=exclude_task)
+    base = table.base
+    if base is not None:  # the base sits where it would rank: rows below it look irrelevant
+        at = sum(s.better(table.row(n).value(scorer), base.value(scorer)) for n in order)
+        order.insert(at, BASE_ROW)
+    left_out = [r.name for r in table.rows if r.name not in order]
+    header = (f"Target {table.target}: {table.n} examples, ranked by {s.label} "
+              f"({'higher' if s.higher_is_better else 'lower'} is better)")
+    lines = [header, f"    {'#':>3}  {'checkpoint':<18} {'trained on':<10} {'nll':>7} {'acc':>6} "
+                     f"{'acc_norm':>8} {'secs':>6}"]
+    rank = 0
+    for name in order + left_out:
+        row = table.row(name)
+        if name == BASE_ROW:
+            place = "-"
+        elif name in left_out:
+            place = "x"
+        else:
+            rank += 1
+            place = str(rank)
+        mark = "*" if name in selected else " "
+        lines.append(f"  {mark} {place:>3}  {name:<18} {row.source_task or '-':<10} {row.nll:>7.3f} "
+                     f"{row.acc:>6.2f} {row.acc_norm:>8.2f} {row.seconds:>6.2f}")
+    notes = ["* selected"]
+    if left_out:
+        notes.append(f"x left out (trained on the target {exclude_task})")
+    lines.append("  " + "; ".join(notes))
+    for name, reason in table.skipped.items():
+        lines.append(f"  not scored: {name}: {reason}")
+    return "\n".join(lines)
+
+
+def _render_sweep(sweep) -> str:
+    lines = [f"Sample-size sweep ({sweep.scorer}): how the ranking at n agrees with n={sweep.ns[-1]}",
+             f"  {'n':>5} {'tau':>6} {'top-1 agree':>12}  top 3"]
+    for n in sweep.ns:
+        tau = "-" if sweep.tau[n] is None else f"{sweep.tau[n]:.2f}"
+        lines.append(f"  {n:>5} {tau:>6} {sweep.top1_agreement[n]:>12.2f}  "
+                     f"{', '.join(sweep.rankings[n][:3])}")
+    lines.append(f"  (top-1 agreement over {sweep.reshuffles} reshuffles of the scored sample)")
+    lines += [f"  {note}" for note in sweep.notes]
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""The embedded demo world: synthetic tasks, a tiny model, a LoRA library, its measured story."""

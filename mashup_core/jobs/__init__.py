@@ -1,0 +1,1 @@
+"""Execution: run specs, run records and their index, the accelerator slot, detached processes."""

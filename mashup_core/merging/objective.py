@@ -1,0 +1,53 @@
+"""weights -> a merged adapter's metric on target examples: what the searched weight strategies optimise."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from mashup_core.merging.lora import (
+    LoraAdapter,
+    MergeConfigError,
+    add_merge_slot,
+    load_into_peft,
+    merge_factors,
+)
+
+
+class MergeObjective:
+    """weights → metric of the merged adapter on `examples`, for `weights.search_weights`.
+
+    The base model and the adapters are loaded once; each call merges in memory, copies the
+    factors into a spare LoRA slot and evaluates. `maximize` tells the search which way is up.
+    """
+
+    def __init__(self, model, tokenizer, adapters: Sequence[LoraAdapter], examples, method: str = "linear",
+                 *, metric: str = "acc", l1: float = 0.0, batch_size: int = 32, **merge_options: Any):
+        if metric not in ("acc", "nll"):
+            raise MergeConfigError(f"metric must be 'acc' or 'nll', got {metric!r}")
+        if not examples:
+            raise MergeConfigError("no examples to evaluate merges on")
+        self.adapters, self.examples, self.tokenizer = list(adapters), list(examples), tokenizer
+        self.method, self.metric, self.l1, self.batch_size = method, metric, l1, batch_size
+        self.merge_options = merge_options
+        self.maximize = metric == "acc"
+        probe = merge_factors(self.adapters, [1 / len(self.adapters)] * len(self.adapters), method,
+                              **merge_options)  # validates once, and fixes the slot's shape
+        self.model = add_merge_slot(model, probe, self.adapters[0].config)
+
+    def __call__(self, weights: Sequence[float] | np.ndarray) -> float:
+        from mashup_core.selection.loglik import evaluate_mc
+
+        weights = [float(w) for w in weights]
+        load_into_peft(self.model, merge_factors(self.adapters, weights, self.method, **self.merge_options))
+        result = evaluate_mc(self.model, self.tokenizer, self.examples, self.batch_size)
+        penalty = self.l1 * float(np.mean(np.abs(weights)))
+        return result.acc - penalty if self.maximize else result.nll + penalty
+
+
+def make_merge_objective(model, tokenizer, factors: Sequence[LoraAdapter], examples, method: str = "linear",
+                         metric: str = "acc", l1: float = 0.0, **merge_options: Any) -> MergeObjective:
+    """See `MergeObjective`; `factors` come from `load_lora_factors`."""
+    return MergeObjective(model, tokenizer, factors, examples, method, metric=metric, l1=l1, **merge_options)

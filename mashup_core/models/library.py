@@ -1,0 +1,493 @@
+"""The checkpoint library: find, describe and validate the checkpoints Mashup Learning draws on.
+
+A source is a folder, searched recursively, or a Hugging Face Hub id. Every checkpoint found
+is checked before any model work: safetensors only, a readable header, finite values,
+complete LoRA pairs, and layers and shapes that exist in the base model. The base is read from
+its config on the `meta` device, so no base weights are loaded. A bad checkpoint becomes a
+`Rejected` with its reason and the rest still load.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from mashup_core.errors import MashupError
+from mashup_core.workspace import JsonFileError, Workspace, load_json_object
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+MODEL_CONFIG = "config.json"
+SHARD_INDEX = "model.safetensors.index.json"
+META_FILE = "mashup_meta.json"  # our metadata beside a checkpoint (the demo world writes it)
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+HUB_PATTERNS = ["*.json", "*.safetensors"]  # never download pickles
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+SNAPSHOT_NAME = re.compile(r"-step\d+$")
+# PEFT saves a LoRA layer as `base_model.model.<module>.lora_A.weight` (and lora_B, or the
+# lora_embedding_A/B pair for embeddings): the module name is what the base model calls it.
+LORA_KEY = re.compile(
+    r"^(?:base_model\.model\.)?(?P<module>.+?)\.(?P<part>lora_(?:embedding_)?[AB])(?:\.weight)?$"
+)
+PEFT_PREFIX = "base_model.model."
+
+
+class LibraryError(MashupError):
+    """The library as a whole cannot be used (unreadable base model, unknown checkpoint name)."""
+
+
+class _Reject(Exception):
+    """One checkpoint or source is unusable; becomes a `Rejected` with this message."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    name: str
+    path: Path
+    kind: str  # 'lora' | 'full'
+    source_task: str | None = None
+    base_model: str | None = None  # local path (resolved) or Hub id it was trained from
+    rank: int | None = None
+    alpha: float | None = None
+    target_modules: tuple[str, ...] = ()
+    size_bytes: int = 0
+    meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    hub_id: str | None = None
+    weight_files: tuple[Path, ...] = ()
+    notes: tuple[str, ...] = ()  # checks that could not run, e.g. base config unavailable
+
+    @property
+    def is_snapshot(self) -> bool:
+        return _is_snapshot(self.name, self.meta)
+
+    def state_dict(self, device: str = "cpu") -> dict[str, torch.Tensor]:
+        """All tensors of the checkpoint, as saved (PEFT key names for LoRA)."""
+        from safetensors.torch import load_file
+
+        return {k: v for f in self.weight_files for k, v in load_file(f, device=device).items()}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "path": str(self.path), "kind": self.kind,
+            "source_task": self.source_task, "base_model": self.base_model, "rank": self.rank,
+            "alpha": self.alpha, "target_modules": list(self.target_modules),
+            "size_bytes": self.size_bytes, "meta": self.meta, "hub_id": self.hub_id,
+            "weight_files": [str(f) for f in self.weight_files], "notes": list(self.notes),
+            "snapshot": self.is_snapshot,
+        }
+
+
+@dataclass(frozen=True)
+class Rejected:
+    path: Path
+    reason: str
+    name: str = ""  # the checkpoint name it would have had, or the source as given
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            object.__setattr__(self, "name", self.path.name)
+
+    def to_dict(self) -> dict[str, str]:
+        return {"name": self.name, "path": str(self.path), "reason": self.reason}
+
+
+@dataclass
+class LibraryScan:
+    checkpoints: list[Checkpoint] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.checkpoints]
+
+    def by_name(self, name: str) -> Checkpoint:
+        for ckpt in self.checkpoints:
+            if ckpt.name == name:
+                return ckpt
+        raise LibraryError(f"no checkpoint named {name!r} in the library; known: {', '.join(self.names) or 'none'}")
+
+    def __iter__(self) -> Iterator[Checkpoint]:
+        return iter(self.checkpoints)
+
+    def __len__(self) -> int:
+        return len(self.checkpoints)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"checkpoints": [c.to_dict() for c in self.checkpoints],
+                "rejected": [r.to_dict() for r in self.rejected]}
+
+
+@dataclass(frozen=True)
+class BaseShapes:
+    """What validation needs from a base model: its layers' in/out sizes and tensor shapes."""
+
+    source: str
+    layers: dict[str, tuple[int, int]]  # module name -> (in, out) of every layer LoRA can wrap
+    tensors: dict[str, tuple[int, ...]]  # state-dict key -> shape
+
+
+def base_shapes(name_or_path: str | Path, *, trust_remote_code: bool = False) -> BaseShapes:
+    """Instantiate the base from its config on the `meta` device: real names and shapes, no weights."""
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+    try:
+        config = AutoConfig.from_pretrained(str(name_or_path), trust_remote_code=trust_remote_code)
+        with torch.device("meta"):
+            try:
+                model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+            except ValueError:  # not a causal LM (an encoder, a classifier's backbone)
+                model = AutoModel.from_config(config, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise LibraryError(f"cannot read the base model's config from {name_or_path}: {exc}") from exc
+    layers = {name: io for name, module in model.named_modules() if (io := _layer_io(module))}
+    tensors = {key: tuple(t.shape) for key, t in model.state_dict().items()}
+    return BaseShapes(str(name_or_path), layers, tensors)
+
+
+def _layer_io(module: torch.nn.Module) -> tuple[int, int] | None:
+    if isinstance(module, torch.nn.Linear):
+        return module.in_features, module.out_features
+    if isinstance(module, torch.nn.Embedding):
+        return module.num_embeddings, module.embedding_dim
+    if hasattr(module, "nx") and hasattr(module, "nf"):  # transformers' Conv1D (GPT-2 style)
+        return module.nx, module.nf
+    return None
+
+
+def scan_library(
+    sources: Sequence[str | Path],
+    *,
+    base_model_dir: Path | str | None = None,
+    include_snapshots: bool = True,
+) -> LibraryScan:
+    """Find and validate every checkpoint under `sources` (folders or Hub ids).
+
+    With `base_model_dir` (a folder or a Hub id), every checkpoint is checked against that
+    base, which must be readable (`LibraryError` otherwise). Without it, each is checked
+    against the base it records (adapter_config's `base_model_name_or_path`, else
+    mashup_meta.json's `base_model`); one whose base cannot be read is kept with a note.
+    """
+    base_for = _BaseResolver(base_model_dir)
+    skip = {Path(base_model_dir).resolve()} if base_model_dir is not None else set()  # not a checkpoint
+    scan = LibraryScan()
+    taken: dict[str, Path] = {}
+    for source in sources:
+        try:
+            root, hub_id = _materialize(source)
+        except _Reject as exc:
+            scan.rejected.append(Rejected(Path(str(source)), str(exc), str(source)))
+            continue
+        for path, kind in _find_candidates(root, skip):
+            rel = path.relative_to(root).as_posix()
+            name = (hub_id or root.name) if rel == "." else (f"{hub_id}/{rel}" if hub_id else rel)
+            if taken.get(name) == path:  # the same folder given twice
+                continue
+            try:
+                meta = _read_meta(path)
+                if not include_snapshots and _is_snapshot(name, meta):
+                    continue
+                if name in taken:
+                    raise _Reject(f"another checkpoint is already named {name!r} ({taken[name]}); "
+                                  "rename one of the folders")
+                ckpt = INSPECTORS[kind](path, name, meta, hub_id, base_for)
+            except _Reject as exc:
+                scan.rejected.append(Rejected(path, str(exc), name))
+                continue
+            except OSError as exc:  # permissions, a file vanishing mid-scan
+                scan.rejected.append(Rejected(path, f"cannot read: {exc}", name))
+                continue
+            taken[name] = path
+            scan.checkpoints.append(ckpt)
+    return scan
+
+
+def demo_library(ws: Workspace, include_snapshots: bool = True) -> LibraryScan:
+    """The demo world's adapters, validated against the demo base model."""
+    if not ws.library_dir.is_dir():
+        raise LibraryError(f"no demo library in {ws.root}; build it with `mashup demo build` "
+                           "or point --source at a folder of checkpoints")
+    return scan_library([ws.library_dir], base_model_dir=ws.base_dir,
+                        include_snapshots=include_snapshots)
+
+
+# --- finding ---------------------------------------------------------------------------------
+
+
+def _materialize(source: str | Path) -> tuple[Path, str | None]:
+    """(local folder, Hub id or None). A Hub id is downloaded (json + safetensors only)."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return path.resolve(), None
+    if path.exists():
+        raise _Reject(f"{path} is a file; a library source is a folder of checkpoints or a Hub id")
+    if not HUB_ID.match(str(source)):
+        raise _Reject(f"no folder {path}, and {str(source)!r} is not a Hub id (owner/name)")
+    from huggingface_hub import snapshot_download
+
+    try:
+        local = snapshot_download(repo_id=str(source), allow_patterns=HUB_PATTERNS)
+    except (OSError, ValueError) as exc:
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
+        hint = " (HF_HUB_OFFLINE is set: unset it, or download the repo elsewhere and pass its folder)" if offline else ""
+        raise _Reject(f"no folder {str(source)!r} here, and fetching it from the Hugging Face Hub "
+                      f"failed{hint}: {exc}") from exc
+    return Path(local), str(source)
+
+
+def _find_candidates(root: Path, skip: set[Path]) -> Iterator[tuple[Path, str]]:
+    """(folder, kind) for every folder that holds a checkpoint; checkpoints do not nest."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        if here.resolve() in skip:
+            dirnames[:] = []
+            continue
+        kind = _classify(set(filenames))
+        if kind is not None:
+            dirnames[:] = []
+            yield here, kind
+
+
+def _classify(files: set[str]) -> str | None:
+    if ADAPTER_CONFIG in files:
+        return "lora"
+    weights = any(f.endswith(".safetensors") for f in files)
+    pickles = any(f.endswith(PICKLE_SUFFIXES) for f in files)
+    if MODEL_CONFIG in files and (weights or pickles or SHARD_INDEX in files):
+        return "full"
+    if weights or pickles:
+        return "loose"
+    return None
+
+
+def _is_snapshot(name: str, meta: dict[str, Any]) -> bool:
+    if "final" in meta:
+        return not meta["final"]
+    return bool(SNAPSHOT_NAME.search(name))
+
+
+# --- validating ------------------------------------------------------------------------------
+
+
+class _BaseResolver:
+    """Base shapes per base reference, read once per scan (`(shapes, None)` or `(None, note)`)."""
+
+    def __init__(self, override: Path | str | None):
+        self.override = override
+        self.cache: dict[str, BaseShapes | str] = {}
+        if override is not None:  # an explicit base must be usable: fail before any work
+            self.cache[str(override)] = base_shapes(override)
+
+    def __call__(self, recorded: str | None) -> tuple[BaseShapes | None, str | None]:
+        ref = str(self.override) if self.override is not None else recorded
+        if ref is None:
+            return None, "no base model recorded: layers and shapes not checked"
+        if ref not in self.cache:
+            try:
+                self.cache[ref] = base_shapes(ref)
+            except LibraryError as exc:
+                self.cache[ref] = f"layers and shapes not checked: {exc}"
+        found = self.cache[ref]
+        return (found, None) if isinstance(found, BaseShapes) else (None, found)
+
+
+def _inspect_lora(path: Path, name: str, meta: dict, hub_id: str | None, base_for: _BaseResolver) -> Checkpoint:
+    config = _read_json(path / ADAPTER_CONFIG)
+    peft_type = str(config.get("peft_type") or "LORA")
+    if peft_type.upper() != "LORA":
+        raise _Reject(f"{ADAPTER_CONFIG}: peft_type is {peft_type}; only LoRA adapters can be merged")
+    weights = path / ADAPTER_WEIGHTS
+    if not weights.exists():
+        fetched = " (only *.json and *.safetensors are fetched from the Hub)" if hub_id else ""
+        raise _Reject(_pickle_reason(path, "PeftModel.from_pretrained(base, DIR)")
+                      or f"no {ADAPTER_WEIGHTS} beside {ADAPTER_CONFIG}{fetched}")
+    shapes = _read_tensors(weights)
+    pairs = _lora_pairs(shapes)
+    rank = config.get("r")
+    if rank is not None and not config.get("rank_pattern"):  # PEFT could not load other ranks
+        odd = [f"{m} has rank {r}" for m, (r, _, _) in pairs.items() if r != rank]
+        if odd:
+            raise _Reject(f"{ADAPTER_CONFIG} says r={rank} but " + "; ".join(_few(odd)))
+    raw_targets = config.get("target_modules") or ()
+    # PEFT saves "all-linear" resolved to full module paths; a layer's own name is what a
+    # person compares ("q_proj", "qkv_proj", "c_attn"), whatever block it sits in.
+    targets = ((raw_targets,) if isinstance(raw_targets, str)
+               else tuple(sorted({t.rsplit(".", 1)[-1] for t in raw_targets})))
+    base_model = _resolve_ref(config.get("base_model_name_or_path") or meta.get("base_model"), path)
+    base, note = base_for(base_model)
+    if base is not None:
+        _check_lora_against_base(raw_targets, pairs, shapes, base)
+    return Checkpoint(
+        name=name, path=path, kind="lora", source_task=meta.get("source_task"),
+        base_model=base_model, rank=rank, alpha=config.get("lora_alpha"),
+        target_modules=targets, size_bytes=weights.stat().st_size, meta=meta, hub_id=hub_id,
+        weight_files=(weights,), notes=(note,) if note else (),
+    )
+
+
+def _inspect_full(path: Path, name: str, meta: dict, hub_id: str | None, base_for: _BaseResolver) -> Checkpoint:
+    _read_json(path / MODEL_CONFIG)
+    files = _full_weight_files(path)
+    shapes: dict[str, tuple[int, ...]] = {}
+    for f in files:
+        shapes.update(_read_tensors(f))
+    base_model = _resolve_ref(meta.get("base_model"), path)
+    base, note = base_for(base_model)
+    if base is not None:
+        unknown = [k for k in shapes if k not in base.tensors]
+        wrong = [f"{k} {list(s)} vs {list(base.tensors[k])}" for k, s in shapes.items()
+                 if k in base.tensors and s != base.tensors[k]]
+        if unknown or wrong:
+            raise _Reject("does not fit the base model "
+                          f"{base.source} (a different architecture or size?): "
+                          + "; ".join(_few(wrong, "shape mismatch") + _few(unknown, "tensor the base lacks")))
+    return Checkpoint(
+        name=name, path=path, kind="full", source_task=meta.get("source_task"),
+        base_model=base_model, size_bytes=sum(f.stat().st_size for f in files), meta=meta,
+        hub_id=hub_id, weight_files=tuple(files), notes=(note,) if note else (),
+    )
+
+
+def _inspect_loose(path: Path, *_: Any) -> Checkpoint:
+    raise _Reject(_pickle_reason(path, "AutoModelForCausalLM.from_pretrained(DIR)")
+                  or f"weights without {ADAPTER_CONFIG} or {MODEL_CONFIG}: cannot tell which "
+                  "model they belong to; save them with PEFT's or transformers' save_pretrained")
+
+
+Inspector = Callable[[Path, str, dict, "str | None", _BaseResolver], Checkpoint]
+INSPECTORS: dict[str, Inspector] = {"lora": _inspect_lora, "full": _inspect_full, "loose": _inspect_loose}
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return load_json_object(path)
+    except JsonFileError as exc:
+        raise _Reject(str(exc)) from exc
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    return _read_json(path / META_FILE) if (path / META_FILE).exists() else {}
+
+
+def _resolve_ref(ref: str | None, checkpoint_dir: Path) -> str | None:
+    """A base reference as given, resolved against the checkpoint's folder when it is a relative path."""
+    if not ref:
+        return None
+    local = checkpoint_dir / ref
+    if not Path(ref).is_absolute() and (ref.startswith(".") or local.exists()):
+        return str(local.resolve())
+    return ref
+
+
+def _read_tensors(path: Path) -> dict[str, tuple[int, ...]]:
+    """Shapes of every tensor, after checking the header and that every value is finite."""
+    shapes = {}
+    try:
+        with safe_open(path, framework="pt") as f:
+            for key in f.keys():  # noqa: SIM118 - safe_open is not a mapping
+                tensor = f.get_tensor(key)
+                if tensor.is_floating_point() and not (finite := torch.isfinite(tensor)).all():
+                    raise _Reject(f"{path.name}: tensor {key} has {int((~finite).sum())} non-finite "
+                                  "values (NaN or inf): a diverged or corrupted training run")
+                shapes[key] = tuple(tensor.shape)
+    except SafetensorError as exc:
+        raise _Reject(f"{path.name} is corrupted or truncated ({exc}); re-save or re-download it") from exc
+    if not shapes:
+        raise _Reject(f"{path.name} holds no tensors")
+    return shapes
+
+
+def _lora_pairs(shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, int, int]]:
+    """module -> (rank, in, out), after checking every lora_A has its lora_B of the same rank."""
+    parts: dict[str, dict[str, tuple[int, ...]]] = {}
+    for key, shape in shapes.items():
+        if m := LORA_KEY.match(key):
+            parts.setdefault(m["module"], {})[m["part"][-1]] = shape
+    if not parts:
+        raise _Reject(f"{ADAPTER_WEIGHTS} holds no lora_A/lora_B tensors")
+    pairs, problems = {}, []
+    for module, ab in sorted(parts.items()):
+        if set(ab) != {"A", "B"}:
+            missing = "lora_B" if "A" in ab else "lora_A"
+            problems.append(f"{module} has no {missing}")
+        elif len(ab["A"]) == 2 and len(ab["B"]) == 2:  # conv LoRA factors are 4-D: not checked
+            (rank_a, fan_in), (fan_out, rank_b) = ab["A"], ab["B"]
+            if rank_a != rank_b:
+                problems.append(f"{module}: lora_A has rank {rank_a} but lora_B has rank {rank_b}")
+            pairs[module] = (rank_a, fan_in, fan_out)
+    if problems:
+        raise _Reject("incomplete LoRA pairs: " + "; ".join(_few(problems)))
+    return pairs
+
+
+def _check_lora_against_base(targets: str | Sequence[str], pairs, shapes, base: BaseShapes) -> None:
+    problems = []
+    # PEFT's rule: a string is one regex that must match whole layer names; a list holds names
+    # matched by suffix. Each listed name should match something, else the base is another one.
+    if isinstance(targets, str):
+        try:
+            pattern = re.compile(targets)
+        except re.error as exc:
+            raise _Reject(f"{ADAPTER_CONFIG}: target_modules {targets!r} is not a valid regex ({exc})") from exc
+        if targets != "all-linear" and not any(pattern.fullmatch(layer) for layer in base.layers):
+            problems.append(f"target_modules regex {targets!r} matches no layer of the base")
+    else:
+        problems += [f"target module {t!r} matches no layer of the base" for t in targets
+                     if not any(layer == t or layer.endswith("." + t) for layer in base.layers)]
+    for module, (_rank, fan_in, fan_out) in pairs.items():
+        if module not in base.layers:
+            problems.append(f"tensors for {module}, a layer the base does not have")
+        elif base.layers[module] != (fan_in, fan_out):
+            b_in, b_out = base.layers[module]
+            problems.append(f"{module} is {fan_in}->{fan_out} in the adapter but {b_in}->{b_out} in the base")
+    # modules_to_save copies are full tensors under the base's own key
+    for key, shape in shapes.items():
+        if "lora_" in key:
+            continue
+        plain = key.removeprefix(PEFT_PREFIX)
+        if plain not in base.tensors:
+            problems.append(f"tensor {key} matches no tensor of the base")
+        elif base.tensors[plain] != shape:
+            problems.append(f"{key} is {list(shape)} but {list(base.tensors[plain])} in the base")
+    if problems:
+        raise _Reject(f"does not fit the base model {base.source} (trained on another base?): "
+                      + "; ".join(_few(problems)))
+
+
+def _full_weight_files(path: Path) -> list[Path]:
+    index = path / SHARD_INDEX
+    if index.exists():
+        weight_map = _read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise _Reject(f"{SHARD_INDEX} has no weight_map")
+        files = sorted({path / f for f in weight_map.values()})
+        missing = [f.name for f in files if not f.exists()]
+        if missing:
+            raise _Reject(f"{SHARD_INDEX} lists shards that are missing: {', '.join(_few(missing))}")
+        return files
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise _Reject(_pickle_reason(path, "AutoModelForCausalLM.from_pretrained(DIR)")
+                      or f"{MODEL_CONFIG} but no *.safetensors weights")
+    return files
+
+
+def _pickle_reason(path: Path, loader: str) -> str | None:
+    pickles = sorted(p.name for p in path.iterdir() if p.name.endswith(PICKLE_SUFFIXES))
+    if not pickles:
+        return None
+    return (f"only pickle weights ({', '.join(_few(pickles))}); pickles can run code when loaded, "
+            "so they are refused. Convert once in an environment you trust: "
+            f"`{loader}.save_pretrained(DIR, safe_serialization=True)`")
+
+
+def _few(items: list[str], label: str | None = None, limit: int = 3) -> list[str]:
+    shown = [f"{label} {i}" if label else i for i in items[:limit]]
+    return shown + [f"and {len(items) - limit} more"] if len(items) > limit else shown

@@ -1,0 +1,69 @@
+"""Loading base models and tokenizers by folder or Hub id: safetensors only, `trust_remote_code` off unless asked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+)
+
+from mashup_core.errors import MashupError
+
+
+class ModelLoadError(MashupError):
+    """A base model or tokenizer could not be loaded; the message says what to do."""
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def load_tokenizer(name_or_path: str | Path, *, trust_remote_code: bool = False):
+    try:
+        tok = AutoTokenizer.from_pretrained(str(name_or_path), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot load a tokenizer from {name_or_path}: {exc}") from exc
+    if tok.pad_token is None:  # many causal LMs ship without one; batching needs it
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_base_model(
+    name_or_path: str | Path,
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    trust_remote_code: bool = False,
+) -> PreTrainedModel:
+    """A causal LM from a local folder or a Hub id, safetensors only, in eval mode."""
+    device = torch.device(device) if device is not None else default_device()
+    local = Path(name_or_path)
+    if local.is_dir():
+        pickles = sorted(p.name for p in local.glob("*.bin")) + sorted(p.name for p in local.glob("*.pt"))
+        if pickles and not any(local.glob("*.safetensors")):
+            raise ModelLoadError(
+                f"{local} holds only pickle weights ({', '.join(pickles)}); pickles can run code "
+                "when loaded, so they are refused. Convert once in a trusted environment: "
+                "`AutoModelForCausalLM.from_pretrained(dir).save_pretrained(dir, safe_serialization=True)`"
+            )
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            str(name_or_path),
+            dtype=dtype or default_dtype(device),
+            use_safetensors=True,
+            trust_remote_code=trust_remote_code,
+        )
+    except (OSError, ValueError) as exc:
+        hint = " (offline? set HF_HUB_OFFLINE=0 and check the name)" if not local.exists() else ""
+        raise ModelLoadError(f"cannot load a model from {name_or_path}: {exc}{hint}") from exc
+    return model.to(device).eval()

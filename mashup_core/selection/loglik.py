@@ -1,0 +1,267 @@
+"""Multiple-choice evaluation by answer log-likelihood, as lm-eval scores it.
+
+For each example the prompt runs once; its KV cache is copied to every choice and only the
+choice tokens run again. On four-choice tasks with long prompts this is up to 4x less work
+than scoring each prompt+choice sequence separately, with the same numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from mashup_core.data.targets import MCExample
+from mashup_core.errors import MashupError
+
+
+@dataclass
+class ChoiceScores:
+    """Per example, per choice: summed answer log-probability and its length."""
+
+    logprobs: list[list[float]]
+    num_tokens: list[list[int]]
+    num_bytes: list[list[int]]
+
+
+@dataclass
+class MCResult:
+    acc: float
+    acc_norm: float
+    nll: float  # mean over examples of the gold answer's per-token negative log-likelihood
+    n: int
+    correct: list[bool]
+
+    def as_dict(self) -> dict[str, float]:
+        return {"acc": self.acc, "acc_norm": self.acc_norm, "nll": self.nll, "n": self.n}
+
+
+def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """lm-eval's split: encode the whole string, the continuation is what follows the context.
+
+    Tokenising the two halves apart would change the tokens at the seam for BPE vocabularies.
+    """
+    ctx = tokenizer(context)["input_ids"]
+    if not ctx:  # e.g. a WinoGrande blank at the start, with a tokenizer that adds no BOS
+        # As lm-eval does: condition on the end-of-text token so the first answer token is scored.
+        ctx = [tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id]
+        return ctx, tokenizer(continuation)["input_ids"]
+    whole = tokenizer(context + continuation)["input_ids"]
+    return ctx, whole[len(ctx):]
+
+
+@torch.no_grad()
+def choice_loglikelihoods(
+    model, tokenizer, examples: Sequence[MCExample], batch_size: int = 32
+) -> ChoiceScores:
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    out = ChoiceScores([], [], [])
+    for start in range(0, len(examples), batch_size):
+        batch = examples[start : start + batch_size]
+        contexts, continuations = [], []
+        for ex in batch:
+            pairs = [encode_pair(tokenizer, ex.prompt, choice) for choice in ex.choices]
+            contexts.append(pairs[0][0])
+            continuations.append([cont for _, cont in pairs])
+        logprobs = _score_batch(model, contexts, continuations, pad, device)
+        for ex, conts, lp in zip(batch, continuations, logprobs, strict=True):
+            out.logprobs.append(lp)
+            out.num_tokens.append([len(c) for c in conts])
+            out.num_bytes.append([len(choice.encode("utf-8")) for choice in ex.choices])
+    return out
+
+
+def _score_batch(model, contexts, continuations, pad, device) -> list[list[float]]:
+    n_ex = len(contexts)
+    n_choices = [len(c) for c in continuations]
+    ctx_len = torch.tensor([len(c) for c in contexts])
+    width = int(ctx_len.max())
+    # Left-pad prompts so every prompt ends at the same column and the cache lines up.
+    ctx_ids = torch.full((n_ex, width), pad, dtype=torch.long)
+    ctx_mask = torch.zeros((n_ex, width), dtype=torch.long)
+    for i, ids in enumerate(contexts):
+        ctx_ids[i, width - len(ids):] = torch.tensor(ids)
+        ctx_mask[i, width - len(ids):] = 1
+    ctx_pos = (ctx_mask.cumsum(-1) - 1).clamp(min=0)
+    first = model(
+        input_ids=ctx_ids.to(device), attention_mask=ctx_mask.to(device),
+        position_ids=ctx_pos.to(device), use_cache=True,
+    )
+    last_logp = F.log_softmax(first.logits[:, -1].float(), dim=-1)  # predicts each answer's 1st token
+
+    # One row per (example, choice); answers right-padded, so padding never precedes a token.
+    repeats = torch.tensor(n_choices)
+    flat = [cont for conts in continuations for cont in conts]
+    ans_width = max(1, max(len(c) for c in flat))
+    ans_ids = torch.full((len(flat), ans_width), pad, dtype=torch.long)
+    ans_mask = torch.zeros((len(flat), ans_width), dtype=torch.long)
+    for r, ids in enumerate(flat):
+        ans_ids[r, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        ans_mask[r, : len(ids)] = 1
+    cache = first.past_key_values
+    if all(k == n_choices[0] for k in n_choices):
+        cache.batch_repeat_interleave(n_choices[0])
+    else:
+        cache.batch_select_indices(torch.arange(n_ex).repeat_interleave(repeats).to(device))
+    row_ctx_mask = ctx_mask.repeat_interleave(repeats, dim=0)
+    row_ctx_len = ctx_len.repeat_interleave(repeats)
+    ans_pos = row_ctx_len[:, None] + torch.arange(ans_width)[None, :]
+    second = model(
+        input_ids=ans_ids.to(device),
+        attention_mask=torch.cat([row_ctx_mask, ans_mask], dim=1).to(device),
+        position_ids=ans_pos.to(device), past_key_values=cache, use_cache=False,
+    )
+    # Token t of an answer is predicted by answer position t-1; token 0 by the prompt's end.
+    ans_logp = F.log_softmax(second.logits.float(), dim=-1)
+    row_first = last_logp.repeat_interleave(repeats.to(device), dim=0)
+    targets = ans_ids.to(device)
+    tok_logp = torch.empty(ans_ids.shape, device=device)
+    tok_logp[:, 0] = row_first.gather(1, targets[:, :1]).squeeze(1)
+    if ans_width > 1:
+        tok_logp[:, 1:] = ans_logp[:, :-1].gather(2, targets[:, 1:, None]).squeeze(2)
+    summed = (tok_logp * ans_mask.to(device)).sum(1).cpu().tolist()
+    result, r = [], 0
+    for k in n_choices:
+        result.append(summed[r : r + k])
+        r += k
+    return result
+
+
+def mc_result(examples: Sequence[MCExample], scores: ChoiceScores) -> MCResult:
+    correct, correct_norm, nlls = [], [], []
+    for ex, lp, ntok, nbytes in zip(
+        examples, scores.logprobs, scores.num_tokens, scores.num_bytes, strict=True
+    ):
+        correct.append(max(range(len(lp)), key=lp.__getitem__) == ex.gold)
+        # acc_norm divides by the answer's length in bytes, as lm-eval does.
+        normed = [v / max(b, 1) for v, b in zip(lp, nbytes, strict=True)]
+        correct_norm.append(max(range(len(normed)), key=normed.__getitem__) == ex.gold)
+        nlls.append(-lp[ex.gold] / max(ntok[ex.gold], 1))
+    n = len(examples)
+    return MCResult(
+        acc=sum(correct) / n, acc_norm=sum(correct_norm) / n, nll=sum(nlls) / n, n=n,
+        correct=correct,
+    )
+
+
+def evaluate_mc(model, tokenizer, examples: Sequence[MCExample], batch_size: int = 32) -> MCResult:
+    """Accuracy, length-normalised accuracy and answer NLL of `model` on `examples`."""
+    was_training = model.training
+    model.eval()
+    try:
+        return mc_result(examples, choice_loglikelihoods(model, tokenizer, examples, batch_size))
+    finally:
+        model.train(was_training)
+
+
+# --- Letter-prompt accuracy ---------------------------------------------------------------
+# The reference code's second metric: show the options with letters and read the model's
+# next-token preference among the letters only. It needs no answer scoring, but it only means
+# something for models that learned the lettered format (instruction-tuned ones do; the demo's
+# tiny models mostly do not), so it complements `evaluate_mc` rather than replacing it.
+
+
+class LetterPromptError(MashupError, ValueError):
+    """The tokenizer cannot spell the lettered prompt (a letter is unknown or not one token)."""
+
+
+@dataclass(frozen=True)
+class LetterFormat:
+    letters: str = "ABCDEFGHIJ"
+    option: str = "\n{letter}. {choice}"
+    answer: str = "\nAnswer:"
+    # BPE vocabularies have " A" as one token, so the space belongs to the letter; for
+    # character vocabularies the space is its own token and joins the prompt instead.
+    letter_prefix: str = " "
+
+    def prompt(self, ex: MCExample) -> str:
+        if len(ex.choices) > len(self.letters):
+            raise LetterPromptError(
+                f"{len(ex.choices)} choices but only {len(self.letters)} letters "
+                f"({self.letters!r}); pass a LetterFormat with more letters"
+            )
+        options = "".join(
+            self.option.format(letter=letter, choice=choice)
+            for letter, choice in zip(self.letters, ex.choices, strict=False)
+        )
+        return f"{ex.prompt}{options}{self.answer}"
+
+
+# The reference format, and the same layout in characters the demo's char vocabulary has.
+REFERENCE_LETTERS = LetterFormat()
+CHAR_SAFE_LETTERS = LetterFormat(letters="abcdefghij", option=" {letter}. {choice}", answer=" answer:")
+
+
+def letter_format_for(tokenizer) -> LetterFormat:
+    """The reference format if the tokenizer can spell it without unknown tokens, else the
+    lowercase one-line layout (the demo's char tokenizer has no capitals or newlines)."""
+    unk = tokenizer.unk_token_id
+    probe = REFERENCE_LETTERS.prompt(MCExample("q", ("x", "y"), 0)) + " " + REFERENCE_LETTERS.letters
+    if unk is None or unk not in tokenizer(probe)["input_ids"]:
+        return REFERENCE_LETTERS
+    return CHAR_SAFE_LETTERS
+
+
+def _letter_setup(tokenizer, fmt: LetterFormat, n_letters: int) -> tuple[str, list[int]]:
+    """(suffix to add to each prompt, token id of each letter) — each letter one known token."""
+    probe = fmt.prompt(MCExample("q", tuple("x" * n_letters), 0))
+    for suffix, cont in (("", fmt.letter_prefix), (fmt.letter_prefix, "")):
+        ids = [encode_pair(tokenizer, probe + suffix, cont + letter)[1] for letter in fmt.letters[:n_letters]]
+        if all(len(t) == 1 and t[0] != tokenizer.unk_token_id for t in ids):
+            return suffix, [t[0] for t in ids]
+    raise LetterPromptError(
+        f"the tokenizer cannot read the letters {fmt.letters[:n_letters]!r} as single known tokens "
+        f"(after {fmt.letter_prefix!r}); use letter_format_for(tokenizer) or pass a LetterFormat "
+        "whose letters are in its vocabulary"
+    )
+
+
+@torch.no_grad()
+def letter_logits(
+    model, tokenizer, examples: Sequence[MCExample], fmt: LetterFormat | None = None,
+    batch_size: int = 32,
+) -> list[list[float]]:
+    """Per example, the next-token logit of each option's letter after the lettered prompt."""
+    fmt = fmt or letter_format_for(tokenizer)
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    n_letters = max(len(ex.choices) for ex in examples)
+    suffix, letter_ids = _letter_setup(tokenizer, fmt, n_letters)
+    was_training = model.training
+    model.eval()
+    out: list[list[float]] = []
+    try:
+        for start in range(0, len(examples), batch_size):
+            batch = examples[start : start + batch_size]
+            rows = [tokenizer(fmt.prompt(ex) + suffix)["input_ids"] for ex in batch]
+            width = max(len(r) for r in rows)
+            ids = torch.full((len(rows), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(rows), width), dtype=torch.long)
+            for i, r in enumerate(rows):  # left-pad: every prompt's last token in the last column
+                ids[i, width - len(r):] = torch.tensor(r)
+                mask[i, width - len(r):] = 1
+            pos = (mask.cumsum(-1) - 1).clamp(min=0)
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device),
+                           position_ids=pos.to(device)).logits[:, -1].float()
+            picked = logits[:, letter_ids].cpu().tolist()
+            out.extend(row[: len(ex.choices)] for row, ex in zip(picked, batch, strict=True))
+    finally:
+        model.train(was_training)
+    return out
+
+
+def letter_accuracy(
+    model, tokenizer, examples: Sequence[MCExample], fmt: LetterFormat | None = None,
+    batch_size: int = 32,
+) -> float:
+    """Share of examples whose gold letter has the highest next-token logit among the letters.
+
+    `fmt` defaults to `letter_format_for(tokenizer)`: "A. …\\nB. …\\nAnswer:" read at " A" for
+    BPE tokenizers; lowercase letters on one line for the demo's character tokenizer.
+    """
+    scores = letter_logits(model, tokenizer, examples, fmt, batch_size)
+    hits = [max(range(len(s)), key=s.__getitem__) == ex.gold for s, ex in zip(scores, examples, strict=True)]
+    return sum(hits) / len(hits)

@@ -1,0 +1,584 @@
+"""Relevance scoring: how well does each library checkpoint already do on the target?
+
+Mashup Learning ranks a library's checkpoints on a small sample of the target's train split
+and merges the best few. The paper's text ranks by answer loss, the reference code by answer
+accuracy; both come from one `choice_loglikelihoods` pass per checkpoint, so every scorer in
+`SCORERS` costs one pass in all.
+
+The base model is loaded once by the caller. Every adapter is attached to one `PeftModel` and
+switched with `set_adapter`; at the end the adapters are unloaded, so the caller gets its bare
+base model back. Per-example results are kept, so smaller sample sizes (the n-sweep of the
+paper's Fig. 2) are computed from prefixes of one scored sample, without running the model again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mashup_core.data.targets import MCExample
+from mashup_core.errors import MashupError
+from mashup_core.selection.loglik import ChoiceScores, choice_loglikelihoods, mc_result
+from mashup_core.workspace import Workspace, write_json_atomic
+
+if TYPE_CHECKING:  # one Checkpoint type: the library's (scoring reads name, path, source_task, kind)
+    from mashup_core.models.library import Checkpoint
+
+BASE_ROW = "(base model)"  # parentheses: no library folder is named like this
+CACHE_VERSION = 1
+
+
+class ScoringError(MashupError):
+    """Scoring cannot run or a selection cannot be made; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class Scorer:
+    name: str  # also the `ScoreRow` field that holds its value
+    higher_is_better: bool
+    label: str
+    description: str
+
+    def sort_key(self, value: float) -> float:
+        """Smaller sorts first, whatever the direction."""
+        return -value if self.higher_is_better else value
+
+    def better(self, a: float, b: float) -> bool:
+        return a > b if self.higher_is_better else a < b
+
+
+SCORERS: dict[str, Scorer] = {
+    s.name: s
+    for s in (
+        Scorer("nll", False, "answer NLL per token",
+               "mean negative log-likelihood per token of the gold answer (the paper's text)"),
+        Scorer("acc", True, "accuracy",
+               "share of examples whose gold answer has the highest log-likelihood (the reference code)"),
+        Scorer("acc_norm", True, "length-normalised accuracy",
+               "accuracy with each choice's log-likelihood divided by its length in bytes (lm-eval)"),
+    )
+}
+
+
+def get_scorer(name: str) -> Scorer:
+    try:
+        return SCORERS[name]
+    except KeyError:
+        raise ScoringError(f"unknown scorer {name!r}; choose from {', '.join(SCORERS)}") from None
+
+
+@dataclass
+class ScoreRow:
+    name: str
+    source_task: str | None
+    acc: float
+    acc_norm: float
+    nll: float
+    n: int
+    seconds: float  # adapter load + scoring pass
+    kind: str = "lora"
+
+    def value(self, scorer: str) -> float:
+        return getattr(self, get_scorer(scorer).name)
+
+
+@dataclass
+class ScoreTable:
+    """One row per scored checkpoint, the base model as a reference, and why any were skipped."""
+
+    rows: list[ScoreRow]
+    base: ScoreRow | None
+    target: str | None = None
+    skipped: dict[str, str] = field(default_factory=dict)  # checkpoint name -> reason
+    # Per row name (base included), per scorer: the value on each example, in sample order.
+    per_example: dict[str, dict[str, list[float]]] = field(default_factory=dict, repr=False)
+    # Raw per-choice log-likelihoods of this run; in memory only (not in to_dict / the cache).
+    choice_scores: dict[str, ChoiceScores] = field(default_factory=dict, repr=False, compare=False)
+    from_cache: bool = field(default=False, compare=False)
+
+    @property
+    def n(self) -> int:
+        return self.base.n if self.base else (self.rows[0].n if self.rows else 0)
+
+    def row(self, name: str) -> ScoreRow:
+        for r in ([self.base] if self.base else []) + self.rows:
+            if r.name == name:
+                return r
+        raise ScoringError(f"no checkpoint named {name!r} was scored")
+
+    def rank(
+        self, scorer: str, *, exclude_task: str | None = None, exclude_names: Iterable[str] = ()
+    ) -> list[str]:
+        """Checkpoint names, best first. Ties (common for acc on small n) go to lower nll."""
+        s, excluded = get_scorer(scorer), set(exclude_names)
+        eligible = [
+            r for r in self.rows
+            if r.name not in excluded and (exclude_task is None or r.source_task != exclude_task)
+        ]
+        eligible.sort(key=lambda r: (s.sort_key(r.value(s.name)), r.nll, r.name))
+        return [r.name for r in eligible]
+
+    def select_top_k(
+        self, scorer: str, k: int, *, exclude_task: str | None = None,
+        exclude_names: Iterable[str] = (),
+    ) -> list[str]:
+        """The k best checkpoints; the reference excludes the target's own (`exclude_task`)."""
+        exclude_names = list(exclude_names)
+        ranked = self.rank(scorer, exclude_task=exclude_task, exclude_names=exclude_names)
+        if k < 1:
+            raise ScoringError(f"k must be at least 1 (got {k})")
+        if k > len(ranked):
+            why = []
+            if exclude_task is not None:
+                why.append(f"checkpoints trained on {exclude_task!r} are excluded")
+            if exclude_names:
+                why.append(f"{len(exclude_names)} excluded by name")
+            if self.skipped:
+                why.append(f"{len(self.skipped)} could not be scored")
+            raise ScoringError(
+                f"asked for the top {k} checkpoints but only {len(ranked)} of {len(self.rows)} "
+                f"scored checkpoints are eligible" + (f" ({'; '.join(why)})" if why else "")
+                + f"; use k <= {len(ranked)} or add checkpoints to the library"
+            )
+        return ranked[:k]
+
+    def subsample(self, indices: Sequence[int]) -> ScoreTable:
+        """The table as if only these examples (positions in the scored sample) had been used."""
+        if not indices:
+            raise ScoringError("cannot score on an empty subsample")
+        if not self.per_example:
+            raise ScoringError("this table has no per-example results (saved by an old version?)")
+
+        def restrict(row: ScoreRow) -> ScoreRow:
+            values = self.per_example[row.name]
+            means = {s: math.fsum(values[s][i] for i in indices) / len(indices) for s in SCORERS}
+            return ScoreRow(**{**asdict(row), **means, "n": len(indices)})
+
+        return ScoreTable(
+            rows=[restrict(r) for r in self.rows],
+            base=restrict(self.base) if self.base else None,
+            target=self.target, skipped=dict(self.skipped),
+            per_example={
+                name: {s: [v[i] for i in indices] for s, v in per.items()}
+                for name, per in self.per_example.items()
+            },
+        )
+
+    def head(self, n: int) -> ScoreTable:
+        """The first n examples of the sample: what scoring with a smaller n would have given."""
+        return self if n >= self.n else self.subsample(range(n))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "target": self.target, "n": self.n,
+            "base": asdict(self.base) if self.base else None,
+            "rows": [asdict(r) for r in self.rows],
+            "skipped": self.skipped, "per_example": self.per_example,
+            "scorers": {s.name: {"higher_is_better": s.higher_is_better, "label": s.label}
+                        for s in SCORERS.values()},
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ScoreTable:
+        return cls(
+            rows=[ScoreRow(**r) for r in data["rows"]],
+            base=ScoreRow(**data["base"]) if data.get("base") else None,
+            target=data.get("target"), skipped=dict(data.get("skipped", {})),
+            per_example=data.get("per_example", {}),
+        )
+
+    def to_frame(self):
+        """A pandas DataFrame, best-by-nll first, with the base row last (for the dashboard)."""
+        import pandas as pd
+
+        order = {name: i for i, name in enumerate(self.rank("nll"))}
+        rows = sorted(self.rows, key=lambda r: order[r.name])
+        records = [{**asdict(r), "is_base": False} for r in rows]
+        if self.base:
+            records.append({**asdict(self.base), "is_base": True})
+        columns = [f.name for f in fields(ScoreRow)] + ["is_base"]
+        return pd.DataFrame.from_records(records, columns=columns)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling and scoring
+
+
+def sample_for_scoring(
+    examples: Sequence[MCExample], n: int, seed: int | None = None
+) -> list[MCExample]:
+    """The first n examples (what the reference code does) or, with a seed, a seeded sample.
+
+    Seeded samples for different n are prefixes of one shuffle, so they are nested.
+    """
+    if n < 1:
+        raise ScoringError(f"the number of scoring examples must be at least 1 (got {n})")
+    if seed is None:
+        return list(examples[:n])
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    return [examples[i] for i in order[:n]]
+
+
+def _per_example(examples: Sequence[MCExample], scores: ChoiceScores) -> dict[str, list[float]]:
+    """Each scorer on each example alone; their means are `mc_result` on the whole sample."""
+    singles = [
+        mc_result([ex], ChoiceScores([lp], [nt], [nb]))
+        for ex, lp, nt, nb in zip(examples, scores.logprobs, scores.num_tokens, scores.num_bytes,
+                                  strict=True)
+    ]
+    return {s: [float(getattr(r, s)) for r in singles] for s in SCORERS}
+
+
+def _measure(model, tokenizer, examples, batch_size, name, source_task, kind, started, table):
+    scores = choice_loglikelihoods(model, tokenizer, examples, batch_size)
+    result = mc_result(examples, scores)
+    row = ScoreRow(name, source_task, result.acc, result.acc_norm, result.nll, result.n,
+                   time.perf_counter() - started, kind)
+    table.per_example[name] = _per_example(examples, scores)
+    table.choice_scores[name] = scores
+    return row
+
+
+def _attach(peft_model, base_model, path: Path, adapter: str):
+    """Add the adapter at `path` as `adapter`; on failure undo it and re-raise.
+
+    This is what `PeftModel.from_pretrained` does (wrap, then `load_adapter`), split in two
+    so that a broken first adapter can be unloaded instead of staying injected in the base.
+    """
+    from peft import PeftConfig, get_peft_model
+
+    config = PeftConfig.from_pretrained(str(path))
+    created = peft_model is None
+    if created:
+        peft_model = get_peft_model(base_model, config, adapter_name=adapter)
+    try:
+        result = peft_model.load_adapter(str(path), adapter_name=adapter)
+        if result.missing_keys:  # PEFT only warns; zero-initialised weights would score silently
+            raise ScoringError(
+                f"{len(result.missing_keys)} adapter weights missing, e.g. {result.missing_keys[0]}"
+            )
+    except Exception:
+        if created:
+            peft_model.unload()
+        else:
+            peft_model.delete_adapter(adapter)
+        raise
+    return peft_model
+
+
+def score_library(
+    base_model,
+    tokenizer,
+    checkpoints: Sequence[Checkpoint],
+    examples: Sequence[MCExample],
+    *,
+    batch_size: int = 32,
+    progress: bool = True,
+    target: str | None = None,
+    include_full: bool = False,
+) -> ScoreTable:
+    """Score the base model and every checkpoint on `examples` (already sampled).
+
+    LoRA checkpoints share the one base model. Full-model checkpoints (kind='full') are
+    skipped with a reason unless `include_full`, which loads each one (as slow as loading
+    the base model per checkpoint). A checkpoint that fails to load is skipped with the
+    error as its reason; the others are still scored.
+    """
+    from tqdm.auto import tqdm
+
+    examples = list(examples)
+    if not examples:
+        raise ScoringError("no target examples to score on")
+    names = [c.name for c in checkpoints]
+    if dupes := sorted({n for n in names if names.count(n) > 1}):
+        raise ScoringError(f"checkpoint names must be unique; repeated: {', '.join(dupes)}")
+    table = ScoreTable(rows=[], base=None, target=target)
+    was_training = base_model.training
+    base_model.eval()
+    table.base = _measure(base_model, tokenizer, examples, batch_size, BASE_ROW, None, "base",
+                          time.perf_counter(), table)
+    peft_model = None
+    try:
+        for i, ckpt in enumerate(tqdm(checkpoints, desc="score checkpoints", disable=not progress)):
+            source_task, kind = getattr(ckpt, "source_task", None), getattr(ckpt, "kind", "lora")
+            started = time.perf_counter()
+            if kind == "full":
+                if not include_full:
+                    table.skipped[ckpt.name] = (
+                        "full-model checkpoint: scoring it means loading a whole model; "
+                        "pass include_full=True (slower) to score it")
+                    continue
+                table.rows.append(_score_full(ckpt, base_model, tokenizer, examples, batch_size,
+                                              started, table))
+                continue
+            adapter = f"ckpt{i}"  # library names may hold characters a module name cannot
+            try:
+                peft_model = _attach(peft_model, base_model, ckpt.path, adapter)
+            except Exception as exc:  # one broken checkpoint must not stop the rest
+                table.skipped[ckpt.name] = f"cannot load the adapter at {ckpt.path}: {exc}"
+                continue
+            peft_model.set_adapter(adapter)
+            peft_model.eval()
+            table.rows.append(_measure(peft_model, tokenizer, examples, batch_size, ckpt.name,
+                                       source_task, kind, started, table))
+    finally:
+        if peft_model is not None:
+            peft_model.unload()  # hands the caller its bare base model back
+        base_model.train(was_training)
+    return table
+
+
+def _score_full(ckpt, base_model, tokenizer, examples, batch_size, started, table) -> ScoreRow:
+    from mashup_core.models.loading import load_base_model
+
+    device = next(base_model.parameters()).device
+    model = load_base_model(ckpt.path, device=device, dtype=next(base_model.parameters()).dtype)
+    try:
+        return _measure(model, tokenizer, examples, batch_size, ckpt.name,
+                        getattr(ckpt, "source_task", None), "full", started, table)
+    finally:
+        del model
+
+
+# ---------------------------------------------------------------------------------------------
+# Cache
+
+
+def _fingerprint(path: Path) -> list[tuple[str, int, int]]:
+    """(file, size, mtime) of every file under `path`: changes when a checkpoint is rewritten."""
+    path = Path(path)
+    if not path.exists():
+        return [(str(path), -1, -1)]
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    return [(str(p.relative_to(path)) if p != path else p.name, p.stat().st_size,
+             p.stat().st_mtime_ns) for p in files]
+
+
+def cache_key(
+    checkpoints: Sequence[Checkpoint], examples: Sequence[MCExample], *, n: int,
+    seed: int | None, base_path: str | Path, device: str, dtype: str, include_full: bool,
+) -> str:
+    base_local = Path(base_path)
+    identity = {
+        "version": CACHE_VERSION,
+        "scorers": sorted(SCORERS),
+        "checkpoints": [(c.name, getattr(c, "kind", "lora"), _fingerprint(c.path))
+                        for c in checkpoints],
+        "examples": hashlib.sha256(
+            json.dumps([ex.to_json() for ex in examples], sort_keys=True).encode()
+        ).hexdigest(),
+        "n": n, "seed": seed,
+        "base": [str(base_path), _fingerprint(base_local) if base_local.exists() else None],
+        "device": device, "dtype": dtype, "include_full": include_full,
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+def score_library_cached(
+    ws: Workspace,
+    checkpoints: Sequence[Checkpoint],
+    examples: Sequence[MCExample],
+    *,
+    n: int = 64,
+    seed: int | None = None,
+    base_path: str | Path | None = None,
+    target: str | None = None,
+    batch_size: int = 32,
+    progress: bool = True,
+    include_full: bool = False,
+    device: str | None = None,
+    refresh: bool = False,
+) -> ScoreTable:
+    """`score_library` on `sample_for_scoring(examples, n, seed)`, remembered in the workspace.
+
+    The key covers the checkpoints' files (size, mtime), the sampled examples' content, n,
+    seed, the scorers and the base model, so a changed input is never served stale. An
+    unreadable cache file is ignored and rewritten.
+    """
+    import torch
+
+    from mashup_core.models.loading import (
+        default_device,
+        default_dtype,
+        load_base_model,
+        load_tokenizer,
+    )
+
+    base_path = base_path or ws.base_dir
+    dev = torch.device(device) if device else default_device()
+    sample = sample_for_scoring(examples, n, seed)
+    key = cache_key(checkpoints, sample, n=n, seed=seed, base_path=base_path, device=dev.type,
+                    dtype=str(default_dtype(dev)), include_full=include_full)
+    path = ws.cache_dir / "scores" / f"{key[:32]}.json"
+    if not refresh and (table := _read_cached(path)) is not None:
+        table.target = target
+        return table
+    model = load_base_model(base_path, device=dev)
+    tokenizer = load_tokenizer(base_path)
+    table = score_library(model, tokenizer, checkpoints, sample, batch_size=batch_size,
+                          progress=progress, target=target, include_full=include_full)
+    write_json_atomic(path, {"kind": "mashup-scores", "version": CACHE_VERSION, "key": key,
+                             "table": table.to_dict()})
+    return table
+
+
+def _read_cached(path: Path) -> ScoreTable | None:
+    try:
+        data = json.loads(path.read_text())
+        if data.get("version") != CACHE_VERSION:
+            return None
+        table = ScoreTable.from_dict(data["table"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None  # missing or damaged: score again and overwrite
+    table.from_cache = True
+    return table
+
+
+# ---------------------------------------------------------------------------------------------
+# How many examples are enough? (the paper's Fig. 2)
+
+
+def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float | None:
+    """Kendall's tau-b (ties allowed); None when either side is constant."""
+    from scipy.stats import kendalltau
+
+    tau = kendalltau(x, y).statistic
+    return None if math.isnan(tau) else float(tau)
+
+
+@dataclass
+class SweepResult:
+    scorer: str
+    ns: list[int]
+    rankings: dict[int, list[str]]  # checkpoint names, best first, on the first n examples
+    tau: dict[int, float | None]  # Kendall tau-b of the scores at n vs at the largest n
+    top1_agreement: dict[int, float]  # share of reshuffles whose top-1 at n is top-1 at max n
+    reshuffles: int
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        for key in ("rankings", "tau", "top1_agreement"):
+            data[key] = {str(n): v for n, v in data[key].items()}
+        return data
+
+
+def sweep_from_table(
+    table: ScoreTable, ns: Iterable[int], scorer: str = "nll", *, reshuffles: int = 8,
+    seed: int = 0, exclude_task: str | None = None, exclude_names: Iterable[str] = (),
+) -> SweepResult:
+    """Rank on the first n scored examples for each n; compare with the ranking on all of them.
+
+    Top-1 agreement reshuffles the scored sample (seeded) and takes prefixes again: a cheap
+    estimate of how often a fresh sample of size n would pick the same first checkpoint.
+    """
+    s, exclude_names = get_scorer(scorer), list(exclude_names)
+    wanted = sorted(set(ns))
+    kept = [n for n in wanted if 1 <= n <= table.n]
+    notes = [f"n={n} skipped: only {table.n} examples were scored" for n in wanted if n > table.n]
+    if not kept:
+        raise ScoringError(f"no sweep size fits the {table.n} scored examples (asked {wanted})")
+    top = kept[-1]
+
+    def ranked(t: ScoreTable) -> list[str]:
+        return t.rank(s.name, exclude_task=exclude_task, exclude_names=exclude_names)
+
+    full = table.head(top)
+    full_rank = ranked(full)
+    full_values = [full.row(name).value(s.name) for name in full_rank]
+    rankings, tau = {}, {}
+    for n in kept:
+        part = table.head(n)
+        rankings[n] = ranked(part)
+        tau[n] = kendall_tau([part.row(name).value(s.name) for name in full_rank], full_values)
+    agree = dict.fromkeys(kept, 0)
+    rng = random.Random(seed)
+    for _ in range(reshuffles):
+        order = rng.sample(range(top), top)
+        for n in kept:
+            agree[n] += ranked(table.subsample(order[:n]))[:1] == full_rank[:1]
+    return SweepResult(s.name, kept, rankings, tau,
+                       {n: agree[n] / reshuffles for n in kept}, reshuffles, notes)
+
+
+def sweep_n(
+    base_model, tokenizer, checkpoints: Sequence[Checkpoint], examples: Sequence[MCExample],
+    ns: Iterable[int] = (8, 16, 32, 64, 128, 256), scorer: str = "nll", seed: int | None = None,
+    *, batch_size: int = 32, progress: bool = True, exclude_task: str | None = None,
+    reshuffles: int = 8,
+) -> SweepResult:
+    """Score once on the largest n, then rank every smaller n from prefixes of that sample."""
+    ns = list(ns)
+    sample = sample_for_scoring(examples, max(ns), seed)
+    table = score_library(base_model, tokenizer, checkpoints, sample, batch_size=batch_size,
+                          progress=progress)
+    return sweep_from_table(table, ns, scorer, reshuffles=reshuffles, seed=seed or 0,
+                            exclude_task=exclude_task)
+
+
+# ---------------------------------------------------------------------------------------------
+# Explanation
+
+
+def _describe(row: ScoreRow, base: ScoreRow | None, scorer: Scorer) -> str:
+    value = f"{scorer.label} {row.value(scorer.name):.3f}"
+    if base is None:
+        return f"{value}; it answers {row.acc:.0%} correctly"
+    return (f"{value} vs {base.value(scorer.name):.3f} for the base model; "
+            f"it answers {row.acc:.0%} correctly vs {base.acc:.0%} for the base model")
+
+
+def explain_choice(
+    table: ScoreTable, scorer: str, k: int, *, exclude_task: str | None = None,
+    exclude_names: Iterable[str] = (),
+) -> str:
+    """Why these k checkpoints, in plain words, with the known traps called out."""
+    s, exclude_names = get_scorer(scorer), list(exclude_names)
+    chosen = table.select_top_k(s.name, k, exclude_task=exclude_task, exclude_names=exclude_names)
+    target = f"{table.target} " if table.target else "target "
+    direction = "higher" if s.higher_is_better else "lower"
+    lines = [f"Ranked by {s.label} ({direction} is better) on {table.n} {target}examples"
+             + (f", leaving out checkpoints trained on {exclude_task}" if exclude_task else "") + "."]
+    ordinals = ["first", "second", "third"]
+    for i, name in enumerate(chosen):
+        row = table.row(name)
+        place = ordinals[i] if i < len(ordinals) else f"#{i + 1}"
+        task = f" (trained on {row.source_task})" if row.source_task else ""
+        lines.append(f"{name}{task} ranks {place}: {_describe(row, table.base, s)}.")
+
+    best = table.row(chosen[0])
+    if table.base is not None and not s.better(best.value(s.name), table.base.value(s.name)):
+        lines.append(
+            f"Warning: even the best checkpoint, {best.name}, is no better than the base model by "
+            f"{s.label}. Nothing in the library looks relevant; a merge may not help.")
+    for other in ("nll", "acc"):
+        if other == s.name:
+            continue
+        o = SCORERS[other]
+        top_other = table.rank(other, exclude_task=exclude_task, exclude_names=exclude_names)[0]
+        if top_other != best.name:
+            alt = table.row(top_other)
+            lines.append(
+                f"Warning: by {o.label} {top_other} would rank first instead "
+                f"({o.label} {alt.value(other):.3f} vs {best.value(other):.3f} for {best.name}). "
+                "Loss and accuracy disagree here, so loss-based selection may pick the wrong "
+                "donor: a checkpoint can put its probability on answers of the right shape (low "
+                "loss) and still prefer a wrong one (the demo's dsort/dmax lesson).")
+    if table.base is not None and s.name != "acc":
+        worse = [table.row(name) for name in chosen if table.row(name).acc < table.base.acc]
+        if worse:
+            who = ", ".join(f"{r.name} ({r.acc:.0%})" for r in worse)
+            verb = "answers" if len(worse) == 1 else "answer"
+            lines.append(f"Warning: {who} {verb} fewer examples correctly than the base model "
+                         f"({table.base.acc:.0%}).")
+    if table.skipped:
+        lines.append(f"Not scored: {', '.join(sorted(table.skipped))} (see the reasons).")
+    return "\n".join(lines)

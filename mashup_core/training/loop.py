@@ -1,0 +1,446 @@
+"""Finetuning: one short, explicit training loop for pretraining, LoRA and full finetunes.
+
+Batches are a pure function of (seed, step), so a run resumed at step s sees exactly the
+batches it would have seen had it never stopped. `fit` adds what a run needs around the
+loop: the starting point (base or merged adapter), evaluation every N steps and
+checkpoints (safetensors + JSON) every M.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
+
+from mashup_core.data.targets import MCExample
+from mashup_core.errors import MashupError
+from mashup_core.selection.loglik import evaluate_mc
+
+# The paper's LoRA: r=8, alpha=16, dropout 0, every linear layer of each block. PEFT resolves
+# "all-linear" per architecture (Llama's q/k/v/o/gate/up/down, Phi-3's fused qkv_proj and
+# gate_up_proj, GPT-2's Conv1D c_attn/c_fc/c_proj, ...), never the output head.
+ALL_LINEAR = "all-linear"
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 200
+    batch_size: int = 32
+    lr: float = 3e-4
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    schedule: str = "cosine"  # or "constant"
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class LoraSpec:
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: str | tuple[str, ...] = ALL_LINEAR  # "all-linear" or module names
+
+    def peft_config(self) -> LoraConfig:
+        targets = self.target_modules
+        return LoraConfig(
+            r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout,
+            target_modules=targets if isinstance(targets, str) else list(targets),
+            task_type="CAUSAL_LM",
+        )
+
+
+@dataclass
+class StepLog:
+    step: int
+    loss: float
+    lr: float
+    seconds: float  # wall-clock of the training steps so far, resumed segments included
+
+
+@dataclass
+class TrainState:
+    """What a loop needs to continue: the optimiser, the schedule and where it stopped."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    step: int = 0
+    elapsed: float = 0.0
+    history: list[StepLog] = field(default_factory=list)
+
+
+Pair = tuple[str, str]  # (prompt, answer); an empty prompt means plain language modelling
+
+
+def as_pairs(examples: Sequence[MCExample]) -> list[Pair]:
+    return [(ex.prompt, ex.answer) for ex in examples]
+
+
+def collate(tokenizer, pairs: Sequence[Pair]) -> dict[str, torch.Tensor]:
+    """Right-padded batch; the loss covers the answer tokens only (prompt and padding = -100)."""
+    rows, label_rows = [], []
+    for prompt, answer in pairs:
+        prompt_ids = tokenizer(prompt)["input_ids"] if prompt else []
+        full = tokenizer(prompt + answer)["input_ids"]
+        if tokenizer.eos_token_id is not None:
+            full = [*full, tokenizer.eos_token_id]
+        rows.append(full)
+        label_rows.append([-100] * len(prompt_ids) + full[len(prompt_ids):])
+    width = max(len(r) for r in rows)
+    pad = tokenizer.pad_token_id or 0
+    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    labels = torch.full((len(rows), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, (ids, lab) in enumerate(zip(rows, label_rows, strict=True)):
+        input_ids[i, : len(ids)] = torch.tensor(ids)
+        labels[i, : len(lab)] = torch.tensor(lab)
+        mask[i, : len(ids)] = 1
+    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+
+
+def batch_indices(n_items: int, batch_size: int, seed: int, step: int) -> list[int]:
+    """The examples of batch `step`: one seeded permutation per epoch, read in order."""
+    per_epoch = max(1, n_items // batch_size)
+    epoch, offset = divmod(step, per_epoch)
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    perm = torch.randperm(n_items, generator=gen)
+    if n_items < batch_size:  # tiny datasets: sample with replacement instead
+        return torch.randint(n_items, (batch_size,), generator=gen).tolist()
+    return perm[offset * batch_size : (offset + 1) * batch_size].tolist()
+
+
+def new_state(model, cfg: TrainConfig) -> TrainState:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters")
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    warmup = math.ceil(cfg.warmup_ratio * cfg.steps)
+    if cfg.schedule == "cosine":
+        scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, cfg.steps)
+    elif cfg.schedule == "constant":
+        scheduler = get_constant_schedule_with_warmup(optimizer, warmup)
+    else:
+        raise ValueError(f"unknown schedule {cfg.schedule!r}: use 'cosine' or 'constant'")
+    return TrainState(optimizer, scheduler)
+
+
+def train(
+    model,
+    tokenizer,
+    pairs: Sequence[Pair],
+    cfg: TrainConfig,
+    state: TrainState | None = None,
+    *,
+    on_step: Callable[[TrainState, StepLog], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> TrainState:
+    """Train until `cfg.steps` (or `should_stop()`); `on_step` sees every step's log.
+
+    Evaluation and checkpointing belong to the caller's `on_step`, so this loop stays the
+    same for pretraining, the library's adapters and a mashup run.
+    """
+    if not pairs:
+        raise ValueError("no training examples")
+    device = next(model.parameters()).device
+    state = state or new_state(model, cfg)
+    model.train()
+    while state.step < cfg.steps:
+        if should_stop is not None and should_stop():
+            break
+        started = time.perf_counter()
+        idx = batch_indices(len(pairs), cfg.batch_size, cfg.seed, state.step)
+        batch = {k: v.to(device) for k, v in collate(tokenizer, [pairs[i] for i in idx]).items()}
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=uses_bf16(device)):
+            loss = model(**batch).loss
+        loss.backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(
+                [p for p in model.parameters() if p.requires_grad], cfg.grad_clip
+            )
+        lr = state.scheduler.get_last_lr()[0]
+        state.optimizer.step()
+        state.scheduler.step()
+        state.optimizer.zero_grad(set_to_none=True)
+        state.step += 1
+        loss_value = float(loss.detach())  # also waits for the device, so the time is real
+        # Only the steps count: pauses for evaluation or checkpoints in `on_step` do not.
+        state.elapsed += time.perf_counter() - started
+        log = StepLog(state.step, loss_value, lr, state.elapsed)
+        state.history.append(log)
+        if on_step is not None:
+            on_step(state, log)
+    model.eval()
+    return state
+
+
+def add_lora(model, spec: LoraSpec | None = None, adapter_name: str = "default") -> PeftModel:
+    """Wrap `model` with a fresh trainable LoRA (seed torch first for reproducible init)."""
+    return get_peft_model(model, (spec or LoraSpec()).peft_config(), adapter_name=adapter_name)
+
+
+# --- Where training starts: the base, or a merged adapter (two ways), LoRA or full -----------
+
+INIT_MODES = ("scratch", "merged-fold", "merged-continue")
+FINETUNE_MODES = ("lora", "full")
+
+
+class TrainingError(MashupError):
+    """A training setup that cannot work (bad init/finetune combination, mismatched checkpoint)."""
+
+
+def uses_bf16(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.is_bf16_supported()
+
+
+def training_dtype(device: torch.device, finetune: str = "lora") -> torch.dtype:
+    """Frozen LoRA bases sit in bf16 on a GPU; a full finetune keeps fp32 master weights and
+    gets its bf16 speed from autocast, since AdamW updates vanish below bf16's precision."""
+    return torch.bfloat16 if finetune == "lora" and uses_bf16(device) else torch.float32
+
+
+def _from_base(base, adapter_dir: Path | None):
+    return base
+
+
+def _merged_fold(base, adapter_dir: Path | None):
+    return PeftModel.from_pretrained(base, str(_need_adapter(adapter_dir))).merge_and_unload()
+
+
+def _merged_continue(base, adapter_dir: Path | None):
+    return PeftModel.from_pretrained(base, str(_need_adapter(adapter_dir)), is_trainable=True)
+
+
+def _need_adapter(adapter_dir: Path | None) -> Path:
+    if adapter_dir is None or not (Path(adapter_dir) / "adapter_config.json").exists():
+        raise TrainingError(f"a merged initialisation needs a PEFT adapter folder; got {adapter_dir}")
+    return Path(adapter_dir)
+
+
+# init mode -> (base model, merged adapter dir) -> the model training starts from
+INITIALIZERS: dict[str, Callable] = {
+    "scratch": _from_base,
+    "merged-fold": _merged_fold,  # merged LoRA folded into the base; a fresh LoRA trains on top
+    "merged-continue": _merged_continue,  # the merged LoRA itself keeps training
+}
+
+
+def init_model(
+    base,
+    init: str = "scratch",
+    *,
+    adapter_dir: Path | None = None,
+    lora: LoraSpec | None = None,
+    finetune: str = "lora",
+    seed: int = 0,
+):
+    """The model a run trains: `base` (consumed) set up per `init` and `finetune`."""
+    if init not in INITIALIZERS:
+        raise TrainingError(f"unknown init {init!r}; choose from {', '.join(INITIALIZERS)}")
+    if finetune not in FINETUNE_MODES:
+        raise TrainingError(f"unknown finetune {finetune!r}; choose from {', '.join(FINETUNE_MODES)}")
+    if init == "merged-continue" and finetune == "full":
+        raise TrainingError("init 'merged-continue' trains the merged LoRA, so it cannot be a full "
+                            "finetune; use init 'merged-fold' with finetune 'full'")
+    model = INITIALIZERS[init](base, adapter_dir)
+    if finetune == "full":
+        model.requires_grad_(True)
+    elif not isinstance(model, PeftModel):
+        torch.manual_seed(seed)  # the fresh LoRA's init
+        model = add_lora(model, lora)
+    return model
+
+
+# --- Checkpoints: safetensors for tensors, JSON for the rest; never a pickle -----------------
+
+CHECKPOINT_PREFIX = "step-"
+TRAINER_FILE = "trainer.json"  # written last, so its presence marks a complete checkpoint
+
+
+def trainable_state(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def save_checkpoint(ckpt_root: Path, model, state: TrainState, keep: int = 2) -> Path:
+    """Weights being trained, optimiser and schedule, step and time, in `ckpt_root/step-N`.
+
+    Written to a temporary folder and renamed, so a kill mid-write leaves the previous
+    checkpoint as the latest, never half of a new one.
+    """
+    out = Path(ckpt_root) / f"{CHECKPOINT_PREFIX}{state.step:08d}"
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(trainable_state(model), tmp / "trainable.safetensors")
+    opt = state.optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for idx, slots in opt["state"].items():
+        for key, value in slots.items():
+            if torch.is_tensor(value):
+                tensors[f"{idx}.{key}"] = value.detach().contiguous()
+            else:
+                scalars[f"{idx}.{key}"] = value
+    tensors["rng.cpu"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        tensors["rng.cuda"] = torch.cuda.get_rng_state()
+    save_file(tensors, tmp / "optimizer.safetensors")
+    trainer = {"format": 1, "step": state.step, "elapsed": state.elapsed,
+               "param_groups": opt["param_groups"], "scalars": scalars,
+               "scheduler": state.scheduler.state_dict()}
+    (tmp / TRAINER_FILE).write_text(json.dumps(trainer, indent=1))
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    for old in list_checkpoints(ckpt_root)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return out
+
+
+def list_checkpoints(ckpt_root: Path) -> list[Path]:
+    """Complete checkpoints, oldest first."""
+    root = Path(ckpt_root)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.glob(f"{CHECKPOINT_PREFIX}*") if (p / TRAINER_FILE).exists()]
+    return sorted(found, key=checkpoint_step)
+
+
+def checkpoint_step(path: Path) -> int:
+    return int(Path(path).name.removeprefix(CHECKPOINT_PREFIX))
+
+
+def latest_checkpoint(ckpt_root: Path) -> Path | None:
+    found = list_checkpoints(ckpt_root)
+    return found[-1] if found else None
+
+
+def load_checkpoint(path: Path, model, state: TrainState) -> None:
+    """Put `model` and `state` back where `save_checkpoint` left them."""
+    path = Path(path)
+    weights = load_file(path / "trainable.safetensors")
+    expected = trainable_state(model)
+    if weights.keys() != expected.keys():
+        missing = sorted(expected.keys() - weights.keys())[:3]
+        raise TrainingError(
+            f"checkpoint {path} does not fit this model (e.g. missing {missing}); was the "
+            "spec changed after it was written? Delete its checkpoints folder to start over."
+        )
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in weights.items():
+            params[name].copy_(value)
+    trainer = json.loads((path / TRAINER_FILE).read_text())
+    tensors = load_file(path / "optimizer.safetensors")
+    slots: dict[int, dict] = {}
+    for key, value in [*tensors.items(), *trainer["scalars"].items()]:
+        idx, _, name = key.partition(".")
+        if idx != "rng":
+            slots.setdefault(int(idx), {})[name] = value
+    state.optimizer.load_state_dict({"state": slots, "param_groups": trainer["param_groups"]})
+    state.scheduler.load_state_dict(trainer["scheduler"])
+    torch.set_rng_state(tensors["rng.cpu"])
+    if "rng.cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["rng.cuda"])
+    state.step, state.elapsed = trainer["step"], trainer["elapsed"]
+
+
+# --- A run's loop: train, evaluate every N steps, checkpoint every M -------------------------
+
+
+@dataclass
+class FitSchedule:
+    eval_every: int = 10
+    checkpoint_every: int = 20
+    eval_batch_size: int = 32
+    keep_checkpoints: int = 2
+
+
+@dataclass
+class FitOutcome:
+    state: TrainState
+    evals: list[dict]  # the evaluation records written by this call
+    stopped: bool  # `should_stop` ended it before cfg.steps
+    resumed_from: int  # step of the checkpoint it started from (0: a fresh start)
+    eval_seconds: float
+
+
+def fit(
+    model,
+    tokenizer,
+    pairs: Sequence[Pair],
+    validation: Sequence[MCExample],
+    cfg: TrainConfig,
+    schedule: FitSchedule | None = None,
+    *,
+    checkpoint_dir: Path | None = None,
+    on_record: Callable[[dict], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    progress: bool = False,
+) -> FitOutcome:
+    """Train with evaluation and checkpoints; continue from `checkpoint_dir`'s latest, if any.
+
+    `on_record` receives one record per step (phase 'train': step, seconds, loss, lr) and one
+    per evaluation (phase 'eval': acc, acc_norm, nll and the mean training loss since the last
+    one). Step 0's evaluation is the initialisation itself; the last step is always evaluated
+    and checkpointed, and so is the step where `should_stop` ends it. A resumed fit emits
+    nothing for steps up to its checkpoint, which the caller already has.
+    """
+    schedule = schedule or FitSchedule()
+    emit = on_record or (lambda _record: None)
+    state = new_state(model, cfg)
+    ckpt = latest_checkpoint(checkpoint_dir) if checkpoint_dir is not None else None
+    if ckpt is not None:
+        load_checkpoint(ckpt, model, state)
+    resumed_from, saved_at, window = state.step, state.step, []
+    evals: list[dict] = []
+    eval_seconds = 0.0
+
+    def evaluate(step: int) -> None:
+        nonlocal eval_seconds
+        started = time.perf_counter()
+        result = evaluate_mc(model, tokenizer, validation, schedule.eval_batch_size)
+        eval_seconds += time.perf_counter() - started
+        loss = sum(window) / len(window) if window else None
+        window.clear()
+        record = {"step": step, "seconds": round(state.elapsed, 4), "phase": "eval",
+                  "loss": loss, **result.as_dict()}
+        evals.append(record)
+        emit(record)
+        bar.set_postfix(acc=f"{result.acc:.3f}")
+
+    def checkpoint() -> None:
+        nonlocal saved_at
+        if checkpoint_dir is not None and state.step > saved_at:
+            save_checkpoint(checkpoint_dir, model, state, schedule.keep_checkpoints)
+            saved_at = state.step
+
+    def on_step(st: TrainState, log: StepLog) -> None:
+        window.append(log.loss)
+        emit({"step": log.step, "seconds": round(log.seconds, 4), "phase": "train",
+              "loss": log.loss, "lr": log.lr})
+        bar.update(1)
+        if log.step % schedule.eval_every == 0 or log.step == cfg.steps:
+            evaluate(log.step)
+        if log.step % schedule.checkpoint_every == 0 or log.step == cfg.steps:
+            checkpoint()
+
+    with tqdm(total=cfg.steps, initial=state.step, desc="train", disable=not progress) as bar:
+        if state.step == 0:
+            evaluate(0)
+        state = train(model, tokenizer, pairs, cfg, state, on_step=on_step, should_stop=should_stop)
+    stopped = state.step < cfg.steps
+    if stopped:
+        checkpoint()  # a cancelled run resumes where it stopped, not at its last checkpoint
+    return FitOutcome(state, evals, stopped, resumed_from, eval_seconds)
