@@ -19,6 +19,9 @@ os.environ.setdefault("MASHUP_THREADS", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+# Real-shaped fixtures (sub-word tokenizer, 8 architectures, mixed PEFT adapters), built once.
+from realistic import arch_worlds, user_world  # noqa: E402, F401
+
 from mashup_core.workspace import Workspace  # noqa: E402
 
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))

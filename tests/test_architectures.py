@@ -13,7 +13,6 @@ import logging
 import math
 
 import pytest
-import realistic
 import torch
 from peft import PeftModel
 from realistic import ARCHITECTURES, BLOCK_LINEARS, USER_MAPPING, make_adapter, write_user_dataset
@@ -29,7 +28,6 @@ from mashup_core.training.loop import TrainConfig, add_lora, as_pairs, init_mode
 
 # The session fixture, bound here so pytest finds it. (Imported by name, ruff reports F811 at
 # every test that takes it as an argument; an assignment is not a redefinition.)
-arch_worlds = realistic.arch_worlds
 
 ARCHS = list(ARCHITECTURES)
 
@@ -240,7 +238,6 @@ def test_full_finetune_trains_every_parameter(arch, arch_worlds, examples):
 
 # --- the user's world: mixed LoRA configs and the user's own file schema ----------------------
 
-user_world = realistic.user_world
 
 
 def test_user_world_scans_scores_and_merges_mixed_configs(user_world, tmp_path):
