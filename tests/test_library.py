@@ -217,8 +217,8 @@ def test_cli_library_and_targets(tiny_world, library, capsys):
     assert re.search(r"\ndmax +- +- +- +- +rejected: only pickle weights \(adapter_model\.bin\)", table)
     assert "7 checkpoints, 1 rejected" in table
 
-    assert main(["library", "--workspace", str(library), "--no-progress"]) == 2  # no demo world there
-    assert "no demo library in" in capsys.readouterr().err
+    assert main(["library", "--workspace", str(library), "--no-progress"]) == 2  # no config there
+    assert "has no mashup.toml: create one with `mashup init --base BASE --source DIR`" in capsys.readouterr().err
 
     assert main(["targets", *ws]) == 0
     listing = capsys.readouterr().out

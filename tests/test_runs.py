@@ -11,6 +11,7 @@ from dataclasses import replace
 import pytest
 
 from mashup_core.cli import main
+from mashup_core.defaults import DEMO_LEARNING_RATE
 from mashup_core.jobs import runner
 from mashup_core.jobs.runner import cancel, execute_run, launch, launch_pair, resume, wait
 from mashup_core.jobs.spec import RunSpec, SpecError
@@ -94,11 +95,16 @@ def test_spec_files_and_unknown_targets(world_copy, tmp_path):
     assert list_runs(world_copy) == []
 
 
-def test_new_spec_writes_a_valid_template(capsys):
-    assert main(["new-spec", "--target", "tail", "--kind", "mashup", "--steps", "30", "--k", "3"]) == 0
+def test_new_spec_writes_a_valid_template(tiny_world, capsys):
+    ws = ["--workspace", str(tiny_world.root)]
+    assert main(["new-spec", *ws, "--target", "tail", "--kind", "mashup", "--steps", "30", "--k", "3"]) == 0
     spec = RunSpec.from_dict(json.loads(capsys.readouterr().out))
     assert (spec.kind, spec.init, spec.k, spec.train.steps) == ("mashup", "merged-fold", 3, 30)
-    assert main(["new-spec", "--target", "tail", "--init", "merged-fold", "--kind", "scratch"]) == 2
+    # complete on its own: absolute paths from the workspace config, the demo's own lr
+    assert spec.base_model == str(tiny_world.base_dir) and spec.library == [str(tiny_world.library_dir)]
+    assert spec.target == {"kind": "demo", "name_or_path": "tail", "split": "train", "mapping": None}
+    assert spec.train.lr == DEMO_LEARNING_RATE and spec.finetune == "lora"
+    assert main(["new-spec", *ws, "--target", "tail", "--init", "merged-fold", "--kind", "scratch"]) == 2
     assert "cannot start from 'merged-fold'" in capsys.readouterr().err
 
 

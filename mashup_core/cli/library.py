@@ -4,6 +4,13 @@ from __future__ import annotations
 
 import argparse
 
+from mashup_core.cli._options import (
+    add_mapping_arguments,
+    add_model_options,
+    model_config,
+    target_spec,
+)
+
 
 def register(sub, parent: argparse.ArgumentParser) -> None:
     lib = sub.add_parser(
@@ -11,12 +18,7 @@ def register(sub, parent: argparse.ArgumentParser) -> None:
         description="Find checkpoints (PEFT LoRA adapters, full safetensors models) and validate "
         "them; rejected ones are listed with the reason.",
     )
-    lib.add_argument("--source", action="append", metavar="DIR_OR_HUB_ID",
-                     help="a folder to search, or a Hugging Face Hub id; repeat for several "
-                     "(default: the workspace's demo library)")
-    lib.add_argument("--base", metavar="DIR_OR_HUB_ID",
-                     help="check every checkpoint against this base model (default: the demo base "
-                     "for the demo library, else the base each checkpoint records)")
+    add_model_options(lib)
     lib.add_argument("--no-snapshots", action="store_true",
                      help="leave out intermediate snapshots (name-stepN, or final=false in mashup_meta.json)")
     lib.set_defaults(func=_library)
@@ -28,50 +30,24 @@ def register(sub, parent: argparse.ArgumentParser) -> None:
                          help="preview a demo task, a benchmark, or a JSONL/JSON/CSV/TSV file")
     targets.add_argument("--split", default="train", help="split to preview (default: train)")
     targets.add_argument("--n", type=int, default=3, help="examples to preview (default: 3)")
+    targets.add_argument("--data", metavar="DIR_OR_FILE",
+                         help="with a benchmark: its examples from local files in its Hub schema")
     add_mapping_arguments(targets)
     targets.set_defaults(func=_targets)
 
 
-def add_mapping_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options that map a user file's fields (for any command taking a file target)."""
-    group = parser.add_argument_group("field mapping (file targets)")
-    group.add_argument("--prompt-field", help="prompt field, or a template like '{context} {question}'")
-    group.add_argument("--choices-field", help="one list field, or several columns: sol1,sol2")
-    group.add_argument("--choices-sep", help="delimiter when one field holds all choices as text")
-    group.add_argument("--gold-field", help="gold label field")
-    group.add_argument("--gold-format", help="index0, index1, letter or text")
-
-
-def mapping_from_args(args: argparse.Namespace):
-    """A FieldMapping from the options given (defaults for the rest), or None if none was given."""
-    from mashup_core.data.targets import FieldMapping
-
-    given = {
-        "prompt": args.prompt_field, "choices": args.choices_field, "gold": args.gold_field,
-        "gold_format": args.gold_format, "choices_delimiter": args.choices_sep,
-    }
-    given = {k: v for k, v in given.items() if v is not None}
-    return FieldMapping(**given) if given else None
-
-
 def _library(args) -> int:
     from mashup_core.cli import emit
-    from mashup_core.models.library import demo_library, scan_library
+    from mashup_core.models.library import scan_library
     from mashup_core.workspace import Workspace
 
     ws = Workspace.resolve(args.workspace)
-    if args.source:
-        scan = scan_library(args.source, base_model_dir=args.base,
-                            include_snapshots=not args.no_snapshots)
-        where = ", ".join(args.source)
-    elif args.base:
-        scan = scan_library([ws.library_dir], base_model_dir=args.base,
-                            include_snapshots=not args.no_snapshots)
-        where = str(ws.library_dir)
-    else:
-        scan = demo_library(ws, include_snapshots=not args.no_snapshots)
-        where = str(ws.library_dir)
-    emit(args, {"sources": args.source or [where], **scan.to_dict()}, _library_table(scan, where))
+    config = model_config(args, ws)
+    snapshots = False if args.no_snapshots else config.library.include_snapshots
+    scan = scan_library(config.sources, base_model_dir=config.base_model, include_snapshots=snapshots)
+    where = ", ".join(config.sources) or "no sources"
+    emit(args, {"sources": config.sources, "base": config.base_model, **scan.to_dict()},
+         _library_table(scan, where))
     return 0 if scan.checkpoints else 1
 
 
@@ -103,6 +79,7 @@ def _targets(args) -> int:
     ws = Workspace.resolve(args.workspace)
     if args.show:
         return _show(args, ws)
+    from mashup_core.config import load_config, target_name
     from mashup_core.data.targets import BENCHMARKS, list_demo_tasks
 
     manifest = ws.manifest() or {}
@@ -111,22 +88,29 @@ def _targets(args) -> int:
              "sizes": {p.stem: _count_lines(p) for p in sorted((ws.tasks_dir / t).glob("*.jsonl"), key=_split_order)}}
             for t in list_demo_tasks(ws)]
     benches = [b.to_dict() for b in BENCHMARKS.values()]
-    lines = [f"demo tasks ({ws.tasks_dir}):" if demo else
+    config = load_config(ws)
+    mine = [{"name": target_name(t), **t} for t in (config.targets if config else ())]
+    lines = []
+    if mine:
+        lines.append(f"this workspace's targets ({ws.root / 'mashup.toml'}):")
+        lines += [f"  {t['name']:<15} {t['kind']:<10} {t['name_or_path']}"
+                  + (f" (mapping: {t['mapping']})" if t.get("mapping") else "") for t in mine]
+    lines += [f"demo tasks ({ws.tasks_dir}):" if demo else
              f"demo tasks: none in {ws.root} (build them with `mashup demo build`)"]
     lines += [f"  {d['name']:<8} {d['description']:<42} "
               + " / ".join(f"{k} {v}" for k, v in d["sizes"].items()) for d in demo]
     lines.append("benchmarks (the paper's eight, through `datasets`; they need the Hugging Face Hub once):")
     lines += [f"  {b['name']:<15} {b['title']:<14} {b['path'] + (' ' + b['config'] if b['config'] else ''):<32} "
               + " / ".join(f"{k} {v}" for k, v in b["sizes"].items()) for b in benches]
-    emit(args, {"demo": demo, "benchmarks": benches}, "\n".join(lines))
+    emit(args, {"workspace_targets": mine, "demo": demo, "benchmarks": benches}, "\n".join(lines))
     return 0
 
 
 def _show(args, ws) -> int:
     from mashup_core.cli import emit
-    from mashup_core.data.targets import load_target, resolve_target
+    from mashup_core.data.targets import load_target
 
-    spec = resolve_target(args.show, ws, args.split, mapping_from_args(args))
+    spec = target_spec(args, ws, args.split, name=args.show)
     examples = load_target(spec, ws)
     shown = examples[: max(args.n, 0)]
     lines = [f"{spec.kind} target {spec.label}: {len(examples)} examples; the first {len(shown)}"]

@@ -5,6 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from mashup_core.cli._options import (
+    add_model_options,
+    add_target_options,
+    model_config,
+    target_spec,
+)
+
 # Listed here so `--help` needs no torch; tests/test_merging.py checks it against the registry.
 METHODS = ("linear", "cat", "cat_svd", "task_arithmetic", "ties", "dare_linear", "dare_ties",
            "magnitude_prune")
@@ -30,14 +37,13 @@ def register(sub, parent: argparse.ArgumentParser) -> None:
         help="search merge weights that do best on a target's train examples",
     )
     _adapter_arguments(search)
-    search.add_argument("--target", required=True, metavar="TASK_OR_JSONL",
-                        help="a demo task of the workspace (its train split) or a JSONL file")
+    add_target_options(search)
     search.add_argument("--strategy", default="cmaes", help="cmaes (default), lorahub, equal")
     search.add_argument("--metric", choices=("acc", "nll"),
                         help="what to optimise (default: acc for cmaes, nll for lorahub)")
     search.add_argument("--budget", type=int, default=30, help="objective evaluations (default 30)")
     search.add_argument("--n", type=int, default=64, help="target examples to evaluate on (default 64)")
-    search.add_argument("--base", metavar="DIR", help="base model (default: the workspace's)")
+    add_model_options(search, library=False)
     search.add_argument("--batch-size", type=int, default=32)
     search.add_argument("--out", metavar="DIR", help="also write the merge with the best weights here")
     search.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
@@ -64,9 +70,17 @@ def _floats(text: str, option: str) -> list[float]:
 
 
 def _adapter_dirs(ws, names: list[str]) -> list[Path]:
-    """A path if it exists, else the workspace library's adapter of that name."""
-    return [Path(n) if Path(n).exists() or not (ws.library_dir / n).is_dir() else ws.library_dir / n
-            for n in names]
+    """A path if it exists, else the checkpoint of that name in the workspace's library."""
+    if all(Path(n).exists() for n in names):
+        return [Path(n) for n in names]
+    from mashup_core.errors import MashupError
+    from mashup_core.models.library import workspace_library
+
+    try:
+        known = {c.name: c.path for c in workspace_library(ws).checkpoints}
+    except MashupError:  # no library configured: the names stay paths, and fail as such
+        known = {}
+    return [Path(n) if Path(n).exists() or n not in known else known[n] for n in names]
 
 
 def _merge_options(args) -> dict:
@@ -104,13 +118,13 @@ def _merge(args) -> int:
     return 0
 
 
-def _target_examples(ws, target: str, n: int, seed: int):
-    """A seeded sample of n train examples of a demo task, benchmark or file."""
-    from mashup_core.data.targets import DatasetError, load_target, resolve_target, sample_examples
+def _target_examples(args, ws):
+    """A seeded sample of n train examples of the target the options name."""
+    from mashup_core.data.targets import DatasetError, load_target, sample_examples
 
-    if n < 1:
-        raise DatasetError(f"--n must be at least 1, got {n}")
-    return sample_examples(load_target(resolve_target(target, ws, "train"), ws), n, seed)
+    if args.n < 1:
+        raise DatasetError(f"--n must be at least 1, got {args.n}")
+    return sample_examples(load_target(target_spec(args, ws, "train"), ws), args.n, args.seed)
 
 
 def _search(args) -> int:
@@ -130,10 +144,11 @@ def _search(args) -> int:
         raise WeightSearchError(f"--strategy must be one of {usable}, got {args.strategy!r}")
     dirs = _adapter_dirs(ws, args.adapters)
     adapters = load_lora_factors(dirs)  # bad adapters fail before the model loads
-    examples = _target_examples(ws, args.target, args.n, args.seed)
-    base = args.base or ws.base_dir
-    model = load_base_model(base, device=default_device())
-    tokenizer = load_tokenizer(base)
+    examples = _target_examples(args, ws)
+    config = model_config(args, ws)
+    trust = config.base.trust_remote_code
+    model = load_base_model(config.base_model, device=default_device(), trust_remote_code=trust)
+    tokenizer = load_tokenizer(config.base_model, trust_remote_code=trust)
     metric = args.metric or ("acc" if spec.maximize else "nll")
     objective = make_merge_objective(model, tokenizer, adapters, examples, args.method, metric=metric,
                                      batch_size=args.batch_size, **_merge_options(args))

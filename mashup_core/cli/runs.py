@@ -5,6 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 
+from mashup_core import defaults
+from mashup_core.cli._options import (
+    add_model_options,
+    add_target_options,
+    model_config,
+    target_spec,
+)
+
 
 def register(sub, parent: argparse.ArgumentParser) -> None:
     run = sub.add_parser("run", parents=[parent], help="run a spec in the foreground")
@@ -45,25 +53,26 @@ def register(sub, parent: argparse.ArgumentParser) -> None:
 
     new = sub.add_parser("new-spec", parents=[parent],
                          help="print a valid run spec with defaults (a template to edit)")
-    new.add_argument("--target", required=True, help="demo task, benchmark name or data file")
+    add_target_options(new)
+    add_model_options(new)
     new.add_argument("--kind", choices=["scratch", "mashup"], default="mashup")
     new.add_argument("--name", default="")
-    new.add_argument("--base-model", default="", help="folder or Hub id (default: the demo base)")
-    new.add_argument("--library", nargs="*", default=[], help="checkpoint sources (default: demo library)")
-    new.add_argument("--scorer", default="acc")
-    new.add_argument("--n", type=int, default=256, help="target examples used for scoring")
-    new.add_argument("--k", type=int, default=2, help="checkpoints to merge")
-    new.add_argument("--method", default="linear", help="merge method")
-    new.add_argument("--weights", default="equal", help="weight strategy")
+    new.add_argument("--scorer", default=defaults.SCORER)
+    new.add_argument("--n", type=int, default=defaults.SCORING_N, help="target examples used for scoring")
+    new.add_argument("--k", type=int, default=defaults.TOP_K, help="checkpoints to merge")
+    new.add_argument("--method", default=defaults.MERGE_METHOD, help="merge method")
+    new.add_argument("--weights", default=defaults.WEIGHT_STRATEGY, help="weight strategy")
     new.add_argument("--init", default="", help="scratch, merged-fold or merged-continue")
-    new.add_argument("--finetune", default="lora", help="lora or full")
+    new.add_argument("--finetune", choices=["lora", "full"],
+                     help="lora or full (default: the workspace's)")
     new.add_argument("--steps", type=int, default=200)
     new.add_argument("--batch-size", type=int, default=32)
-    new.add_argument("--lr", type=float, default=3e-4)
+    new.add_argument("--lr", type=float,
+                     help="learning rate (default: the workspace's, else by finetune mode)")
     new.add_argument("--eval-every", type=int, default=10)
     new.add_argument("--checkpoint-every", type=int, default=20)
     new.add_argument("--seed", type=int, default=0, help="seeds everything, batch order included")
-    new.add_argument("--device", default="auto")
+    new.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the workspace's)")
     new.set_defaults(func=_new_spec)
 
 
@@ -156,13 +165,20 @@ def _new_spec(args) -> int:
     from mashup_core.jobs.spec import RunSpec
     from mashup_core.training.loop import TrainConfig
 
+    # A spec is complete on its own: absolute paths, the target with its mapping, the lr.
+    ws = _ws(args)
+    config = model_config(args, ws)
+    finetune = args.finetune or config.defaults.finetune
+    target = target_spec(args, ws, "train").to_dict()
     spec = RunSpec(
-        target=args.target, kind=args.kind, name=args.name, base_model=args.base_model,
-        library=list(args.library), scorer=args.scorer, n=args.n, k=args.k,
+        target=target, kind=args.kind, name=args.name, base_model=config.base_model,
+        library=config.sources, scorer=args.scorer, n=args.n, k=args.k,
         merge_method=args.method, weight_strategy=args.weights, init=args.init,
-        finetune=args.finetune, eval_every=args.eval_every,
-        checkpoint_every=args.checkpoint_every, seed=args.seed, device=args.device,
-        train=TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed),
+        finetune=finetune, eval_every=args.eval_every,
+        checkpoint_every=args.checkpoint_every, seed=args.seed,
+        device=args.device or config.defaults.device,
+        train=TrainConfig(steps=args.steps, batch_size=args.batch_size,
+                          lr=args.lr or config.learning_rate(finetune), seed=args.seed),
     )
     spec = RunSpec.from_dict(spec.to_dict(), "new-spec")  # the same checks a run makes
     print(json.dumps(spec.to_dict(), indent=2))

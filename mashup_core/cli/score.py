@@ -4,6 +4,13 @@ from __future__ import annotations
 
 import argparse
 
+from mashup_core.cli._options import (
+    add_model_options,
+    add_target_options,
+    model_config,
+    target_spec,
+)
+
 
 def _sizes(text: str) -> list[int]:
     try:
@@ -21,11 +28,11 @@ def register(sub, parent: argparse.ArgumentParser) -> None:
     score = sub.add_parser(
         "score", parents=[parent],
         help="rank library checkpoints by how well they already do on a target",
-        description="Score every checkpoint of the demo library (and the base model) on a sample "
-        "of the target's train split, rank them and pick the top k to merge.",
+        description="Score every checkpoint of the workspace's library (and the base model) on "
+        "a sample of the target's train split, rank them and pick the top k to merge.",
     )
-    score.add_argument("--target", required=True, metavar="TASK|FILE.jsonl",
-                       help="a demo task (its train split is used) or a JSONL file of examples")
+    add_target_options(score)
+    add_model_options(score)
     score.add_argument("--scorer", default="nll", choices=[*SCORERS, "all"],
                        help="nll: answer loss, lower is better (the paper's text); acc: accuracy "
                        "(the reference code); all: show the top k by each (default: nll)")
@@ -46,17 +53,18 @@ def register(sub, parent: argparse.ArgumentParser) -> None:
     score.set_defaults(func=_score)
 
 
-def _load_target(ws, target: str):
-    """(examples, label, demo task or None): a demo task, a benchmark or a file, train split."""
-    from mashup_core.data.targets import load_target, resolve_target
+def _load_target(args, ws):
+    """(examples, label, the task name its own checkpoints record), from the train split."""
+    from mashup_core.data.targets import load_target
+    from mashup_core.training.mashup_init import source_task_of
 
-    spec = resolve_target(target, ws, "train")
-    return load_target(spec, ws), spec.label, spec.name_or_path if spec.kind == "demo" else None
+    spec = target_spec(args, ws, "train")
+    return load_target(spec, ws), spec.label, source_task_of(spec)
 
 
 def _score(args) -> int:
     from mashup_core.cli import emit
-    from mashup_core.models.library import demo_library
+    from mashup_core.models.library import scan_library
     from mashup_core.selection.scoring import (
         SCORERS,
         ScoringError,
@@ -67,16 +75,18 @@ def _score(args) -> int:
     from mashup_core.workspace import Workspace
 
     ws = Workspace.resolve(args.workspace)
-    examples, label, task = _load_target(ws, args.target)
-    scan = demo_library(ws, include_snapshots=not args.no_snapshots)
+    examples, label, task = _load_target(args, ws)
+    config = model_config(args, ws)
+    snapshots = False if args.no_snapshots else config.library.include_snapshots
+    scan = scan_library(config.sources, base_model_dir=config.base_model, include_snapshots=snapshots)
     if not scan.checkpoints:
-        raise ScoringError(f"no usable checkpoints in {ws.library_dir}"
+        raise ScoringError(f"no usable checkpoints in {', '.join(config.sources) or 'no sources'}"
                            + "".join(f"\n  {r.name}: {r.reason}" for r in scan.rejected))
     scorers = list(SCORERS) if args.scorer == "all" else [args.scorer]
     exclude_task = None if args.include_own else task
     scored_n = max([args.n, *(args.sweep or [])])
     full = score_library_cached(ws, scan.checkpoints, examples, n=scored_n, seed=args.seed,
-                                target=label, batch_size=args.batch_size,
+                                target=label, base_path=config.base_model, batch_size=args.batch_size,
                                 progress=not args.no_progress, refresh=args.refresh)
     table = full.head(args.n)
     selected = {s: table.select_top_k(s, args.k, exclude_task=exclude_task) for s in scorers}

@@ -161,6 +161,7 @@ def build_world(
         if manifest["profile"] == profile and manifest["seed"] == seed:
             report = BuildReport(**manifest["report"])
             report.reused, report.seconds = True, 0.0
+            write_demo_config(workspace, manifest["tasks"])
             return report
         log(f"workspace holds the {manifest['profile']!r} world with seed {manifest['seed']}; "
             f"rebuilding as {profile!r} with seed {seed}")
@@ -237,7 +238,29 @@ def _build(ws: Workspace, prof: Profile, seed: int, progress: bool) -> BuildRepo
         "report": asdict(report), "files": files,
     })
     ws.building_marker.unlink()
+    write_demo_config(ws, list(prof.tasks))
     return report
+
+
+def write_demo_config(ws: Workspace, tasks: list[str]) -> None:
+    """The demo world as a workspace like any other: its base, its library, its 8 targets.
+    A config already there is the user's (they may have added sources): it is kept."""
+    from mashup_core.config import (
+        BaseModel,
+        Defaults,
+        Library,
+        WorkspaceConfig,
+        config_path,
+        save_config,
+    )
+    from mashup_core.defaults import DEMO_LEARNING_RATE
+
+    if config_path(ws).exists():
+        return
+    save_config(ws, WorkspaceConfig(
+        BaseModel(str(ws.base_dir)), Library((str(ws.library_dir),)),
+        tuple({"kind": "demo", "name_or_path": t} for t in tasks),
+        Defaults(lr=DEMO_LEARNING_RATE)))
 
 
 def _with_seed(cfg: TrainConfig, seed: int) -> TrainConfig:

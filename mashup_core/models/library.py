@@ -208,6 +208,20 @@ def scan_library(
     return scan
 
 
+def workspace_library(ws: Workspace, *, include_snapshots: bool | None = None,
+                      base: str | None = None, sources: Sequence[str] | None = None) -> LibraryScan:
+    """The workspace's library (its config's sources, checked against its base model);
+    `base` and `sources` override the config, as the CLI's flags do."""
+    from mashup_core.config import resolve_config
+
+    config = resolve_config(ws, base=base, sources=list(sources) if sources else None)
+    if not config.sources:
+        raise LibraryError(f"the workspace {ws.root} lists no checkpoint sources; add one with "
+                           "`mashup config --add-source DIR` (or --source DIR)")
+    snapshots = config.library.include_snapshots if include_snapshots is None else include_snapshots
+    return scan_library(config.sources, base_model_dir=config.base_model, include_snapshots=snapshots)
+
+
 def demo_library(ws: Workspace, include_snapshots: bool = True) -> LibraryScan:
     """The demo world's adapters, validated against the demo base model."""
     if not ws.library_dir.is_dir():

@@ -41,23 +41,26 @@ class MashupInit:
         return {**asdict(self), "adapter_dir": str(self.adapter_dir)}
 
 
-def source_task_of(target) -> str | None:
-    """The task name a library checkpoint records when it was trained on this target."""
-    return target.name_or_path if target.kind in ("demo", "benchmark") else None
+def source_task_of(target) -> str:
+    """The task name a library checkpoint records when it was trained on this target (a demo
+    task, a benchmark, a file's stem): leave-one-out selection skips those checkpoints."""
+    from mashup_core.config import target_name
+
+    return target_name(target.to_dict())
 
 
 def library_checkpoints(ws: Workspace | None, sources: Sequence | None, base_dir: str | None):
-    """Checkpoints to score: given ones as they are, sources scanned, or the demo library."""
-    from mashup_core.models.library import Checkpoint, demo_library, scan_library
+    """Checkpoints to score: given ones as they are, sources scanned, or the workspace's library."""
+    from mashup_core.models.library import Checkpoint, scan_library, workspace_library
 
     if sources and all(isinstance(s, Checkpoint) for s in sources):
         return list(sources), []
     if sources:
         scan = scan_library([str(s) for s in sources], base_model_dir=base_dir)
     elif ws is not None:
-        scan = demo_library(ws)
+        scan = workspace_library(ws, base=base_dir)
     else:
-        raise PipelineError("no library: pass checkpoints, sources or a workspace with a demo library")
+        raise PipelineError("no library: pass checkpoints, sources or a workspace with a library")
     return scan.checkpoints, [r.to_dict() for r in scan.rejected]
 
 

@@ -1,0 +1,84 @@
+"""Options several verbs share: the study's model and library, and a target with its mapping.
+
+Every verb that takes them reads the workspace config first (`mashup.toml`); a flag given
+on the command line wins. A target named in the config carries its own mapping and data.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_model_options(parser: argparse.ArgumentParser, *, library: bool = True) -> None:
+    group = parser.add_argument_group("model and library (default: the workspace's mashup.toml)")
+    group.add_argument("--base", metavar="DIR_OR_HUB_ID", help="the base model")
+    if library:
+        group.add_argument("--source", action="append", metavar="DIR_OR_HUB_ID",
+                           help="a checkpoint folder or Hub id; repeat for several")
+    group.add_argument("--trust-remote-code", action="store_true", default=None,
+                       help="let the base model's own code run (off unless you ask)")
+
+
+def add_target_options(parser: argparse.ArgumentParser, *, required: bool = True,
+                       flag: str = "--target") -> None:
+    parser.add_argument(flag, required=required, metavar="TARGET",
+                        help="a target named in mashup.toml, a demo task, a benchmark (arc_easy, "
+                        "piqa, ...) or a JSONL/JSON/CSV/TSV file")
+    parser.add_argument("--data", metavar="DIR_OR_FILE",
+                        help="a benchmark's examples from local files in its Hub schema "
+                        "(JSONL, JSON, CSV or Parquet), instead of the Hub")
+    add_mapping_arguments(parser)
+
+
+def add_mapping_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options that map a user file's fields (for any command taking a file target)."""
+    group = parser.add_argument_group("field mapping (file targets)")
+    group.add_argument("--prompt-field", help="prompt field, or a template like '{context} {question}'")
+    group.add_argument("--choices-field", help="one list field, or several columns: sol1,sol2")
+    group.add_argument("--choices-sep", help="delimiter when one field holds all choices as text")
+    group.add_argument("--gold-field", help="gold label field")
+    group.add_argument("--gold-format", help="index0, index1, letter or text")
+
+
+def mapping_from_args(args: argparse.Namespace):
+    """A FieldMapping from the options given (defaults for the rest), or None if none was given."""
+    from mashup_core.data.targets import FieldMapping
+
+    given = {
+        "prompt": args.prompt_field, "choices": args.choices_field, "gold": args.gold_field,
+        "gold_format": args.gold_format, "choices_delimiter": args.choices_sep,
+    }
+    given = {k: v for k, v in given.items() if v is not None}
+    return FieldMapping(**given) if given else None
+
+
+def target_spec(args: argparse.Namespace, ws, split: str = "train", name: str | None = None):
+    """The TargetSpec the options name: a configured target (with its mapping and data),
+    else a demo task, a benchmark or a file; mapping and data flags override."""
+    from dataclasses import replace
+
+    from mashup_core.config import load_config, target_name
+    from mashup_core.data.targets import TargetSpec, resolve_target
+
+    name = name if name is not None else args.target
+    mapping, data = mapping_from_args(args), getattr(args, "data", None)
+    config = load_config(ws)
+    for entry in config.targets if config else ():
+        if name == target_name(entry):
+            spec = TargetSpec.from_dict({**entry, "split": split})
+            if mapping is not None:
+                spec = replace(spec, mapping=mapping)
+            if data is not None:
+                spec = replace(spec, data=str(data))
+            return spec
+    if data is not None:
+        return resolve_target(name, ws, split, mapping, data=data)
+    return resolve_target(name, ws, split, mapping)
+
+
+def model_config(args: argparse.Namespace, ws):
+    """The workspace config with --base/--source/--trust-remote-code applied."""
+    from mashup_core.config import resolve_config
+
+    return resolve_config(ws, base=getattr(args, "base", None), sources=getattr(args, "source", None),
+                          trust_remote_code=getattr(args, "trust_remote_code", None))
