@@ -3,9 +3,12 @@ schemas (on hand-written rows of the real shapes), sampling and the recorded tar
 
 from __future__ import annotations
 
+import csv
 import json
+from collections.abc import Callable
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from mashup_core.data.targets import (
@@ -19,6 +22,7 @@ from mashup_core.data.targets import (
     get_benchmark,
     list_demo_tasks,
     load_benchmark,
+    load_benchmark_file,
     load_demo_task,
     load_file,
     load_target,
@@ -105,6 +109,11 @@ LAYOUTS = {
         "t.json", FieldMapping(gold="answer", gold_format="text"),
         json.dumps([{"prompt": e.prompt, "choices": list(e.choices), "answer": e.answer} for e in EXPECTED]),
     ),
+    "json-data-key": (
+        "t.json", FieldMapping(),
+        json.dumps({"version": 1, "data": [{"prompt": e.prompt, "choices": list(e.choices), "gold": e.gold}
+                                           for e in EXPECTED]}),
+    ),
 }
 
 
@@ -112,6 +121,19 @@ LAYOUTS = {
 def test_field_mapping_loads_every_layout_and_gold_format(tmp_path, layout):
     name, mapping, text = LAYOUTS[layout]
     assert load_file(_write(tmp_path / name, text), mapping) == EXPECTED
+
+
+def test_user_file_in_parquet_and_in_the_hubs_folder_layout(tmp_path):
+    """Parquet is one more row reader, so user files get it too, and a user's folder may be laid
+    out as on the Hub (data/<split>-00000-of-00001.parquet)."""
+    frame = pd.DataFrame([{"q": e.prompt, "opts": list(e.choices), "key": "ABC"[e.gold]} for e in EXPECTED])
+    mapping = FieldMapping(prompt="q", choices="opts", gold="key", gold_format="letter")
+    frame.to_parquet(tmp_path / "t.parquet", index=False)
+    assert load_file(tmp_path / "t.parquet", mapping) == EXPECTED
+    assert file_fields(tmp_path / "t.parquet") == ["q", "opts", "key"]
+    (tmp_path / "hub" / "data").mkdir(parents=True)
+    frame.to_parquet(tmp_path / "hub" / "data" / "validation-00000-of-00001.parquet", index=False)
+    assert load_target(TargetSpec("file", str(tmp_path / "hub"), "validation", mapping)) == EXPECTED
 
 
 def test_csv_rows_with_fewer_choices_leave_last_columns_empty(tmp_path):
@@ -263,6 +285,239 @@ def test_load_benchmark_samples_before_converting_and_falls_back_to_the_mirror(f
     assert load_benchmark("mathqa", "train", n=5, seed=1) == load_benchmark("mathqa", "train", n=5, seed=1)
 
 
+# --- a benchmark from local files in its Hub schema ------------------------------------------------
+# An export of the real dataset, read with the benchmark's own converter: whatever the format,
+# load_target must give exactly what the converter gives on the same rows.
+
+PROMPT_FIELD = {"arc_easy": "question", "commonsense_qa": "question", "hellaswag": "activity_label",
+                "mathqa": "Problem", "openbookqa": "question_stem", "piqa": "goal", "social_iqa": "context",
+                "winogrande": "sentence"}
+
+
+def _bench_rows(name: str, n: int, start: int = 0) -> list[dict]:
+    """`n` distinct rows of a benchmark's schema: the hand-written ones, numbered in the field
+    the prompt comes from (so that order and hold-out are checked row by row)."""
+    base = [c["row"] for c in BENCH_CASES if c["benchmark"] == name]
+    field = PROMPT_FIELD[name]
+    return [{**row, field: f"{start + i} {row[field]}"} for i, row in enumerate((base * n)[:n])]
+
+
+def _converted(name: str, rows: list[dict]) -> list[MCExample]:
+    return [benchmark_row_to_example(name, row) for row in rows]
+
+
+def _to_jsonl(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+
+
+def _to_json(path: Path, data: list[dict] | dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data), encoding="utf-8")
+
+
+def _to_parquet(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_parquet(path, index=False)
+
+
+def _to_csv_json_cells(path: Path, rows: list[dict], delimiter: str = ",") -> None:
+    """Lists and dicts as JSON in their cell: how a careful hand export keeps them."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]), delimiter=delimiter)
+        writer.writeheader()
+        writer.writerows({k: json.dumps(v) if isinstance(v, dict | list) else v for k, v in row.items()}
+                         for row in rows)
+
+
+def _with_datasets(method: str, suffix: str) -> Callable[[Path, list[dict]], None]:
+    """A split written by `datasets` itself (to_json: JSON lines; to_csv: pandas' reprs of lists
+    and dicts in the cells), as a researcher's export of the real dataset would be."""
+    def write(path: Path, rows: list[dict]) -> None:
+        import datasets
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        getattr(datasets.Dataset.from_list(rows), method)(str(path.with_suffix(suffix)))
+    return write
+
+
+# layout -> writes {split: rows} under a folder; the loader must find each split there.
+FOLDER_LAYOUTS: dict[str, Callable[[Path, dict[str, list[dict]]], None]] = {
+    "jsonl": lambda d, splits: [_to_jsonl(d / f"{s}.jsonl", rows) for s, rows in splits.items()],
+    "datasets-to_json": lambda d, splits: [_with_datasets("to_json", ".json")(d / s, rows) for s, rows in splits.items()],
+    "json-array": lambda d, splits: [_to_json(d / f"{s}.json", rows) for s, rows in splits.items()],
+    "json-data-key": lambda d, splits: [_to_json(d / f"{s}.json", {"data": rows}) for s, rows in splits.items()],
+    "hub-parquet-shards": lambda d, splits: [
+        _to_parquet(d / "data" / f"{s}-{i:05d}-of-00002.parquet", half)  # read back in shard order
+        for s, rows in splits.items() for i, half in enumerate((rows[: len(rows) // 2], rows[len(rows) // 2:]))],
+    "refs-convert-parquet": lambda d, splits: [_to_parquet(d / "default" / s / "0000.parquet", rows)
+                                               for s, rows in splits.items()],
+    "csv-json-cells": lambda d, splits: [_to_csv_json_cells(d / f"{s}.csv", rows) for s, rows in splits.items()],
+    "tsv-json-cells": lambda d, splits: [_to_csv_json_cells(d / f"{s}.tsv", rows, "\t") for s, rows in splits.items()],
+    "datasets-to_csv": lambda d, splits: [_with_datasets("to_csv", ".csv")(d / s, rows) for s, rows in splits.items()],
+}
+
+
+@pytest.fixture
+def no_hub(monkeypatch):
+    """Local data must never reach for the Hub."""
+    import mashup_core.data.targets as targets
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("local data went to the Hub")
+
+    monkeypatch.setattr(targets, "_load_split", refuse)
+
+
+@pytest.mark.parametrize("layout", FOLDER_LAYOUTS)
+@pytest.mark.parametrize("name", BENCHMARKS)
+def test_benchmark_from_a_local_folder_gives_what_the_converter_gives(tmp_path, no_hub, name, layout):
+    splits = {"train": _bench_rows(name, 4), "validation": _bench_rows(name, 3, start=4)}
+    FOLDER_LAYOUTS[layout](tmp_path / "export", splits)
+    for split, rows in splits.items():
+        examples = load_target(TargetSpec("benchmark", name, split, data=str(tmp_path / "export")))
+        assert examples == _converted(name, rows)
+        assert [e.meta for e in examples] == [{"benchmark": name}] * len(rows)
+
+
+SINGLE_FILES: dict[str, Callable[[Path, list[dict]], None]] = {
+    "t.parquet": _to_parquet,
+    "t.jsonl": _to_jsonl,
+    "t.csv": _to_csv_json_cells,
+}
+
+
+@pytest.mark.parametrize("file", SINGLE_FILES)
+@pytest.mark.parametrize("name", BENCHMARKS)
+def test_benchmark_from_one_local_file_holds_out_every_fifth_row(tmp_path, no_hub, name, file):
+    rows = _bench_rows(name, 10)
+    SINGLE_FILES[file](tmp_path / file, rows)
+    expected = _converted(name, rows)
+    assert load_benchmark_file(name, tmp_path / file) == expected
+    spec = TargetSpec("benchmark", name, "train", data=str(tmp_path / file))
+    assert load_target(spec) == [e for i, e in enumerate(expected) if i not in (4, 9)]
+    assert load_target(spec.with_split("validation")) == [expected[4], expected[9]]
+
+
+def test_csv_cells_as_pandas_writes_them_keep_quotes_commas_and_newlines(tmp_path):
+    """pandas writes a list cell as numpy's `['a' 'b']` (no commas): read as Python the strings
+    would join into one choice, so each must come back separately, whatever they contain."""
+    odd = ["it's, fine", 'say "hi"', "two\nlines", "[bracket] ok"]
+    hellaswag = [{**_bench_rows("hellaswag", 1)[0], "endings": odd, "label": "2"}]
+    arc = [{**_bench_rows("arc_easy", 1)[0], "choices": {"text": odd, "label": ["A", "B", "C", "D"]}, "answerKey": "C"}]
+    for name, rows in (("hellaswag", hellaswag), ("arc_easy", arc)):
+        _to_parquet(tmp_path / f"{name}.parquet", rows)
+        pd.read_parquet(tmp_path / f"{name}.parquet").to_csv(tmp_path / f"{name}.csv", index=False)
+        examples = load_benchmark_file(name, tmp_path / f"{name}.csv")
+        assert examples == _converted(name, rows) and len(examples[0].choices) == 4
+
+
+def test_a_hub_snapshot_is_read_from_the_benchmarks_config_folder(tmp_path, no_hub):
+    """allenai/ai2_arc holds ARC-Challenge/ and ARC-Easy/: arc_easy reads only its own."""
+    easy, challenge = _bench_rows("arc_easy", 3), _bench_rows("arc_easy", 3, start=100)
+    _to_parquet(tmp_path / "ai2_arc" / "ARC-Challenge" / "train-00000-of-00001.parquet", challenge)
+    _to_parquet(tmp_path / "ai2_arc" / "ARC-Easy" / "train-00000-of-00001.parquet", easy)
+    assert load_target(TargetSpec("benchmark", "arc_easy", data=str(tmp_path / "ai2_arc"))) == _converted("arc_easy", easy)
+
+
+def _user_csv(path: Path) -> None:
+    path.write_text('prompt,choices,gold\nq1,"[""x"", ""y""]",0\n', encoding="utf-8")
+
+
+WRONG_SCHEMA = {
+    # case: (benchmark asked for, writes the file, regex the message must match)
+    "piqa export as arc_easy": (
+        "arc_easy", lambda d: _to_jsonl(d / "piqa.jsonl", _bench_rows("piqa", 2)),
+        r"piqa\.jsonl:1: not an ARC-Easy row: expected fields question, choices, answerKey; "
+        r"found goal, sol1, sol2, label \(it has the fields of PIQA\)"),
+    "user csv as piqa": (
+        "piqa", lambda d: _user_csv(d / "mine.csv"),
+        r"mine\.csv:2: not a PIQA row: expected fields goal, sol1, sol2, label; found prompt, choices, gold "
+        r"\(a file in another schema is a file target, with a field mapping\)"),
+    "winogrande parquet as hellaswag": (
+        "hellaswag", lambda d: _to_parquet(d / "w.parquet", _bench_rows("winogrande", 2)),
+        r"w\.parquet:1: not a HellaSwag row: expected fields activity_label, ctx or ctx_a, endings, label; "
+        r"found sentence, option1, option2, answer \(it has the fields of WinoGrande\)"),
+    "a later row of another schema": (
+        "piqa", lambda d: _to_jsonl(d / "mixed.jsonl", _bench_rows("piqa", 2) + _bench_rows("social_iqa", 1)),
+        r"mixed\.jsonl:3: not a PIQA row: .*found context, question, answerA"),
+    "a bad label in the right schema": (
+        "arc_easy", lambda d: _to_jsonl(d / "a.jsonl", [*_bench_rows("arc_easy", 1),
+                                                         {**_bench_rows("arc_easy", 1)[0], "answerKey": "E"}]),
+        r"a\.jsonl:2: ARC-Easy: field 'answerKey': 'E' is not one of the labels"),
+    "an unlabelled test export": (
+        "hellaswag", lambda d: _to_jsonl(d / "test.jsonl", [{**_bench_rows("hellaswag", 1)[0], "label": ""}]),
+        r"test\.jsonl:1: HellaSwag: field 'label': missing or empty \(an unlabeled test row\?\)"),
+    "a cell that is not a list": (
+        "arc_easy", lambda d: (d / "a.csv").write_text("question,choices,answerKey\nq,A) x B) y,A\n"),
+        r"a\.csv:2: ARC-Easy: field 'choices': 'A\) x B\) y' is not a list or dict \(write nested fields as JSON"),
+}
+
+
+@pytest.mark.parametrize("case", WRONG_SCHEMA)
+def test_benchmark_data_in_the_wrong_schema_names_file_row_and_fields(tmp_path, no_hub, case):
+    name, write, message = WRONG_SCHEMA[case]
+    write(tmp_path)
+    (path,) = tmp_path.iterdir()
+    with pytest.raises(DatasetError, match=message):
+        load_target(TargetSpec("benchmark", name, "train", data=str(path)))
+
+
+def test_empty_and_unreadable_benchmark_files(tmp_path, no_hub):
+    (tmp_path / "empty.jsonl").write_text("")
+    (tmp_path / "header.csv").write_text("goal,sol1,sol2,label\n")
+    (tmp_path / "zero.parquet").write_bytes(b"")
+    pd.DataFrame({"goal": [], "sol1": [], "sol2": [], "label": []}).to_parquet(tmp_path / "norows.parquet")
+    for name in ("empty.jsonl", "header.csv", "zero.parquet", "norows.parquet"):
+        with pytest.raises(DatasetError, match=rf"{name.replace('.', '[.]')}: no examples \(the file is empty\)"):
+            load_target(TargetSpec("benchmark", "piqa", "train", data=str(tmp_path / name)))
+    (tmp_path / "bad.parquet").write_text("goal,sol1,sol2,label\n")
+    with pytest.raises(DatasetError, match=r"bad\.parquet: not a readable Parquet file \("):
+        load_target(TargetSpec("benchmark", "piqa", "train", data=str(tmp_path / "bad.parquet")))
+
+
+def test_benchmark_folder_without_the_split_lists_what_it_holds(tmp_path, no_hub):
+    export = tmp_path / "export"
+    _to_jsonl(export / "train.jsonl", _bench_rows("piqa", 2))
+    _to_parquet(export / "data" / "test-00000-of-00001.parquet", _bench_rows("piqa", 2))
+    (export / "README.md").write_text("not data")
+    with pytest.raises(DatasetError, match=r"export: no validation file \(validation\.jsonl, .*validation\.parquet, "
+                       r"or shards like validation-00000-of-00001\.parquet, here or under data/, default/\); it "
+                       r"holds: train\.jsonl, data/test-00000-of-00001\.parquet \(give one file itself"):
+        load_target(TargetSpec("benchmark", "piqa", "validation", data=str(export)))
+    (tmp_path / "bare").mkdir()
+    with pytest.raises(DatasetError, match=r"bare: no train file .*it holds: no data files \(\.jsonl"):
+        load_target(TargetSpec("benchmark", "piqa", "train", data=str(tmp_path / "bare")))
+    with pytest.raises(DatasetError, match=r"gone: no such file or folder"):
+        load_target(TargetSpec("benchmark", "piqa", "train", data=str(tmp_path / "gone")))
+    with pytest.raises(DatasetError, match=r"PIQA has labels only in train, validation \(asked: 'test'\)"):
+        load_target(TargetSpec("benchmark", "piqa", "test", data=str(export)))
+
+
+def test_resolve_target_takes_local_data_for_a_benchmark_only(tiny_world, tmp_path, monkeypatch):
+    _to_jsonl(tmp_path / "export" / "validation.jsonl", _bench_rows("arc_easy", 2))
+    monkeypatch.chdir(tmp_path)  # a relative path is kept absolute: runs start elsewhere
+    spec = resolve_target("ARC-Easy", tiny_world, "validation", data="export")
+    assert spec == TargetSpec("benchmark", "arc_easy", "validation", data=str(tmp_path / "export"))
+    assert spec.data == str(tmp_path / "export") and spec.label == "arc_easy (validation, local)"
+    assert TargetSpec("benchmark", "arc_easy").label == "arc_easy (train)"
+    assert load_target(spec, tiny_world) == _converted("arc_easy", _bench_rows("arc_easy", 2))
+    with pytest.raises(DatasetError, match=r"'rev' is a demo task, read from the demo world; local data \(export\) "
+                       r"is only for a benchmark \(arc_easy, "):
+        resolve_target("rev", tiny_world, data="export")
+    with pytest.raises(DatasetError, match=r"export/validation\.jsonl is a file target; local data \(export\) is only "
+                       r"for a benchmark"):
+        resolve_target("export/validation.jsonl", tiny_world, data="export")
+    with pytest.raises(DatasetError, match=r"nowhere: no such file or folder \(the local data for ARC-Easy\)"):
+        resolve_target("arc_easy", tiny_world, data="nowhere")
+    with pytest.raises(DatasetError, match=r"ARC-Easy's local data is read in its own schema; a field mapping is "
+                       r"only for a file target"):
+        resolve_target("arc_easy", tiny_world, mapping=FieldMapping(), data="export")
+    with pytest.raises(DatasetError, match=r"local data \(/x\) is only for a benchmark target, not a demo target"):
+        TargetSpec("demo", "rev", data="/x")
+
+
 # --- target specs ----------------------------------------------------------------------------------
 
 
@@ -276,6 +531,19 @@ def test_target_spec_round_trips_through_json():
         TargetSpec("url", "x")
     with pytest.raises(DatasetError, match=r"unknown keys \['n'\], missing keys \['name_or_path'\]"):
         TargetSpec.from_dict({"kind": "demo", "n": 3})
+
+
+def test_target_spec_with_local_data_round_trips_and_old_dicts_still_load():
+    spec = TargetSpec("benchmark", "piqa", "validation", data="/exports/piqa")
+    assert spec.to_dict()["data"] == "/exports/piqa"
+    assert TargetSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+    old = {"kind": "benchmark", "name_or_path": "piqa", "split": "train", "mapping": None}
+    assert TargetSpec.from_dict(old).data is None
+    # Without data the dict is what it was before the field existed (run identities hash it).
+    assert TargetSpec.from_dict(old).to_dict() == old
+    assert TargetSpec.from_dict({**old, "data": ""}).to_dict() == old  # an empty form field
+    with pytest.raises(DatasetError, match=r"unknown keys \['files'\], missing keys \[\]"):
+        TargetSpec.from_dict({**spec.to_dict(), "files": ["a"]})
 
 
 def test_load_target_for_each_kind(tiny_world, tmp_path, fake_hub):

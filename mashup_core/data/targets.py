@@ -15,6 +15,7 @@ import os
 import random
 import re
 import string
+import tokenize
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -288,13 +289,16 @@ def _jsonl_rows(text: str, path: Path) -> list[Row]:
 
 
 def _json_rows(text: str, path: Path) -> list[Row]:
-    """A JSON array of objects (rows numbered by item), or JSON lines under a .json name."""
+    """A JSON array of objects or {"data": [...]} (rows numbered by item), or JSON lines under a
+    .json name (what `datasets`' `to_json` writes)."""
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         if exc.msg == "Extra data":  # one object per line
             return _jsonl_rows(text, path)
         raise DatasetError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg} at column {exc.colno})") from exc
+    if isinstance(data, dict) and isinstance(data.get("data"), list):
+        data = data["data"]  # {"data": [...]}, the layout `datasets`' JSON loader takes with field="data"
     if isinstance(data, dict):
         return [(1, data)]
     if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
@@ -316,32 +320,63 @@ def _csv_rows(text: str, path: Path, delimiter: str = ",") -> list[Row]:
     return rows
 
 
-READERS: dict[str, Callable[[str, Path], list[Row]]] = {
-    ".jsonl": _jsonl_rows,
-    ".ndjson": _jsonl_rows,
-    ".json": _json_rows,
-    ".csv": _csv_rows,
-    ".tsv": lambda text, path: _csv_rows(text, path, delimiter="\t"),
-}
+def _parquet_rows(path: Path) -> list[Row]:
+    """A Parquet file's rows (numbered from 1), as the Hub's `refs/convert/parquet` holds them.
+
+    Read with pyarrow (never pickle): nested columns come back as plain dicts and lists, so
+    a benchmark's converter sees the same row as from `datasets`.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        if path.stat().st_size == 0:  # an empty export, reported as empty rather than damaged
+            return []
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    try:
+        table = pq.read_table(path)
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        raise DatasetError(f"{path}: not a readable Parquet file ({exc})") from exc
+    return list(enumerate(table.to_pylist(), start=1))
 
 
-def read_rows(path: Path) -> list[Row]:
-    """The raw rows of a JSONL/JSON/CSV/TSV file with their line numbers (UTF-8, BOM allowed)."""
-    path = Path(path)
-    reader = READERS.get(path.suffix.lower())
-    if reader is None:
-        raise DatasetError(f"{path}: unsupported file type {path.suffix!r}; use {', '.join(READERS)}")
+def _read_text(path: Path) -> str:
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise DatasetError(f"{path}: cannot read ({exc.strerror or exc})") from exc
     try:
-        text = data.decode("utf-8-sig")
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
         raise DatasetError(f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x}); "
                            "re-save the file as UTF-8") from exc
-    return reader(text, path)
+
+
+def _text(parse: Callable[[str, Path], list[Row]]) -> Callable[[Path], list[Row]]:
+    return lambda path: parse(_read_text(path), path)
+
+
+# File suffix -> reader; the order is also the preference when a folder holds one split twice.
+READERS: dict[str, Callable[[Path], list[Row]]] = {
+    ".jsonl": _text(_jsonl_rows),
+    ".ndjson": _text(_jsonl_rows),
+    ".json": _text(_json_rows),
+    ".csv": _text(_csv_rows),
+    ".tsv": _text(lambda text, path: _csv_rows(text, path, delimiter="\t")),
+    ".parquet": _parquet_rows,
+}
+
+
+def read_rows(path: Path) -> list[Row]:
+    """The raw rows of a JSONL/JSON/CSV/TSV (UTF-8, BOM allowed) or Parquet file, numbered by
+    line (JSONL, CSV) or by row (JSON array, Parquet)."""
+    path = Path(path)
+    reader = READERS.get(path.suffix.lower())
+    if reader is None:
+        raise DatasetError(f"{path}: unsupported file type {path.suffix!r}; use {', '.join(READERS)}")
+    return reader(path)
 
 
 def file_fields(path: Path) -> list[str]:
@@ -351,7 +386,7 @@ def file_fields(path: Path) -> list[str]:
 
 
 def load_file(path: Path, mapping: FieldMapping | None = None) -> list[MCExample]:
-    """A user's JSONL/JSON/CSV/TSV file as examples; `mapping` defaults to our own JSONL fields."""
+    """A user's JSONL/JSON/CSV/TSV/Parquet file as examples; `mapping` defaults to our own JSONL fields."""
     path = Path(path)
     mapping = mapping or FieldMapping()
     examples = [mapping.to_example(row, f"{path}:{lineno}") for lineno, row in read_rows(path)]
@@ -499,6 +534,10 @@ class Benchmark:
     to_example: Callable[[dict[str, Any]], MCExample]
     sizes: dict[str, int]  # train / validation rows, as in the paper
     splits: tuple[str, ...] = ("train", "validation")  # the splits that carry labels
+    # The fields the converter reads ("a|b": either), to tell a file in another schema at its
+    # first row; and those holding a list or dict, which a CSV export writes as text in a cell.
+    fields: tuple[str, ...] = ()
+    nested: tuple[str, ...] = ()
 
     @property
     def path(self) -> str:
@@ -509,25 +548,31 @@ class Benchmark:
                 "config": self.sources[0][1], "splits": list(self.splits), "sizes": self.sizes}
 
 
+_LABELLED = {"fields": ("question", "choices", "answerKey"), "nested": ("choices",)}
+
 # The script-free copies are the ones lm-eval loads: `datasets` no longer runs loading
 # scripts, which some original repos still need. Their schemas are the same.
 BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
     Benchmark("arc_easy", "ARC-Easy", (("allenai/ai2_arc", "ARC-Easy"),), _arc_row,
-              {"train": 2251, "validation": 570}, ("train", "validation", "test")),
+              {"train": 2251, "validation": 570}, ("train", "validation", "test"), **_LABELLED),
     Benchmark("commonsense_qa", "CommonsenseQA", (("tau/commonsense_qa", None),), _commonsense_qa_row,
-              {"train": 9741, "validation": 1221}),
+              {"train": 9741, "validation": 1221}, **_LABELLED),
     Benchmark("hellaswag", "HellaSwag", (("Rowan/hellaswag", None),), _hellaswag_row,
-              {"train": 39905, "validation": 10042}),
+              {"train": 39905, "validation": 10042},
+              fields=("activity_label", "ctx|ctx_a", "endings", "label"), nested=("endings",)),
     Benchmark("mathqa", "MathQA", (("allenai/math_qa", None), ("regisss/math_qa", None)), _mathqa_row,
-              {"train": 29837, "validation": 4475}, ("train", "validation", "test")),
+              {"train": 29837, "validation": 4475}, ("train", "validation", "test"),
+              fields=("Problem", "options", "correct")),
     Benchmark("openbookqa", "OpenBookQA", (("allenai/openbookqa", "main"),), _openbookqa_row,
-              {"train": 4957, "validation": 500}, ("train", "validation", "test")),
+              {"train": 4957, "validation": 500}, ("train", "validation", "test"),
+              fields=("question_stem", "choices", "answerKey"), nested=("choices",)),
     Benchmark("piqa", "PIQA", (("ybisk/piqa", None), ("baber/piqa", None)), _piqa_row,
-              {"train": 16113, "validation": 1838}),
+              {"train": 16113, "validation": 1838}, fields=("goal", "sol1", "sol2", "label")),
     Benchmark("social_iqa", "SocialIQA", (("allenai/social_i_qa", None), ("lighteval/siqa", None)),
-              _social_iqa_row, {"train": 33410, "validation": 1954}),
+              _social_iqa_row, {"train": 33410, "validation": 1954},
+              fields=("context", "question", "answerA", "answerB", "answerC", "label")),
     Benchmark("winogrande", "WinoGrande", (("allenai/winogrande", "winogrande_xl"),), _winogrande_row,
-              {"train": 40398, "validation": 1267}),
+              {"train": 40398, "validation": 1267}, fields=("sentence", "option1", "option2", "answer")),
 )}
 
 
@@ -562,15 +607,20 @@ def load_benchmark(name: str, split: str, n: int | None = None, seed: int | None
     `n` rows are chosen as in `sample_indices` before conversion, so a sample of a large split
     costs little.
     """
-    bench = get_benchmark(name)
-    if split not in bench.splits:
-        raise DatasetError(f"{bench.title} has labels only in {', '.join(bench.splits)} (asked: {split!r})")
+    bench = _labelled_split(name, split)
     rows = _load_split(bench, split)
     indices = sample_indices(len(rows), n, seed)
     if len(indices) < len(rows):
         rows = rows.select(indices)
     return [benchmark_row_to_example(bench.name, row, f" {split} row {i}")
             for i, row in zip(indices, rows, strict=True)]
+
+
+def _labelled_split(name: str, split: str) -> Benchmark:
+    bench = get_benchmark(name)
+    if split not in bench.splits:
+        raise DatasetError(f"{bench.title} has labels only in {', '.join(bench.splits)} (asked: {split!r})")
+    return bench
 
 
 def _load_split(bench: Benchmark, split: str):
@@ -586,8 +636,106 @@ def _load_split(bench: Benchmark, split: str):
                   for v in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"))
     hint = ("benchmarks need the Hugging Face Hub once, then load from the datasets cache"
             + (" (offline mode is on: HF_DATASETS_OFFLINE / HF_HUB_OFFLINE)" if offline else "")
-            + "; without the Hub, export the split to JSONL and use it as a file target")
+            + "; without the Hub, give an export of the dataset as the benchmark's local data "
+            "(a folder with train/validation files, or one file)")
     raise DatasetError(f"cannot load {bench.title} ({split}): {hint}. Tried " + "; ".join(failures))
+
+
+# --- a benchmark from local files in its Hub schema -----------------------------------------
+# For a researcher without the Hub: an export of the real dataset (the Hub's Parquet files,
+# `datasets`' to_json/to_csv, a JSON array) read row by row with the benchmark's own converter.
+
+
+def load_benchmark_file(name: str, path: Path) -> list[MCExample]:
+    """Every row of one local file in a benchmark's Hub schema (JSONL, JSON, CSV/TSV, Parquet),
+    converted as a row from `datasets` is; errors name the file, the row and the field."""
+    bench = get_benchmark(name)
+    path = Path(path)
+    rows = read_rows(path)
+    if not rows:
+        raise DatasetError(f"{path}: no examples (the file is empty)")
+    return [_local_row(bench, row, f"{path}:{n}") for n, row in rows]
+
+
+def load_local_benchmark(name: str, split: str, data: str | Path) -> list[MCExample]:
+    """A benchmark's `split` from local data: a folder laid out as on the Hub (see `split_files`;
+    a config's folder such as `ARC-Easy/` is looked in too), or one file of which every 5th row
+    is the held-out split, as for a user's single file."""
+    bench = _labelled_split(name, split)
+    configs = dict.fromkeys(config for _, config in bench.sources if config)
+    return _local_split(Path(data), split, lambda path: load_benchmark_file(bench.name, path),
+                        ("data", *configs, "default"))
+
+
+def _local_row(bench: Benchmark, row: dict[str, Any], where: str) -> MCExample:
+    # Tell a file in another schema by its fields first: the converter's own message would
+    # name one missing field and hide that the whole file is something else.
+    if not _has_fields(bench, row):
+        raise DatasetError(f"{where}: {_not_a_row(bench, row)}")
+    decoded = {name: _nested_cell(bench, name, row[name], where)
+               for name in bench.nested if isinstance(row.get(name), str)}
+    try:
+        return benchmark_row_to_example(bench.name, {**row, **decoded})
+    except DatasetError as exc:
+        raise DatasetError(f"{where}: {exc}") from exc
+
+
+def _has_fields(bench: Benchmark, row: dict[str, Any]) -> bool:
+    return all(any(alt in row for alt in wanted.split("|")) for wanted in bench.fields)
+
+
+def _not_a_row(bench: Benchmark, row: dict[str, Any]) -> str:
+    article = "an" if bench.title[0] in "AEIOU" else "a"
+    expected = ", ".join(wanted.replace("|", " or ") for wanted in bench.fields)
+    names = [str(k) for k in row]
+    found = ", ".join(names[:12]) + (f" and {len(names) - 12} more" if len(names) > 12 else "") or "none"
+    others = [b.title for b in BENCHMARKS.values() if b is not bench and _has_fields(b, row)]
+    hint = (f" (it has the fields of {' / '.join(others)})" if others
+            else " (a file in another schema is a file target, with a field mapping)")
+    return f"not {article} {bench.title} row: expected fields {expected}; found {found}{hint}"
+
+
+class _Unarray(ast.NodeTransformer):
+    """`array([...], dtype=object)` -> `[...]`, so that what pandas writes is a literal."""
+
+    def visit_Call(self, node: ast.Call) -> ast.AST:
+        if isinstance(node.func, ast.Name) and node.func.id == "array" and len(node.args) == 1:
+            return self.visit(node.args[0])
+        return node  # left for literal_eval to refuse
+
+
+def _numpy_strings(text: str) -> list[Any] | None:
+    """numpy's str() of a 1-D array of strings, `['a' 'b'\n 'c']`, which pandas writes for a list
+    column; None for anything else. Read as Python it would be one list of one string (adjacent
+    literals join), hence token by token."""
+    skip = (tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT, tokenize.ENDMARKER)
+    try:
+        tokens = [t for t in tokenize.generate_tokens(io.StringIO(text.strip()).readline) if t.type not in skip]
+    except (tokenize.TokenError, SyntaxError):
+        return None
+    if (len(tokens) < 3 or tokens[0].string != "[" or tokens[-1].string != "]"
+            or any(t.type != tokenize.STRING for t in tokens[1:-1])):
+        return None
+    return [ast.literal_eval(t.string) for t in tokens[1:-1]]
+
+
+def _nested_cell(bench: Benchmark, name: str, text: str, where: str) -> Any:
+    """A list or dict that a CSV/TSV export wrote as text: JSON, or what pandas (and so
+    `datasets`' to_csv) writes: `['a' 'b']` for a list, `{'text': array(['a', 'b'],
+    dtype=object), ...}` for a dict of lists. Parsed as literals only: nothing in a cell is run."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        pass
+    try:
+        strings = _numpy_strings(text)
+        if strings is not None:
+            return strings
+        return ast.literal_eval(_Unarray().visit(ast.parse(text.strip(), mode="eval")).body)
+    except (SyntaxError, ValueError, TypeError, RecursionError) as exc:
+        short = text if len(text) <= 60 else text[:57] + "..."
+        raise DatasetError(f"{where}: {bench.title}: field '{name}': {short!r} is not a list or dict "
+                           "(write nested fields as JSON in the cell, or export JSONL/Parquet)") from exc
 
 
 # --- a target, recorded --------------------------------------------------------------------
@@ -598,13 +746,16 @@ class TargetSpec:
     """Which examples a study targets: a demo task, a user's file or a benchmark, and a split.
 
     For a file target, `name_or_path` is the file, or a folder holding `<split>.jsonl` (or
-    .json/.csv/.tsv); `mapping` says where its fields are.
+    .json/.csv/.tsv/.parquet, or the Hub's layouts: see `split_files`); `mapping` says where its
+    fields are. A benchmark with `data` (a file or folder, kept absolute) reads that export of
+    the dataset in the benchmark's own schema instead of the Hub.
     """
 
     kind: str  # 'demo' | 'file' | 'benchmark'
     name_or_path: str
     split: str = "train"
     mapping: FieldMapping | None = None
+    data: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in TARGET_LOADERS:
@@ -612,18 +763,34 @@ class TargetSpec:
         if isinstance(self.mapping, dict):
             object.__setattr__(self, "mapping", FieldMapping.from_dict(self.mapping))
         object.__setattr__(self, "name_or_path", str(self.name_or_path))
+        if self.data is not None and not str(self.data).strip():  # an empty form field: no local data
+            object.__setattr__(self, "data", None)
+        if self.data is not None:
+            if self.kind != "benchmark":
+                raise DatasetError(f"target spec: local data ({self.data}) is only for a benchmark target, "
+                                   f"not a {self.kind} target")
+            if self.mapping is not None:
+                raise DatasetError(f"target spec: {self.name_or_path}'s local data is read in the benchmark's "
+                                   "own schema; a field mapping is only for a file target")
+            # Absolute, so that a run started from another folder reads the same files.
+            object.__setattr__(self, "data", os.path.abspath(os.path.expanduser(str(self.data))))
 
     @property
     def label(self) -> str:
         name = Path(self.name_or_path).name if self.kind == "file" else self.name_or_path
-        return f"{name} ({self.split})"
+        return f"{name} ({self.split}, local)" if self.data else f"{name} ({self.split})"
 
     def with_split(self, split: str) -> TargetSpec:
         return replace(self, split=split)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "name_or_path": self.name_or_path, "split": self.split,
-                "mapping": self.mapping.to_dict() if self.mapping else None}
+        out = {"kind": self.kind, "name_or_path": self.name_or_path, "split": self.split,
+               "mapping": self.mapping.to_dict() if self.mapping else None}
+        # Only when set: run specs hash their target's dict, so a target without local data
+        # keeps the identity (and the finished runs) it had before this field existed.
+        if self.data is not None:
+            out["data"] = self.data
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TargetSpec:
@@ -635,34 +802,85 @@ class TargetSpec:
 
 
 HELD_OUT_EVERY = 5  # a single-file target: every 5th row is its validation/test split
+SHARD = r"-\d+-of-\d+(?:-\w+)?"  # train-00000-of-00002.parquet; older Hub uploads add -<hash>
 
 
-def _file_target(spec: TargetSpec, ws: Workspace) -> list[MCExample]:
-    path = Path(spec.name_or_path)
+def split_files(folder: Path, split: str, subfolders: Sequence[str] = ("data",)) -> list[Path]:
+    """The files that hold `split` in a folder laid out as on the Hub: `<split>.jsonl` (or any
+    suffix in READERS), shards `<split>-00000-of-00002.parquet` ..., or a `<split>/` folder of
+    files (refs/convert/parquet's `train/0000.parquet`); looked for in `folder`, then in each of
+    `subfolders` (the Hub's `data/`). The first layout found wins; shards come in name order."""
+    folder = Path(folder)
+    shard = re.compile(re.escape(split) + SHARD)
+    for base in (folder, *(folder / sub for sub in subfolders)):
+        if not base.is_dir():
+            continue
+        files = [p for p in base.iterdir() if p.is_file()]
+        inner = [p for p in (base / split).iterdir() if p.is_file()] if (base / split).is_dir() else []
+        for ext in READERS:
+            single = [p for p in files if p.stem == split and p.suffix.lower() == ext]
+            shards = sorted(p for p in files if p.suffix.lower() == ext and shard.fullmatch(p.stem))
+            in_folder = sorted(p for p in inner if p.suffix.lower() == ext)
+            found = single[:1] or shards or in_folder
+            if found:
+                return found
+    where = ", ".join(f"{sub}/" for sub in subfolders)
+    holds = _data_files(folder)
+    raise DatasetError(
+        f"{folder}: no {split} file ({', '.join(split + ext for ext in READERS)}, or shards like "
+        f"{split}-00000-of-00001.parquet, here or under {where}); it holds: "
+        + (", ".join(holds) + " (give one file itself to hold out every 5th row)" if holds
+           else f"no data files ({', '.join(READERS)})"))
+
+
+def _data_files(folder: Path, depth: int = 3, limit: int = 20) -> list[str]:
+    """Readable files under `folder` (a few levels down, as the Hub nests them), for messages."""
+    found: list[str] = []
+    for root, dirs, names in os.walk(folder):
+        rel = Path(root).relative_to(folder)
+        # Sorted for a stable message; hidden folders (.git, .cache/huggingface) hold no splits.
+        dirs[:] = [] if len(rel.parts) >= depth - 1 else sorted(d for d in dirs if not d.startswith("."))
+        found += [str(rel / n) for n in sorted(names) if Path(n).suffix.lower() in READERS]
+    return found[:limit] + ([f"and {len(found) - limit} more"] if len(found) > limit else [])
+
+
+def _local_split(
+    path: Path, split: str, load: Callable[[Path], list[MCExample]], subfolders: Sequence[str] = ("data",)
+) -> list[MCExample]:
+    """`split` of a folder (its split files, see `split_files`) or of one file (held out)."""
     if path.is_dir():
-        found = [path / f"{spec.split}{ext}" for ext in READERS if (path / f"{spec.split}{ext}").exists()]
-        if not found:
-            raise DatasetError(f"{path}: no {spec.split} file ({', '.join(spec.split + e for e in READERS)})")
-        path = found[0]
-        return load_file(path, spec.mapping)
+        return [ex for file in split_files(path, split, subfolders) for ex in load(file)]
     if not path.exists():
-        raise DatasetError(f"{path}: no such file")
+        raise DatasetError(f"{path}: no such file or folder")
+    return _hold_out(load(path), split, path)
+
+
+def _hold_out(examples: list[MCExample], split: str, path: Path) -> list[MCExample]:
     # One file holds every split: hold every 5th example out, so that validation curves and
     # the final accuracy never score rows the model was trained (or selected) on.
-    examples = load_file(path, spec.mapping)
-    held_out = spec.split != "train"
+    held_out = split != "train"
     chosen = [ex for i, ex in enumerate(examples) if (i % HELD_OUT_EVERY == HELD_OUT_EVERY - 1) == held_out]
     if not chosen:
-        raise DatasetError(f"{path}: {len(examples)} examples are too few to hold out a {spec.split} "
+        raise DatasetError(f"{path}: {len(examples)} examples are too few to hold out a {split} "
                            f"split (every {HELD_OUT_EVERY}th row); give a folder with train and "
                            "validation files instead")
     return chosen
 
 
+def _file_target(spec: TargetSpec, ws: Workspace) -> list[MCExample]:
+    return _local_split(Path(spec.name_or_path), spec.split, lambda path: load_file(path, spec.mapping))
+
+
+def _benchmark_target(spec: TargetSpec, ws: Workspace) -> list[MCExample]:
+    if spec.data is not None:
+        return load_local_benchmark(spec.name_or_path, spec.split, spec.data)
+    return load_benchmark(spec.name_or_path, spec.split, n=None)
+
+
 TARGET_LOADERS: dict[str, Callable[[TargetSpec, Workspace], list[MCExample]]] = {
     "demo": lambda spec, ws: load_demo_task(ws, spec.name_or_path, spec.split),
     "file": _file_target,
-    "benchmark": lambda spec, ws: load_benchmark(spec.name_or_path, spec.split, n=None),
+    "benchmark": _benchmark_target,
 }
 
 
@@ -672,16 +890,34 @@ def load_target(spec: TargetSpec, ws: Workspace | None = None) -> list[MCExample
 
 
 def resolve_target(
-    name_or_path: str, ws: Workspace, split: str = "train", mapping: FieldMapping | None = None
+    name_or_path: str, ws: Workspace, split: str = "train", mapping: FieldMapping | None = None,
+    data: str | Path | None = None,
 ) -> TargetSpec:
-    """A spec from what a user typed: a demo task name, a benchmark name, or a file/folder path."""
+    """A spec from what a user typed: a demo task name, a benchmark name, or a file/folder path;
+    `data` (a file or folder) is a benchmark's local export, read instead of the Hub."""
     if name_or_path in list_demo_tasks(ws):
+        if data is not None:
+            raise DatasetError(f"{name_or_path!r} is a demo task, read from the demo world; local data "
+                               f"({data}) is only for a benchmark ({', '.join(BENCHMARKS)})")
         return TargetSpec("demo", name_or_path, split)
     try:
-        return TargetSpec("benchmark", get_benchmark(name_or_path).name, split)
+        bench = get_benchmark(name_or_path)
     except DatasetError:
-        pass
+        bench = None
+    if bench is not None:
+        if data is None:
+            return TargetSpec("benchmark", bench.name, split)
+        if not Path(data).expanduser().exists():
+            raise DatasetError(f"{data}: no such file or folder (the local data for {bench.title})")
+        if mapping is not None:
+            raise DatasetError(f"{bench.title}'s local data is read in its own schema; a field mapping "
+                               "is only for a file target (give the file itself as the target)")
+        return TargetSpec("benchmark", bench.name, split, data=str(data))
     if Path(name_or_path).exists():
+        if data is not None:
+            raise DatasetError(f"{name_or_path} is a file target; local data ({data}) is only for a "
+                               "benchmark: give the export as the benchmark's data, or use the file alone "
+                               "with a field mapping")
         return TargetSpec("file", str(Path(name_or_path).resolve()), split, mapping)
     demo = ", ".join(list_demo_tasks(ws)) or "none (run `mashup demo build`)"
     raise DatasetError(f"no target {name_or_path!r}: not a demo task ({demo}), not a benchmark "
