@@ -43,7 +43,7 @@ def build(root: Path, n_adapters: int) -> tuple[Path, Path, int]:
     model = build_tiny_llama(len(tokenizer), SPEC, seed=0)
     n_params = sum(p.numel() for p in model.parameters())
     model.save_pretrained(base_dir, safe_serialization=True)
-    config = LoraConfig(r=8, lora_alpha=16, target_modules=list(ALL_LINEAR), task_type="CAUSAL_LM",
+    config = LoraConfig(r=8, lora_alpha=16, target_modules=ALL_LINEAR, task_type="CAUSAL_LM",
                         init_lora_weights=False)  # random A and B: each adapter moves the model
     for i in range(n_adapters):
         torch.manual_seed(100 + i)

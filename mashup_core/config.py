@@ -39,6 +39,7 @@ from typing import Any
 
 import tomli_w
 
+from mashup_core.access import require_write
 from mashup_core.errors import MashupError
 from mashup_core.workspace import Workspace
 
@@ -153,11 +154,11 @@ def load_config(ws: Workspace) -> WorkspaceConfig | None:
 def parse_config(data: dict[str, Any], root: Path, where: str = CONFIG_FILE) -> WorkspaceConfig:
     """Check every key and value before any work starts; relative paths are taken from `root`."""
     _known(data, {"base", "library", "targets", "defaults"}, where)
-    base = data.get("base")
-    if not isinstance(base, dict) or not base.get("model"):
+    base = data.get("base", {})
+    _known(base, {"model", "dtype", "trust_remote_code"}, f"{where} [base]")
+    if not base.get("model"):
         raise ConfigError(f"{where}: [base] model is missing: name the base model's folder or Hub "
                           "id (e.g. `mashup init --base ./my-base`)")
-    _known(base, {"model", "dtype", "trust_remote_code"}, f"{where} [base]")
     model = _resolve(_text(base["model"], f"{where} [base] model"), root)
     dtype = _choice(base.get("dtype", "auto"), DTYPES, f"{where} [base] dtype")
     trust = _flag(base.get("trust_remote_code", False), f"{where} [base] trust_remote_code")
@@ -217,6 +218,7 @@ def _target(entry: Any, root: Path, where: str) -> dict[str, Any]:
 
 def save_config(ws: Workspace, config: WorkspaceConfig) -> Path:
     """Write `mashup.toml` atomically (a reader never sees half of it)."""
+    require_write("changing the workspace config")
     ws.ensure_writable()
     path = config_path(ws)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -391,4 +393,5 @@ def _portable(value: str, root: Path) -> str:
 
 
 def _without_none(data: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in data.items() if v is not None}
+    """TOML has no null: an unset value is an absent key (nested tables too)."""
+    return {k: _without_none(v) if isinstance(v, dict) else v for k, v in data.items() if v is not None}

@@ -33,7 +33,12 @@ def load_tokenizer(name_or_path: str | Path, *, trust_remote_code: bool = False)
         tok = AutoTokenizer.from_pretrained(str(name_or_path), trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"cannot load a tokenizer from {name_or_path}: {exc}") from exc
-    if tok.pad_token is None:  # many causal LMs ship without one; batching needs it
+    if tok.pad_token is None:  # many causal LMs ship without one; batching needs one
+        if tok.eos_token is None:
+            raise ModelLoadError(
+                f"the tokenizer of {name_or_path} has no pad token and no eos token to pad with; "
+                "give it one and save it (`tok.pad_token = ...; tok.save_pretrained(dir)`)")
+        # Padded positions are masked out, so which token fills them does not change a score.
         tok.pad_token = tok.eos_token
     return tok
 
