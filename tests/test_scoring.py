@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -175,13 +176,35 @@ def test_head_equals_scoring_on_the_prefix(base, checkpoints, min_table, min_exa
         assert ours.nll == pytest.approx(row.nll, abs=1e-5)
 
 
-def test_kendall_tau_matches_scipy_with_ties():
-    stats = pytest.importorskip("scipy.stats")
-    cases = [([1, 2, 3, 4], [1, 2, 3, 4]), ([1, 2, 3, 4], [4, 3, 2, 1]),
-             ([1, 1, 2, 3, 5], [2, 1, 1, 3, 3]), ([0.5, 0.2, 0.2, 0.9], [3, 1, 2, 2])]
-    for x, y in cases:
-        assert kendall_tau(x, y) == pytest.approx(stats.kendalltau(x, y).statistic)
+def tau_b_by_pairs(x, y) -> float | None:
+    """Kendall's tau-b counted pair by pair: (C - D) / sqrt((P - Tx)(P - Ty)), P pairs, Tx and
+    Ty the pairs tied in x and in y."""
+    pairs = list(itertools.combinations(range(len(x)), 2))
+    sign = [(x[i] > x[j]) - (x[i] < x[j]) for i, j in pairs], [(y[i] > y[j]) - (y[i] < y[j]) for i, j in pairs]
+    untied_x, untied_y = sum(s != 0 for s in sign[0]), sum(s != 0 for s in sign[1])
+    if not untied_x or not untied_y:
+        return None
+    return sum(a * b for a, b in zip(*sign, strict=True)) / math.sqrt(untied_x * untied_y)
+
+
+@pytest.mark.parametrize(("x", "y", "tau"), [
+    ([1, 2, 3, 4], [1, 2, 3, 4], 1.0),
+    ([1, 2, 3, 4], [4, 3, 2, 1], -1.0),
+    ([1, 2, 3, 4], [1, 2, 4, 3], (5 - 1) / 6),  # one adjacent swap: 1 of 6 pairs discordant
+    ([1, 2, 3, 4, 5], [3, 2, 1, 4, 5], (7 - 3) / 10),  # 1 and 3 swapped: pairs 12, 13, 23 flip
+    ([1, 2, 2, 3], [1, 2, 3, 4], 5 / math.sqrt(5 * 6)),  # C=5, D=0; one pair tied in x
+    ([1, 2, 2, 3], [1, 1, 2, 3], 4 / math.sqrt(5 * 5)),  # C=4, D=0; one tie on each side
+    ([1, 1, 2, 2], [1, 2, 1, 2], 0.0),  # C=1, D=1
+])
+def test_kendall_tau_known_values(x, y, tau):
+    assert kendall_tau(x, y) == pytest.approx(tau, abs=1e-12)
+    assert kendall_tau(y, x) == pytest.approx(tau, abs=1e-12)
+    assert tau_b_by_pairs(x, y) == pytest.approx(tau, abs=1e-12)
+
+
+def test_kendall_tau_of_a_constant_side_is_undefined():
     assert kendall_tau([1, 1, 1], [1, 2, 3]) is None
+    assert kendall_tau([0.3, 0.1, 0.2], [2.0, 2.0, 2.0]) is None
 
 
 def test_sweep_from_one_scored_sample(min_table):
@@ -190,7 +213,11 @@ def test_sweep_from_one_scored_sample(min_table):
     assert sweep.ns == [4, 8, N] and "only 32 examples" in sweep.notes[0]
     assert sweep.tau[N] == pytest.approx(1.0) and sweep.top1_agreement[N] == 1.0
     assert sweep.rankings[N] == min_table.rank("nll", exclude_task="min")
-    assert all(-1 <= sweep.tau[n] <= 1 for n in sweep.ns)
+    full_rank = min_table.rank("nll", exclude_task="min")
+    at_all = [min_table.row(name).nll for name in full_rank]
+    for n in sweep.ns:  # tau-b of the nll on the first n examples against all N, pair by pair
+        at_n = [min_table.head(n).row(name).nll for name in full_rank]
+        assert sweep.tau[n] == pytest.approx(tau_b_by_pairs(at_n, at_all))
     assert json.loads(json.dumps(sweep.to_dict()))["tau"][str(N)] == pytest.approx(1.0)
 
 

@@ -63,9 +63,10 @@ def test_sampling_first_n_or_seeded():
     items = list(range(100))
     assert sample_examples(items, 5) == [0, 1, 2, 3, 4]  # the reference code: the first n
     seeded = sample_examples(items, 5, seed=3)
-    assert seeded == sample_examples(items, 5, seed=3) == sorted(seeded)
+    assert seeded == sample_examples(items, 5, seed=3) and len(set(seeded)) == 5
     assert seeded != [0, 1, 2, 3, 4] and seeded != sample_examples(items, 5, seed=4)
-    assert sample_indices(3, 10, seed=0) == [0, 1, 2] and sample_indices(3, None) == [0, 1, 2]
+    assert sample_examples(items, 9, seed=3)[:5] == seeded  # nested: a larger n extends a smaller
+    assert sorted(sample_indices(3, 10, seed=0)) == [0, 1, 2] and sample_indices(3, None) == [0, 1, 2]
     with pytest.raises(DatasetError, match="at least one example"):
         sample_indices(10, 0)
 
@@ -80,37 +81,37 @@ def _write(path: Path, text: str | bytes) -> Path:
 
 LAYOUTS = {
     "jsonl-list-index0": (
-        "t.jsonl", FieldMapping(),
+        "t.jsonl", FieldMapping(target_delimiter=""),
         "\n".join(json.dumps({"prompt": e.prompt, "choices": list(e.choices), "gold": e.gold}) for e in EXPECTED),
     ),
     "jsonl-index1-template": (
-        "t.jsonl", FieldMapping(prompt="{topic}{op}", choices="options", gold="label", gold_format="index1"),
+        "t.jsonl", FieldMapping(prompt="{topic}{op}", choices="options", gold="label", gold_format="index1", target_delimiter=""),
         "\n".join(json.dumps({"topic": e.prompt[:-1], "op": e.prompt[-1], "options": list(e.choices),
                               "label": e.gold + 1}) for e in EXPECTED),
     ),
     "csv-columns-letter": (
-        "t.csv", FieldMapping(prompt="q", choices="a,b,c", gold="key", gold_format="letter"),
+        "t.csv", FieldMapping(prompt="q", choices="a,b,c", gold="key", gold_format="letter", target_delimiter=""),
         "q,a,b,c,key\n" + "\n".join(f"{e.prompt},{','.join(e.choices)},{'ABC'[e.gold]}" for e in EXPECTED),
     ),
     "csv-delimited-text": (
-        "t.csv", FieldMapping(prompt="q", choices="opts", gold="answer", gold_format="text", choices_delimiter="|"),
+        "t.csv", FieldMapping(prompt="q", choices="opts", gold="answer", gold_format="text", choices_delimiter="|", target_delimiter=""),
         "q,opts,answer\n" + "\n".join(f"{e.prompt},{'|'.join(e.choices)},{e.answer}" for e in EXPECTED),
     ),
     "csv-json-list-cell-lowercase-letter": (
-        "t.csv", FieldMapping(prompt="q", choices="opts", gold="key", gold_format="letter"),
+        "t.csv", FieldMapping(prompt="q", choices="opts", gold="key", gold_format="letter", target_delimiter=""),
         "q,opts,key\n" + "\n".join(f'{e.prompt},"{json.dumps(list(e.choices)).replace(chr(34), 2 * chr(34))}",{"abc"[e.gold]}'
                                    for e in EXPECTED),
     ),
     "tsv-bom-index0-strings": (
-        "t.tsv", FieldMapping(prompt="q", choices=("x", "y", "z"), gold="g"),
+        "t.tsv", FieldMapping(prompt="q", choices=("x", "y", "z"), gold="g", target_delimiter=""),
         "\ufeffq\tx\ty\tz\tg\n" + "\n".join(f"{e.prompt}\t" + "\t".join(e.choices) + f"\t{e.gold}" for e in EXPECTED),
     ),
     "json-array": (
-        "t.json", FieldMapping(gold="answer", gold_format="text"),
+        "t.json", FieldMapping(gold="answer", gold_format="text", target_delimiter=""),
         json.dumps([{"prompt": e.prompt, "choices": list(e.choices), "answer": e.answer} for e in EXPECTED]),
     ),
     "json-data-key": (
-        "t.json", FieldMapping(),
+        "t.json", FieldMapping(target_delimiter=""),
         json.dumps({"version": 1, "data": [{"prompt": e.prompt, "choices": list(e.choices), "gold": e.gold}
                                            for e in EXPECTED]}),
     ),
@@ -127,7 +128,7 @@ def test_user_file_in_parquet_and_in_the_hubs_folder_layout(tmp_path):
     """Parquet is one more row reader, so user files get it too, and a user's folder may be laid
     out as on the Hub (data/<split>-00000-of-00001.parquet)."""
     frame = pd.DataFrame([{"q": e.prompt, "opts": list(e.choices), "key": "ABC"[e.gold]} for e in EXPECTED])
-    mapping = FieldMapping(prompt="q", choices="opts", gold="key", gold_format="letter")
+    mapping = FieldMapping(prompt="q", choices="opts", gold="key", gold_format="letter", target_delimiter="")
     frame.to_parquet(tmp_path / "t.parquet", index=False)
     assert load_file(tmp_path / "t.parquet", mapping) == EXPECTED
     assert file_fields(tmp_path / "t.parquet") == ["q", "opts", "key"]
@@ -138,7 +139,7 @@ def test_user_file_in_parquet_and_in_the_hubs_folder_layout(tmp_path):
 
 def test_csv_rows_with_fewer_choices_leave_last_columns_empty(tmp_path):
     path = _write(tmp_path / "t.csv", "q,a,b,c,g\nfirst,x,y,,1\nsecond,x,y,z,2\n")
-    examples = load_file(path, FieldMapping(prompt="q", choices="a,b,c", gold="g"))
+    examples = load_file(path, FieldMapping(prompt="q", choices="a,b,c", gold="g", target_delimiter=""))
     assert [len(e.choices) for e in examples] == [2, 3] and examples[1].answer == "z"
 
 
@@ -552,7 +553,8 @@ def test_load_target_for_each_kind(tiny_world, tmp_path, fake_hub):
     folder.mkdir()
     _write(folder / "validation.csv", "q,a,b,g\nq1,x,y,1\n")
     mapping = FieldMapping(prompt="q", choices="a,b", gold="g")
-    assert load_target(TargetSpec("file", str(folder), "validation", mapping), tiny_world) == [MCExample("q1", ("x", "y"), 1)]
+    # lm-eval's target delimiter: the choices are scored as " x" and " y" after the prompt
+    assert load_target(TargetSpec("file", str(folder), "validation", mapping), tiny_world) == [MCExample("q1", (" x", " y"), 1)]
     with pytest.raises(DatasetError, match=r"mine: no train file \(train\.jsonl"):
         load_target(TargetSpec("file", str(folder), "train", mapping), tiny_world)
     assert len(load_target(TargetSpec("benchmark", "openbookqa", "validation"), tiny_world)) == 20

@@ -38,6 +38,8 @@ def add_mapping_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--choices-sep", help="delimiter when one field holds all choices as text")
     group.add_argument("--gold-field", help="gold label field")
     group.add_argument("--gold-format", help="index0, index1, letter or text")
+    group.add_argument("--target-delimiter",
+                       help="text between the prompt and each choice (default ' ', as lm-eval)")
 
 
 def mapping_from_args(args: argparse.Namespace):
@@ -47,6 +49,7 @@ def mapping_from_args(args: argparse.Namespace):
     given = {
         "prompt": args.prompt_field, "choices": args.choices_field, "gold": args.gold_field,
         "gold_format": args.gold_format, "choices_delimiter": args.choices_sep,
+        "target_delimiter": args.target_delimiter,
     }
     given = {k: v for k, v in given.items() if v is not None}
     return FieldMapping(**given) if given else None

@@ -25,7 +25,8 @@ def register(sub, parent: argparse.ArgumentParser) -> None:
         "Prints the mean rank of each (method, k) across targets. Rerunning resumes: finished "
         "cells are kept.",
     )
-    study.add_argument("--tasks", default="all", help="comma-separated target tasks, or 'all' (default)")
+    study.add_argument("--tasks", default="all",
+                       help="comma-separated targets, or 'all': the workspace's (default)")
     study.add_argument("--methods", type=_names, default=["linear", "cat_svd", "ties"],
                        help="comma-separated merge methods (default linear,cat_svd,ties)")
     study.add_argument("--ks", type=_ints, default=[1, 2, 3], help="comma-separated k values (default 1,2,3)")
@@ -38,7 +39,7 @@ def register(sub, parent: argparse.ArgumentParser) -> None:
     study.add_argument("--train", action="store_true",
                        help="also finetune from every merge and from scratch, and compare")
     study.add_argument("--train-steps", type=int, default=100)
-    study.add_argument("--lr", type=float, default=3e-3)
+    study.add_argument("--lr", type=float, help="default: the workspace's (mashup.toml), else by finetune mode")
     study.add_argument("--batch-size", type=int, default=32)
     study.add_argument("--eval-every", type=int, default=10)
     study.add_argument("--parallel", type=int, default=1, metavar="N", help="worker processes (one per target at a time)")
@@ -60,7 +61,7 @@ def _study(args) -> int:
     from mashup_core.study.grid import run_study
     from mashup_core.study.job import run_study_job
     from mashup_core.study.report import format_rank_table, study_table
-    from mashup_core.study.spec import StudyError, StudySpec
+    from mashup_core.study.spec import StudyError, StudySpec, study_task_names
     from mashup_core.workspace import Workspace
 
     ws = Workspace.resolve(args.workspace)
@@ -68,13 +69,10 @@ def _study(args) -> int:
         study_dir = run_study_job(ws, args.job)
         emit(args, {"study_dir": str(study_dir)}, f"study {args.job} done: {study_dir}")
         return 0
-    if args.tasks == "all":
-        manifest = ws.manifest()
-        if manifest is None:
-            raise StudyError(f"no demo world in {ws.root}; build it with `mashup demo build` or name --tasks")
-        tasks = manifest["tasks"]
-    else:
-        tasks = _names(args.tasks)
+    tasks = study_task_names(ws) if args.tasks == "all" else _names(args.tasks)
+    if not tasks:
+        raise StudyError(f"the workspace {ws.root} lists no targets; add them to mashup.toml "
+                         "(`mashup config --add-target ...`) or name --tasks")
     if args.parallel < 1:
         raise StudyError(f"--parallel must be at least 1 (got {args.parallel})")
     spec = StudySpec(

@@ -65,9 +65,8 @@ def write_jsonl(path: Path, examples: list[MCExample]) -> None:
 def read_jsonl(path: Path) -> list[MCExample]:
     """Read examples written by `write_jsonl` (prompt, choices, gold index; meta kept)."""
     path = Path(path)
-    default = FieldMapping()
     examples = [
-        replace(default.to_example(row, f"{path}:{lineno}"), meta=row.get("meta") or {})
+        replace(OWN_FIELDS.to_example(row, f"{path}:{lineno}"), meta=row.get("meta") or {})
         for lineno, row in read_rows(path)
     ]
     if not examples:
@@ -79,21 +78,24 @@ def read_jsonl(path: Path) -> list[MCExample]:
 
 
 def sample_indices(total: int, n: int | None, seed: int | None = None) -> list[int]:
-    """Which `n` of `total` items to use: all when `n` is None or at least `total`; the first
-    `n` when `seed` is None (what the reference code does); else a seeded sample, kept in the
-    original order so that a larger `n` with the same seed tends to share rows with a smaller one."""
-    if n is None or n >= total:
-        return list(range(total))
-    if n < 1:
+    """Which `n` of `total` items to use; the one sampler of scoring, runs and studies.
+
+    Without a seed: the first n (what the reference code does). With one: the first n of a
+    seeded shuffle, so samples of different n are nested prefixes of each other (a sweep over
+    n, or a study cell and a run with the same target, n and seed, see the same examples).
+    """
+    if n is not None and n < 1:
         raise DatasetError(f"a sample needs at least one example (n={n})")
+    n = total if n is None else min(n, total)
     if seed is None:
         return list(range(n))
-    return sorted(random.Random(seed).sample(range(total), n))
+    order = list(range(total))
+    random.Random(seed).shuffle(order)
+    return order[:n]
 
 
 def sample_examples(examples: Sequence[MCExample], n: int | None, seed: int | None = None) -> list[MCExample]:
-    """`n` examples: the first n (seed None, as the reference code) or a seeded sample (see
-    `sample_indices`)."""
+    """`n` examples by `sample_indices`: the first n, or a seeded, nested sample."""
     return [examples[i] for i in sample_indices(len(examples), n, seed)]
 
 
@@ -177,6 +179,11 @@ class FieldMapping:
     `prompt` is a field name or a template over fields (`"{context} {question}"`). `choices`
     is one field holding a list (or a delimited string, with `choices_delimiter`) or several
     columns (`("sol1", "sol2")`, or the string `"sol1,sol2"`).
+
+    `target_delimiter` goes between the prompt and each choice, as lm-eval's does: with a
+    sub-word tokenizer, "Answer:" + " blue" is a word the model knows and "Answer:" + "blue"
+    is pieces of one, so the default is lm-eval's " ". Use "" for prompts that end in their
+    own separator (the demo's character tasks end in "=").
     """
 
     prompt: str = "prompt"
@@ -184,6 +191,7 @@ class FieldMapping:
     gold: str = "gold"
     gold_format: str = "index0"
     choices_delimiter: str | None = None
+    target_delimiter: str = " "
 
     def __post_init__(self) -> None:
         choices = self.choices.split(",") if isinstance(self.choices, str) else self.choices
@@ -213,7 +221,7 @@ class FieldMapping:
             gold = GOLD_FORMATS[self.gold_format](value, choices)
         except ValueError as exc:
             raise DatasetError(f"{where}: field '{self.gold}': {exc}") from exc
-        return MCExample(prompt, choices, gold)
+        return MCExample(prompt, tuple(self.target_delimiter + c for c in choices), gold)
 
     def _choices(self, row: dict[str, Any], where: str) -> tuple[str, ...]:
         if len(self.choices) > 1:
@@ -248,6 +256,10 @@ class FieldMapping:
             raise DatasetError(f"{where}: field '{name}': a string, not a list of choices; set "
                                "choices_delimiter (e.g. '|') or list the choice columns")
         return parsed
+
+
+# Our own JSONL (what `write_jsonl` writes): the choices are stored exactly as scored.
+OWN_FIELDS = FieldMapping(target_delimiter="")
 
 
 def _field(row: dict[str, Any], name: str, where: str) -> Any:
@@ -386,9 +398,10 @@ def file_fields(path: Path) -> list[str]:
 
 
 def load_file(path: Path, mapping: FieldMapping | None = None) -> list[MCExample]:
-    """A user's JSONL/JSON/CSV/TSV/Parquet file as examples; `mapping` defaults to our own JSONL fields."""
+    """A user's JSONL/JSON/CSV/TSV/Parquet file as examples; without a `mapping`, our own JSONL
+    fields, whose choices are stored exactly as scored."""
     path = Path(path)
-    mapping = mapping or FieldMapping()
+    mapping = mapping or OWN_FIELDS
     examples = [mapping.to_example(row, f"{path}:{lineno}") for lineno, row in read_rows(path)]
     if not examples:
         raise DatasetError(f"{path}: no examples (the file is empty)")

@@ -9,6 +9,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from mashup_core.access import job_environ
+
 
 def process_start(pid: int) -> str | None:
     """The kernel's start time of `pid` (Linux), to tell a reused pid from our job."""
@@ -44,6 +46,6 @@ def spawn_detached(cli_args: Sequence[str], log_path: Path, mode: str = "a") -> 
     with open(log_path, mode) as out:
         proc = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            start_new_session=True, env={**job_environ(), "PYTHONUNBUFFERED": "1"},
         )
     return proc.pid

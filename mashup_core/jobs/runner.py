@@ -15,10 +15,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from mashup_core.access import require_write
 from mashup_core.errors import MashupError
 from mashup_core.jobs.devices import device_key, resolve_device
 from mashup_core.jobs.processes import process_alive, process_start, spawn_detached
-from mashup_core.jobs.slot import RunCancelled, device_slot
+from mashup_core.jobs.slot import RunCancelled, accelerator_slot
 from mashup_core.jobs.spec import RunSpec, SpecError
 from mashup_core.jobs.store import (
     ACTIVE,
@@ -90,11 +91,20 @@ def execute_run(ws: Workspace, run_id: str, *, progress: bool = True, echo: bool
         device = resolve_device(spec.device)
         key, queued_at = device_key(device), status.get("queued_at") or time.time()
         update_status(rd, state="queued", pid=os.getpid(), pid_start=process_start(os.getpid()),
-                       device=key, queued_at=queued_at, error=None, finished=None)
+                       device=key, queued_at=queued_at, error=None, finished=None,
+                       waiting_for=None)
         sync_index(ws, run_id)
         log(f"run {run_id}: {spec.kind} on {spec.target_label}, waiting for {key}")
-        with device_slot(ws, key, run_id=run_id, queued_at=queued_at, should_stop=stop):
-            update_status(rd, state="running", started=time.time())
+
+        def waiting(who: str | None) -> None:
+            # In status.json, so `mashup show` and the pages can say whom a queued run waits for.
+            update_status(rd, waiting_for=who)
+            if who is not None:
+                log(f"waiting for {who}")
+
+        with accelerator_slot(ws, key, holder=run_id, kind="run", queued_at=queued_at,
+                              should_stop=stop, on_wait=waiting):
+            update_status(rd, state="running", started=time.time(), waiting_for=None)
             sync_index(ws, run_id)
             log("started")
             outcome = _train(ws, rd, spec, device, log, stop, progress)
@@ -102,7 +112,7 @@ def execute_run(ws: Workspace, run_id: str, *, progress: bool = True, echo: bool
         update_status(rd, state=state, finished=time.time(), final=outcome["final"])
         log(f"{state} at step {outcome['step']}: {outcome['final']}")
     except (RunCancelled, KeyboardInterrupt) as exc:
-        update_status(rd, state="cancelled", finished=time.time(),
+        update_status(rd, state="cancelled", finished=time.time(), waiting_for=None,
                        error="interrupted" if isinstance(exc, KeyboardInterrupt) else None)
         log("cancelled")
         if isinstance(exc, KeyboardInterrupt):
@@ -142,9 +152,14 @@ def _train(ws: Workspace, rd: Path, spec: RunSpec, device, log, stop: _Stop, pro
         hf_logging.disable_progress_bar()
     timings = read_json(rd / "timings.json", {})
     started = time.perf_counter()
-    base_path = spec.base_model or str(ws.base_dir)
-    tokenizer = load_tokenizer(base_path)
-    base = load_base_model(base_path, device=device, dtype=training_dtype(device, spec.finetune))
+    from mashup_core.config import resolve_config
+
+    config = resolve_config(ws, base=spec.base_model or None)  # an old spec: the workspace's
+    base_path, trust = config.base_model, config.base.trust_remote_code
+    tokenizer = load_tokenizer(base_path, trust_remote_code=trust)
+    base = load_base_model(base_path, device=device, dtype=training_dtype(device, spec.finetune),
+                           trust_remote_code=trust)
+    update_status(rd, base_model=str(base_path))  # what the weights sit on (jobs.promote reads it)
     target = spec.target_spec(ws=ws)
     train_examples = load_target(target.with_split("train"), ws)
     validation = load_target(target.with_split("validation"), ws)
@@ -220,6 +235,7 @@ def _spawn(ws: Workspace, run_id: str) -> int:
 
 def launch(ws: Workspace, spec: RunSpec) -> str:
     """Create a run and start it in the background; it queues if its device is busy."""
+    require_write("launching a run")
     run_id = create_run(ws, spec)
     _spawn(ws, run_id)
     return run_id
@@ -238,6 +254,7 @@ def launch_pair(ws: Workspace, spec: RunSpec) -> PairLaunch:
 
     An identical baseline that is done, or still queued or running, is reused, not rerun.
     """
+    require_write("launching a run")
     if spec.kind != "mashup":
         raise SpecError("field 'kind': a pair starts from a mashup spec (kind 'mashup')")
     group = spec.group or f"pair-{secrets.token_hex(4)}"
@@ -258,6 +275,7 @@ def launch_pair(ws: Workspace, spec: RunSpec) -> PairLaunch:
 
 def cancel(ws: Workspace, run_id: str) -> dict[str, Any]:
     """Ask a queued or running job to stop (it checkpoints first); returns its status."""
+    require_write("cancelling a run")
     rd = run_dir(ws, run_id)
     status = refresh_status(rd, read_json(rd / "status.json", {}))
     if status.get("state") not in ACTIVE:
@@ -293,6 +311,7 @@ def wait(ws: Workspace, run_id: str, timeout: float = 600, poll: float = 0.5) ->
 
 def resume(ws: Workspace, run_id: str, *, detach: bool = True, progress: bool = True) -> str:
     """Continue a killed, cancelled or failed run from its last checkpoint."""
+    require_write("resuming a run")
     rd = run_dir(ws, run_id)
     state = refresh_status(rd, read_json(rd / "status.json", {})).get("state")
     if state in ACTIVE or state == "done":

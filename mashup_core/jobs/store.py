@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mashup_core.access import require_write
 from mashup_core.errors import MashupError
 from mashup_core.jobs.devices import device_key, resolve_device
 from mashup_core.jobs.processes import process_alive
@@ -241,6 +242,7 @@ def _slug(text: str) -> str:
 
 def create_run(ws: Workspace, spec: RunSpec) -> str:
     """A new run folder with its spec, status 'queued' (nothing runs yet)."""
+    require_write("creating a run")
     spec.validate()
     spec.target_spec(ws=ws)  # the target must exist before anything is queued
     device = resolve_device(spec.device)

@@ -12,6 +12,11 @@ factors. The driver streams modules one at a time, so memory stays at one module
 - `task_arithmetic`, `ties`, `dare_linear`, `dare_ties`, `magnitude_prune` combine the dense
   ΔW_i with `peft.utils.merge_utils`, in row blocks, then truncate back to rank r.
 
+Adapters may target different modules (a q_proj,v_proj LoRA next to an all-linear one): every
+method but `linear` merges over the union, and an adapter enters a module it does not touch as
+a rank-0 factor pair, i.e. ΔW = 0 there. `cat` then gets no rank from it, and the dense methods
+see an all-zero task, exactly the zero-padded stack PEFT's merge_utils would be given.
+
 Files are read with safetensors only; the merged adapter is a normal PEFT adapter folder
 (`PeftModel.from_pretrained` loads it) plus `merge_record.json`, written all at once.
 """
@@ -80,6 +85,15 @@ class LoraFactors:
         return (self.scale * self.B[rows]) @ self.A
 
 
+def absent_like(f: LoraFactors) -> LoraFactors:
+    """ΔW = 0 in the shape of `f`: an adapter at a module it does not target.
+
+    Rank 0 rather than zero-filled factors, so `cat` adds no rank; `f`'s scale, so a merge
+    whose first adapter lacks the module still takes its output scale from a real one.
+    """
+    return LoraFactors(f.A.new_zeros(0, f.A.shape[1]), f.B.new_zeros(f.B.shape[0], 0), f.scale)
+
+
 @dataclass(frozen=True)
 class MergeParams:
     rank: int | None = None  # output rank of truncating methods; default: the largest input rank
@@ -96,7 +110,7 @@ class MergeMethod:
     name: str
     fn: MergeFn
     summary: str
-    equal_ranks: bool = False  # adds factors entry by entry
+    equal_ranks: bool = False  # adds factors entry by entry: same modules, equal ranks
     truncates: bool = False  # output rank set by `rank`
     uses_density: bool = False
     uses_sign: bool = False
@@ -260,6 +274,8 @@ def dense_delta(f: LoraFactors, blocks: Sequence[slice]) -> torch.Tensor:
 
 def _magnitude_threshold(f: LoraFactors, blocks: Sequence[slice], density: float) -> float:
     """|x| at which PEFT's `magnitude_based_pruning` of the whole ΔW would cut."""
+    if f.rank == 0:  # ΔW = 0, pruned or not: no need to build and sort it
+        return math.inf
     numel = f.B.shape[0] * f.A.shape[1]
     keep = int(density * numel)  # PEFT's count
     if keep >= numel:
@@ -415,7 +431,8 @@ def load_lora_factors(adapter_dirs: Sequence[str | os.PathLike]) -> list[LoraAda
 
 
 def check_compatible(adapters: Sequence[LoraAdapter], method: str | None = None) -> None:
-    """Same base model, same target modules and shapes; equal ranks if `method` needs them."""
+    """One base model: one fan_in_fan_out, one shape per module name. Target modules may differ
+    (the merge covers their union), except for a `method` that adds factors entry by entry."""
     if not adapters:
         raise MergeConfigError("no adapters to merge")
     first = adapters[0]
@@ -423,31 +440,48 @@ def check_compatible(adapters: Sequence[LoraAdapter], method: str | None = None)
     if len(bases) > 1:
         listing = "; ".join(f"{a.name}: {a.base_model}" for a in adapters)
         raise MergeConfigError(f"the adapters come from different base models ({listing})")
-    equal_ranks = method is not None and MERGE_METHODS[method].equal_ranks
+    entry_wise = method is not None and MERGE_METHODS[method].equal_ranks
     for other in adapters[1:]:
-        only_first, only_other = first.modules.keys() - other.modules.keys(), other.modules.keys() - first.modules.keys()
-        if only_first or only_other:
-            example = sorted(only_first or only_other)[0]
-            raise MergeConfigError(
-                f"adapters {first.name} and {other.name} target different modules "
-                f"({len(only_first)} only in {first.name}, {len(only_other)} only in "
-                f"{other.name}, e.g. {example}); merge adapters trained with the same target_modules"
-            )
         if other.config.get("fan_in_fan_out") != first.config.get("fan_in_fan_out"):
             raise MergeConfigError(f"adapters {first.name} and {other.name} differ in fan_in_fan_out")
-        for name, f in first.modules.items():
-            g = other.modules[name]
+        only_first, only_other = first.modules.keys() - other.modules.keys(), other.modules.keys() - first.modules.keys()
+        if entry_wise and (only_first or only_other):
+            example = sorted(only_first or only_other)[0]
+            raise MergeConfigError(
+                f"method '{method}' adds factors entry by entry and needs the same target modules "
+                f"in every adapter, but {first.name} and {other.name} differ ({len(only_first)} "
+                f"only in {first.name}, {len(only_other)} only in {other.name}, e.g. {example}); "
+                "use 'cat' or 'cat_svd', which merge adapters with different target modules exactly"
+            )
+    owner: dict[str, tuple[LoraAdapter, LoraFactors]] = {}
+    for other in adapters:
+        for name, g in other.modules.items():
+            if name not in owner:
+                owner[name] = (other, g)
+                continue
+            a, f = owner[name]
             if (f.B.shape[0], f.A.shape[1]) != (g.B.shape[0], g.A.shape[1]):
                 raise MergeConfigError(
-                    f"module {name} is {f.B.shape[0]}×{f.A.shape[1]} in {first.name} but "
+                    f"module {name} is {f.B.shape[0]}×{f.A.shape[1]} in {a.name} but "
                     f"{g.B.shape[0]}×{g.A.shape[1]} in {other.name}: different base models"
                 )
-            if equal_ranks and f.rank != g.rank:
+            if entry_wise and f.rank != g.rank:
                 raise MergeConfigError(
                     f"method '{method}' adds factors entry by entry and needs equal ranks, but "
-                    f"{first.name} has rank {f.rank} and {other.name} rank {g.rank} (module "
+                    f"{a.name} has rank {f.rank} and {other.name} rank {g.rank} (module "
                     f"{name}); use 'cat' or 'cat_svd', which merge any ranks"
                 )
+
+
+def union_modules(adapters: Sequence[LoraAdapter]) -> list[str]:
+    """Every module some adapter targets, in a fixed order."""
+    return sorted(set().union(*(a.modules for a in adapters)))
+
+
+def module_factors(adapters: Sequence[LoraAdapter], name: str) -> list[LoraFactors]:
+    """Each adapter's factors at `name`; ΔW = 0 (`absent_like`) where it does not target it."""
+    present = next(a.modules[name] for a in adapters if name in a.modules)
+    return [a.modules[name] if name in a.modules else absent_like(present) for a in adapters]
 
 
 # --------------------------------------------------------------------------- merging
@@ -505,6 +539,8 @@ class MergedLora:
     method: str
     weights: list[float]
     params: MergeParams
+    # The inputs targeted different modules: no input's config describes `modules`.
+    mixed_targets: bool = False
 
     def state_dict(self, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
         out = {}
@@ -518,9 +554,15 @@ class MergedLora:
         shape = {name: (f.rank, _alpha(f)) for name, f in self.modules.items()}
         (r, alpha), _ = Counter(shape.values()).most_common(1)[0]
         odd = {name.removeprefix(PEFT_PREFIX): ra for name, ra in shape.items() if ra != (r, alpha)}
+        targets: dict[str, Any] = {}
+        if self.mixed_targets:
+            # Full module names match exactly these modules in PEFT, whatever mix of lists,
+            # regexes and "all-linear" the inputs used; layer filters would only cut them.
+            targets = {"target_modules": sorted(name.removeprefix(PEFT_PREFIX) for name in self.modules),
+                       "layers_to_transform": None, "layers_pattern": None, "exclude_modules": None}
         return {
-            **template, "r": r, "lora_alpha": alpha, "use_rslora": False, "use_dora": False,
-            "inference_mode": True,
+            **template, **targets, "r": r, "lora_alpha": alpha, "use_rslora": False,
+            "use_dora": False, "inference_mode": True,
             "rank_pattern": {name: ra[0] for name, ra in odd.items() if ra[0] != r},
             "alpha_pattern": {name: ra[1] for name, ra in odd.items()},
         }
@@ -553,9 +595,10 @@ def merge_factors(
     with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
         torch.manual_seed(seed)  # DARE draws from the global RNG; keep it a function of `seed`
         warnings.filterwarnings("ignore", message="The density .* no pruning will be performed")
-        modules = {name: spec.fn([a.modules[name] for a in adapters], w, params)
-                   for name in adapters[0].modules}
-    return MergedLora(modules, method, [float(x) for x in weights], params)
+        modules = {name: spec.fn(module_factors(adapters, name), w, params)
+                   for name in union_modules(adapters)}
+    mixed = any(a.modules.keys() != adapters[0].modules.keys() for a in adapters)
+    return MergedLora(modules, method, [float(x) for x in weights], params, mixed)
 
 
 @dataclass

@@ -7,6 +7,7 @@ than scoring each prompt+choice sequence separately, with the same numbers.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -86,9 +87,11 @@ def _score_batch(model, contexts, continuations, pad, device) -> list[list[float
         ctx_ids[i, width - len(ids):] = torch.tensor(ids)
         ctx_mask[i, width - len(ids):] = 1
     ctx_pos = (ctx_mask.cumsum(-1) - 1).clamp(min=0)
+    # Every prompt ends in the last column, and only that column's logits are read: with a
+    # 262k-token vocabulary (Gemma 3) the others would dominate peak memory.
     first = model(
         input_ids=ctx_ids.to(device), attention_mask=ctx_mask.to(device),
-        position_ids=ctx_pos.to(device), use_cache=True,
+        position_ids=ctx_pos.to(device), use_cache=True, **_last_logits_only(model, 1),
     )
     last_logp = F.log_softmax(first.logits[:, -1].float(), dim=-1)  # predicts each answer's 1st token
 
@@ -101,33 +104,48 @@ def _score_batch(model, contexts, continuations, pad, device) -> list[list[float
     for r, ids in enumerate(flat):
         ans_ids[r, : len(ids)] = torch.tensor(ids, dtype=torch.long)
         ans_mask[r, : len(ids)] = 1
-    cache = first.past_key_values
-    if all(k == n_choices[0] for k in n_choices):
-        cache.batch_repeat_interleave(n_choices[0])
-    else:
-        cache.batch_select_indices(torch.arange(n_ex).repeat_interleave(repeats).to(device))
-    row_ctx_mask = ctx_mask.repeat_interleave(repeats, dim=0)
-    row_ctx_len = ctx_len.repeat_interleave(repeats)
-    ans_pos = row_ctx_len[:, None] + torch.arange(ans_width)[None, :]
-    second = model(
-        input_ids=ans_ids.to(device),
-        attention_mask=torch.cat([row_ctx_mask, ans_mask], dim=1).to(device),
-        position_ids=ans_pos.to(device), past_key_values=cache, use_cache=False,
-    )
-    # Token t of an answer is predicted by answer position t-1; token 0 by the prompt's end.
-    ans_logp = F.log_softmax(second.logits.float(), dim=-1)
-    row_first = last_logp.repeat_interleave(repeats.to(device), dim=0)
+    row_example = torch.arange(n_ex).repeat_interleave(repeats).to(device)
     targets = ans_ids.to(device)
     tok_logp = torch.empty(ans_ids.shape, device=device)
-    tok_logp[:, 0] = row_first.gather(1, targets[:, :1]).squeeze(1)
+    # Read in place: a copy of the prompt's log-probabilities per choice is a vocabulary per row.
+    tok_logp[:, 0] = last_logp[row_example, targets[:, 0]]
     if ans_width > 1:
-        tok_logp[:, 1:] = ans_logp[:, :-1].gather(2, targets[:, 1:, None]).squeeze(2)
+        # Token t of an answer is predicted by answer token t-1, so the last column is never
+        # an input that matters: run all but it (one-token answers need no second pass at all).
+        cache = first.past_key_values
+        if all(k == n_choices[0] for k in n_choices):
+            cache.batch_repeat_interleave(n_choices[0])
+        else:
+            cache.batch_select_indices(row_example)
+        row_ctx_mask = ctx_mask.repeat_interleave(repeats, dim=0)
+        row_ctx_len = ctx_len.repeat_interleave(repeats)
+        ans_pos = row_ctx_len[:, None] + torch.arange(ans_width - 1)[None, :]
+        second = model(
+            input_ids=ans_ids[:, :-1].to(device),
+            attention_mask=torch.cat([row_ctx_mask, ans_mask[:, :-1]], dim=1).to(device),
+            position_ids=ans_pos.to(device), past_key_values=cache, use_cache=False,
+        )
+        # Only the logits are needed now: let the prompts' cache (one copy per choice) and, for
+        # bf16 models, the bf16 logits go before the log-softmax allocates its output.
+        del first, cache
+        logits = second.logits.float()
+        del second
+        ans_logp = F.log_softmax(logits, dim=-1)
+        tok_logp[:, 1:] = ans_logp.gather(2, targets[:, 1:, None]).squeeze(2)
     summed = (tok_logp * ans_mask.to(device)).sum(1).cpu().tolist()
     result, r = [], 0
     for k in n_choices:
         result.append(summed[r : r + k])
         r += k
     return result
+
+
+def _last_logits_only(model, n: int) -> dict[str, int]:
+    """`logits_to_keep=n` for models whose forward takes it (every causal LM in transformers
+    5), so only the last n positions go through the output head; {} for any other model,
+    whose callers read the same last positions of the full logits."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT
+    return {"logits_to_keep": n} if "logits_to_keep" in inspect.signature(inner.forward).parameters else {}
 
 
 def mc_result(examples: Sequence[MCExample], scores: ChoiceScores) -> MCResult:
@@ -245,7 +263,8 @@ def letter_logits(
                 mask[i, width - len(r):] = 1
             pos = (mask.cumsum(-1) - 1).clamp(min=0)
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device),
-                           position_ids=pos.to(device)).logits[:, -1].float()
+                           position_ids=pos.to(device),
+                           **_last_logits_only(model, 1)).logits[:, -1].float()
             picked = logits[:, letter_ids].cpu().tolist()
             out.extend(row[: len(ex.choices)] for row, ex in zip(picked, batch, strict=True))
     finally:

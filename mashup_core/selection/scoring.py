@@ -5,10 +5,11 @@ and merges the best few. The paper's text ranks by answer loss, the reference co
 accuracy; both come from one `choice_loglikelihoods` pass per checkpoint, so every scorer in
 `SCORERS` costs one pass in all.
 
-The base model is loaded once by the caller. Every adapter is attached to one `PeftModel` and
-switched with `set_adapter`; at the end the adapters are unloaded, so the caller gets its bare
-base model back. Per-example results are kept, so smaller sample sizes (the n-sweep of the
-paper's Fig. 2) are computed from prefixes of one scored sample, without running the model again.
+The base model is loaded once by the caller. Each adapter in turn is attached to one `PeftModel`,
+measured and deleted, so memory holds one adapter however large the library; at the end the
+PEFT layers are unloaded, so the caller gets its bare base model back. Per-example results are
+kept, so smaller sample sizes (the n-sweep of the paper's Fig. 2) are computed from prefixes of
+one scored sample, without running the model again.
 """
 
 from __future__ import annotations
@@ -268,7 +269,7 @@ def _attach(peft_model, base_model, path: Path, adapter: str):
     except Exception:
         if created:
             peft_model.unload()
-        else:
+        elif adapter in peft_model.peft_config:  # absent if loading failed before adding it
             peft_model.delete_adapter(adapter)
         raise
     return peft_model
@@ -327,8 +328,13 @@ def score_library(
                 continue
             peft_model.set_adapter(adapter)
             peft_model.eval()
-            table.rows.append(_measure(peft_model, tokenizer, examples, batch_size, ckpt.name,
-                                       source_task, kind, started, table))
+            try:
+                table.rows.append(_measure(peft_model, tokenizer, examples, batch_size, ckpt.name,
+                                           source_task, kind, started, table))
+            finally:
+                # Freed as soon as its row is measured: kept, 200 rank-16 adapters of a 7B
+                # model would hold ~17 GB. The PEFT layers stay for the next adapter.
+                peft_model.delete_adapter(adapter)
     finally:
         if peft_model is not None:
             peft_model.unload()  # hands the caller its bare base model back

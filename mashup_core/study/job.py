@@ -6,6 +6,7 @@ import json
 import time
 from pathlib import Path
 
+from mashup_core.access import require_write
 from mashup_core.study.grid import run_study
 from mashup_core.study.spec import StudyError, StudySpec, open_study
 from mashup_core.workspace import Workspace, write_json_atomic
@@ -17,6 +18,7 @@ STUDY_JOB = "job.json"  # beside a study's spec.json: the background job that fi
 
 def launch_study(ws: Workspace, spec: StudySpec, study_id: str | None = None) -> Path:
     """Run or extend a study as a detached `mashup study --job ID` (it outlives the page)."""
+    require_write("launching a study")
     from mashup_core.jobs.processes import process_alive, spawn_detached
 
     study_dir = open_study(ws, spec, study_id)

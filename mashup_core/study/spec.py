@@ -42,7 +42,7 @@ class StudySpec:
     train: bool = False
     train_steps: int = 100
     train_batch_size: int = 32
-    train_lr: float = 3e-3
+    train_lr: float | None = None  # None: the workspace's lr (mashup.toml), fixed when the study opens
     eval_every: int = 10
 
     def __post_init__(self) -> None:
@@ -171,7 +171,46 @@ def open_study(ws: Workspace, spec: StudySpec, study_id: str | None = None) -> P
 
 
 def final_adapters(ws: Workspace) -> list:
-    """The library of a leave-one-out study: the final LoRA adapter of each task (no snapshots)."""
-    from mashup_core.models.library import demo_library
+    """The library of a leave-one-out study: the workspace's final LoRA adapters (no snapshots).
 
-    return [c for c in demo_library(ws, include_snapshots=False) if c.kind == "lora"]
+    Each target's own checkpoints (those that record it as their source task) are left out
+    of its cells, as the paper's leave-one-out does."""
+    from mashup_core.models.library import workspace_library
+
+    return [c for c in workspace_library(ws, include_snapshots=False).checkpoints if c.kind == "lora"]
+
+
+def study_target(ws: Workspace, name: str, split: str):
+    """A study's target by name: the workspace config's (with its mapping and data), else a
+    demo task, a benchmark or a file."""
+    from dataclasses import replace
+
+    from mashup_core.config import load_config, target_name
+    from mashup_core.data.targets import DatasetError, TargetSpec, resolve_target
+
+    config = load_config(ws)
+    for entry in config.targets if config else ():
+        if target_name(entry) == name:
+            return TargetSpec.from_dict({**entry, "split": split})
+    try:
+        return replace(resolve_target(name, ws, split), split=split)
+    except DatasetError as exc:
+        raise StudyError(f"tasks: {exc}") from exc
+
+
+def load_study_split(ws: Workspace, name: str, split: str, n: int | None = None,
+                     seed: int | None = None) -> list:
+    """n examples of a target's split, by the one sampler runs and scoring use too."""
+    from mashup_core.data.targets import DatasetError, load_target, sample_examples
+
+    try:
+        return sample_examples(load_target(study_target(ws, name, split), ws), n, seed)
+    except DatasetError as exc:
+        raise StudyError(f"tasks: {name}: {exc}") from exc
+
+
+def study_task_names(ws: Workspace) -> list[str]:
+    """The targets a study runs over by default: the workspace config's."""
+    from mashup_core.config import resolve_config
+
+    return resolve_config(ws).target_names()

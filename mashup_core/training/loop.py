@@ -43,6 +43,11 @@ class TrainConfig:
     grad_clip: float = 1.0
     schedule: str = "cosine"  # or "constant"
     seed: int = 0
+    # Recompute each block's activations in the backward pass: less memory, ~1/3 more compute.
+    gradient_checkpointing: bool = False
+    # Micro-batches per optimizer step. The step still learns from `batch_size` examples (the
+    # same ones, the same loss), run as `grad_accum` forwards of batch_size // grad_accum.
+    grad_accum: int = 1
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -155,36 +160,87 @@ def train(
     """
     if not pairs:
         raise ValueError("no training examples")
+    if cfg.grad_accum < 1 or cfg.batch_size % cfg.grad_accum:
+        raise ValueError(f"grad_accum ({cfg.grad_accum}) must be at least 1 and divide "
+                         f"batch_size ({cfg.batch_size})")
     device = next(model.parameters()).device
     state = state or new_state(model, cfg)
+    if cfg.gradient_checkpointing:
+        _set_checkpointing(model, True)
     model.train()
-    while state.step < cfg.steps:
-        if should_stop is not None and should_stop():
-            break
-        started = time.perf_counter()
-        idx = batch_indices(len(pairs), cfg.batch_size, cfg.seed, state.step)
-        batch = {k: v.to(device) for k, v in collate(tokenizer, [pairs[i] for i in idx]).items()}
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=uses_bf16(device)):
-            loss = model(**batch).loss
-        loss.backward()
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(
-                [p for p in model.parameters() if p.requires_grad], cfg.grad_clip
-            )
-        lr = state.scheduler.get_last_lr()[0]
-        state.optimizer.step()
-        state.scheduler.step()
-        state.optimizer.zero_grad(set_to_none=True)
-        state.step += 1
-        loss_value = float(loss.detach())  # also waits for the device, so the time is real
-        # Only the steps count: pauses for evaluation or checkpoints in `on_step` do not.
-        state.elapsed += time.perf_counter() - started
-        log = StepLog(state.step, loss_value, lr, state.elapsed)
-        state.history.append(log)
-        if on_step is not None:
-            on_step(state, log)
+    try:
+        while state.step < cfg.steps:
+            if should_stop is not None and should_stop():
+                break
+            started = time.perf_counter()
+            # The whole batch is still one function of (seed, step); accumulation only splits it.
+            idx = batch_indices(len(pairs), cfg.batch_size, cfg.seed, state.step)
+            loss = _accumulate_gradients(model, tokenizer, [pairs[i] for i in idx], cfg.grad_accum,
+                                         device)
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(
+                    [p for p in model.parameters() if p.requires_grad], cfg.grad_clip
+                )
+            lr = state.scheduler.get_last_lr()[0]
+            state.optimizer.step()
+            state.scheduler.step()
+            state.optimizer.zero_grad(set_to_none=True)
+            state.step += 1
+            loss_value = float(loss)  # also waits for the device, so the time is real
+            # Only the steps count: pauses for evaluation or checkpoints in `on_step` do not.
+            state.elapsed += time.perf_counter() - started
+            log = StepLog(state.step, loss_value, lr, state.elapsed)
+            state.history.append(log)
+            if on_step is not None:
+                on_step(state, log)
+    finally:
+        if cfg.gradient_checkpointing:
+            _set_checkpointing(model, False)  # evaluation has no backward to save memory for
     model.eval()
     return state
+
+
+def _set_checkpointing(model, enable: bool) -> None:
+    """Turn activation (a.k.a. gradient) checkpointing on or off; a PeftModel passes it on.
+
+    Non-reentrant checkpointing gives gradients to the LoRA weights inside each block although
+    the block's input (from frozen embeddings) does not require grad. transformers 5 renamed
+    the methods; 4.x only has the gradient_* names.
+    """
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        if enable:
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.activation_checkpointing_disable()
+    elif enable:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_disable()
+
+
+def _accumulate_gradients(model, tokenizer, batch: Sequence[Pair], grad_accum: int,
+                          device: torch.device) -> torch.Tensor:
+    """Backward over `batch` in `grad_accum` micro-batches; returns the batch's loss.
+
+    The model's loss is a mean over each micro-batch's answer tokens, so each is weighted by
+    its share of the batch's tokens: loss and gradients are those of the whole batch at once.
+    """
+    micro = len(batch) // grad_accum
+    batches = [collate(tokenizer, batch[i : i + micro]) for i in range(0, len(batch), micro)]
+    # Tokens the loss counts: labels other than -100, after the shift to next-token targets.
+    counts = [int((b["labels"][:, 1:] != -100).sum()) for b in batches]
+    total = sum(counts)
+    loss = torch.zeros((), device=device)
+    for b, count in zip(batches, counts, strict=True):
+        if count == 0:  # nothing to learn here, and its mean would be 0/0
+            continue
+        b = {k: v.to(device) for k, v in b.items()}
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=uses_bf16(device)):
+            part = model(**b, use_cache=False).loss * (count / total)
+        part.backward()
+        loss += part.detach()
+    return loss
 
 
 def add_lora(model, spec: LoraSpec | None = None, adapter_name: str = "default") -> PeftModel:

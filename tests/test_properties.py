@@ -1,0 +1,309 @@
+"""Properties of the merge maths and of training-to-parity, on random small inputs (hypothesis).
+
+Adapters are built in memory (no files, no model), so each example costs milliseconds. Shapes,
+ranks, alphas, weights and target-module sets are all drawn: adapters may target different
+modules, and a module may have its own rank and alpha (PEFT's rank/alpha patterns).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+from peft.utils import merge_utils
+
+from mashup_core.compare.parity import first_reach, training_to_parity
+from mashup_core.merging import lora as merging
+from mashup_core.merging.lora import LoraAdapter, LoraFactors, merge_factors
+
+# No example database: it would be written into the working tree, and every run draws afresh.
+PROPERTY = settings(max_examples=40, deadline=None, database=None)
+DENSE_METHODS = ["task_arithmetic", "magnitude_prune", "ties", "dare_linear", "dare_ties"]
+Draw = Callable[[st.SearchStrategy], object]
+
+
+# --------------------------------------------------------------------------- adapters
+
+
+def _adapters(
+    draw: Draw, *, max_adapters: int = 3, same_modules: bool = False, equal_ranks: bool = False,
+    make: Callable[[torch.Generator, int, int, int], tuple[torch.Tensor, torch.Tensor]] | None = None,
+) -> tuple[list[LoraAdapter], list[float]]:
+    n_modules = draw(st.integers(1, 3))
+    names = [f"{merging.PEFT_PREFIX}layers.{i}.proj" for i in range(n_modules)]
+    shapes = [(draw(st.integers(1, 7)), draw(st.integers(1, 7))) for _ in names]  # out, in
+    shared_ranks = [draw(st.integers(1, 4)) for _ in names]
+    gen = torch.Generator().manual_seed(draw(st.integers(0, 2**32 - 1)))
+    make = make or (lambda g, r, out, in_: (torch.randn(r, in_, generator=g), torch.randn(out, r, generator=g)))
+    adapters = []
+    for j in range(draw(st.integers(1, max_adapters))):
+        chosen = (range(n_modules) if same_modules else
+                  draw(st.lists(st.integers(0, n_modules - 1), min_size=1, max_size=n_modules, unique=True)))
+        modules = {}
+        for i in sorted(chosen):
+            r = shared_ranks[i] if equal_ranks else draw(st.integers(1, 4))
+            A, B = make(gen, r, *shapes[i])
+            modules[names[i]] = LoraFactors(A, B, draw(st.sampled_from([0.25, 1.0, 2.0, 3.5])))
+        adapters.append(LoraAdapter(Path(f"a{j}"), {}, modules, torch.float32, "", None))
+    weight = st.tuples(st.sampled_from([1.0, -1.0]), st.floats(0.01, 2)).map(lambda sw: sw[0] * sw[1])
+    weights = draw(st.lists(weight, min_size=len(adapters), max_size=len(adapters)))
+    return adapters, weights
+
+
+adapter_sets = st.composite(_adapters)
+
+
+def union(adapters: list[LoraAdapter]) -> set[str]:
+    return set().union(*(a.modules for a in adapters))
+
+
+def exact_sum(adapters: list[LoraAdapter], weights: list[float], name: str) -> tuple[torch.Tensor, float]:
+    """Σ w_i ΔW_i at `name` in float64, and Σ |w_i|·‖ΔW_i‖: the scale of float32 rounding."""
+    terms = [w * a.modules[name].delta().double() for a, w in zip(adapters, weights, strict=True)
+             if name in a.modules]
+    return sum(terms), sum(float(t.norm()) for t in terms)
+
+
+def padded_tasks(adapters: list[LoraAdapter], name: str) -> list[torch.Tensor]:
+    """Each adapter's ΔW at `name`, zeros where it does not target it: what PEFT would stack."""
+    f = next(a.modules[name] for a in adapters if name in a.modules)
+    return [a.modules[name].delta() if name in a.modules else torch.zeros(f.B.shape[0], f.A.shape[1])
+            for a in adapters]
+
+
+def full_rank(adapters: list[LoraAdapter]) -> int:
+    """An output rank that truncates nothing, for the methods whose result is not low-rank."""
+    return max(min(f.B.shape[0], f.A.shape[1]) for a in adapters for f in a.modules.values())
+
+
+# --------------------------------------------------------------------------- cat, cat_svd, linear
+
+
+@PROPERTY
+@given(adapter_sets())
+def test_cat_is_the_exact_weighted_sum_over_the_union(case):
+    adapters, weights = case
+    merged = merge_factors(adapters, weights, "cat")
+    assert merged.modules.keys() == union(adapters)
+    for name, f in merged.modules.items():
+        expected, size = exact_sum(adapters, weights, name)
+        assert f.rank == sum(a.modules[name].rank for a in adapters if name in a.modules)
+        assert float((f.delta().double() - expected).norm()) <= 1e-5 * size
+
+
+@PROPERTY
+@given(adapter_sets(), st.integers(1, 14), st.sampled_from(["cat_svd", "task_arithmetic"]))
+def test_truncation_is_the_best_rank_r_approximation(case, rank, method):
+    """Eckart–Young: at rank r the error is that of the SVD truncation of the exact sum; at
+    rank ≥ Σ ranks the merge is exact (cat). Error norms are compared, not matrices: when
+    σ_r = σ_r+1 the best approximation is not unique."""
+    adapters, weights = case
+    merged = merge_factors(adapters, weights, method, rank=rank)
+    assert merged.modules.keys() == union(adapters)
+    for name, f in merged.modules.items():
+        expected, size = exact_sum(adapters, weights, name)
+        assert f.rank == rank
+        error = float((f.delta().double() - expected).norm())
+        if rank >= sum(a.modules[name].rank for a in adapters if name in a.modules):
+            assert error <= 1e-5 * size
+        else:
+            S = torch.linalg.svdvals(expected)
+            best = float(S[rank:].norm())
+            assert abs(error - best) <= 1e-5 * size
+
+
+@PROPERTY
+@given(adapter_sets(same_modules=True, equal_ranks=True))
+def test_linear_is_the_weighted_sum_of_the_factors(case):
+    adapters, weights = case
+    merged = merge_factors(adapters, weights, "linear")
+    for name, f in merged.modules.items():
+        factors = [a.modules[name] for a in adapters]
+        scale = factors[0].scale
+        # A_i enters at its own scale relative to the output's (equal alphas: plain Σ w·A_i).
+        a_terms = [w * g.scale / scale * g.A.double() for g, w in zip(factors, weights, strict=True)]
+        b_terms = [w * g.B.double() for g, w in zip(factors, weights, strict=True)]
+        assert f.scale == scale
+        for got, terms in ((f.A, a_terms), (f.B, b_terms)):
+            # float32 rounding of each term is all that may differ: bound it by the terms' size
+            size = sum(float(t.abs().max()) for t in terms)
+            assert float((got.double() - sum(terms)).abs().max()) <= 1e-6 * size
+
+
+# --------------------------------------------------------------------------- TIES, pruning, DARE
+
+
+def _one_sign(gen: torch.Generator, r: int, out: int, in_: int, sign: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positive A, B of one sign: every entry of ΔW = scale·B·A has that sign."""
+    return torch.rand(r, in_, generator=gen) + 0.1, sign * (torch.rand(out, r, generator=gen) + 0.1)
+
+
+@pytest.mark.filterwarnings("ignore:The density 1.0 is greater than or equal to 1")
+@PROPERTY
+@given(st.data(), st.sampled_from(merging.SIGN_METHODS), st.sampled_from([1.0, -1.0]))
+def test_ties_of_agreeing_tasks_is_the_mean_over_the_adapters_present(data, sign_method, sign):
+    adapters, weights = data.draw(adapter_sets(make=lambda g, r, o, i: _one_sign(g, r, o, i, sign)))
+    merged = merge_factors(adapters, weights, "ties", density=1.0, rank=full_rank(adapters),
+                           majority_sign_method=sign_method)
+    w = torch.tensor(weights)
+    for name, f in merged.modules.items():
+        tasks = padded_tasks(adapters, name)
+        peft = merge_utils.ties(tasks, w, 1.0, sign_method)
+        # Every entry of every present task agrees; an absent one (ΔW = 0) has no sign, so it
+        # neither votes nor counts in the mean.
+        present = sum(name in a.modules for a in adapters)
+        terms = [wi * t for wi, t in zip(weights, tasks, strict=True)]
+        by_hand = sum(terms) / present
+        size = sum(float(t.norm()) for t in terms)  # weights of both signs may cancel
+        assert float((peft - by_hand).norm()) <= 1e-6 * size
+        assert float((f.delta() - peft).norm()) <= 1e-5 * size
+
+
+@st.composite
+def sparse_adapter_sets(draw: Draw) -> tuple[list[LoraAdapter], list[float], dict[str, torch.Tensor]]:
+    """Adapters whose ΔW are all zero on some rows and columns (zero B rows, zero A columns)."""
+    adapters, weights = _adapters(draw)
+    zero = {}
+    for name in union(adapters):
+        f = next(a.modules[name] for a in adapters if name in a.modules)
+        rows = torch.tensor(draw(st.lists(st.booleans(), min_size=f.B.shape[0], max_size=f.B.shape[0])))
+        cols = torch.tensor(draw(st.lists(st.booleans(), min_size=f.A.shape[1], max_size=f.A.shape[1])))
+        for a in adapters:
+            if name in a.modules:
+                g = a.modules[name]
+                a.modules[name] = LoraFactors(g.A * ~cols, g.B * ~rows[:, None], g.scale)
+        zero[name] = rows[:, None] | cols[None, :]
+    return adapters, weights, zero
+
+
+@PROPERTY
+@given(sparse_adapter_sets(), st.sampled_from([*DENSE_METHODS, "cat_svd"]), st.floats(0.05, 1.0),
+       st.sampled_from(merging.SIGN_METHODS))
+def test_merges_are_zero_where_every_task_is_zero(case, method, density, sign_method):
+    adapters, weights, zero = case
+    spec = merging.MERGE_METHODS[method]
+    options = {"density": density} if spec.uses_density else {}
+    if spec.uses_sign:
+        options["majority_sign_method"] = sign_method
+    merged = merge_factors(adapters, weights, method, rank=full_rank(adapters), **options)
+    for name, f in merged.modules.items():
+        delta = f.delta()
+        # Exact before the SVD; after it, zero up to the SVD's rounding.
+        assert float((delta * zero[name]).abs().max()) <= 1e-5 * float(delta.norm()) + 1e-7
+
+
+@PROPERTY
+@given(adapter_sets(), st.floats(1e-3, 1.0), st.integers(1, 64))
+def test_magnitude_prune_keeps_int_density_numel_entries_per_task(case, density, block_bytes):
+    """Counted on the blocks the combine step receives, with blocks of a few rows: the global
+    threshold per task must survive the row blocking."""
+    adapters, weights = case
+    for name in union(adapters):
+        for t in padded_tasks(adapters, name):
+            values = t.abs().flatten()
+            # No ties, and no zeros in a present task: the top-k set is then unique.
+            assume(t.count_nonzero() == 0 or values.unique().numel() == values.numel() > 0
+                   and bool((values > 0).all()))
+    received: list[list[torch.Tensor]] = []
+    real = merge_utils.task_arithmetic
+
+    def spy(tasks: list[torch.Tensor], w: torch.Tensor) -> torch.Tensor:
+        received.append([t.clone() for t in tasks])
+        return real(tasks, w)
+
+    with mock.patch.object(merging, "BLOCK_BYTES", 4 * block_bytes), \
+            mock.patch.object(merging.merge_utils, "task_arithmetic", spy):
+        merged = merge_factors(adapters, weights, "magnitude_prune", density=density)
+    at = 0
+    for name in merged.modules:  # blocks arrive module by module, rows in order
+        tasks = padded_tasks(adapters, name)
+        rows, numel = tasks[0].shape[0], tasks[0].numel()
+        blocks = []
+        while sum(b[0].shape[0] for b in blocks) < rows:
+            blocks.append(received[at])
+            at += 1
+        for i, a in enumerate(adapters):
+            kept = int(torch.cat([b[i] for b in blocks]).count_nonzero())
+            assert kept == (int(density * numel) if name in a.modules else 0)
+    assert at == len(received)
+
+
+@PROPERTY
+@given(adapter_sets(), st.sampled_from(["dare_linear", "dare_ties"]), st.floats(0.05, 1.0),
+       st.integers(0, 2**31 - 1), st.integers(0, 2**31 - 1))
+def test_dare_is_a_function_of_its_seed_and_leaves_the_global_rng_alone(case, method, density, seed, outer):
+    adapters, weights = case
+    torch.manual_seed(outer)
+    before = torch.random.get_rng_state()
+    first = merge_factors(adapters, weights, method, density=density, seed=seed)
+    assert torch.equal(torch.random.get_rng_state(), before)
+    second = merge_factors(adapters, weights, method, density=density, seed=seed)
+    for name, f in first.modules.items():
+        assert torch.equal(f.A, second.modules[name].A) and torch.equal(f.B, second.modules[name].B)
+
+
+# --------------------------------------------------------------------------- training to parity
+
+steps_st = st.lists(st.integers(1, 50), min_size=1, max_size=7)  # gaps between evaluations
+acc_st = st.integers(0, 100).map(lambda k: k / 100)  # accuracies as correct / n
+
+
+@st.composite
+def monotone_curve(draw: Draw) -> list[tuple[float, float]]:
+    """(step, accuracy) from step 0 to a step > 0, never decreasing, at integer steps."""
+    gaps = draw(steps_st)
+    steps = np.concatenate([[0], np.cumsum(gaps)])
+    accs = sorted(draw(st.lists(acc_st, min_size=len(steps), max_size=len(steps))))
+    return [(float(s), a) for s, a in zip(steps, accs, strict=True)]
+
+
+def brute_first_reach(curve: list[tuple[float, float]], target: float) -> float | None:
+    """Bisection on the piecewise-linear interpolant (np.interp): the least x it reaches target."""
+    xs, ys = np.array([p[0] for p in curve]), np.array([p[1] for p in curve])
+    if ys.max() < target:
+        return None
+    lo, hi = xs[0], xs[-1]
+    if np.interp(lo, xs, ys) >= target:
+        return float(lo)
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if np.interp(mid, xs, ys) >= target else (mid, hi)
+    return float(hi)
+
+
+@PROPERTY
+@given(monotone_curve(), monotone_curve())
+def test_parity_is_where_the_mashup_curve_first_reaches_the_scratch_final_accuracy(scratch, mashup):
+    total, target = scratch[-1]
+    reached = brute_first_reach(mashup, target)
+    if reached is None:
+        assert first_reach(mashup, target) is None
+        assert training_to_parity(scratch, mashup) == 1.0
+        assert training_to_parity(scratch, mashup, "strict") is None
+    else:
+        assert first_reach(mashup, target) == pytest.approx(reached, abs=1e-9)
+        for mode in ("normal", "strict"):
+            assert training_to_parity(scratch, mashup, mode) == pytest.approx(reached / total, abs=1e-9)
+
+
+@PROPERTY
+@given(monotone_curve(), monotone_curve(), st.floats(1e-3, 1e3), st.sampled_from(["normal", "strict"]))
+def test_parity_does_not_depend_on_the_unit_of_steps(scratch, mashup, c, mode):
+    scaled = training_to_parity([(c * s, a) for s, a in scratch], [(c * s, a) for s, a in mashup], mode)
+    plain = training_to_parity(scratch, mashup, mode)
+    assert scaled is None if plain is None else scaled == pytest.approx(plain, rel=1e-9, abs=1e-12)
+
+
+@PROPERTY
+@given(monotone_curve(), st.data(), st.lists(st.tuples(st.integers(1, 200), acc_st), max_size=6))
+def test_a_merge_already_at_the_target_has_parity_zero(scratch, data, later):
+    start = data.draw(st.integers(round(100 * scratch[-1][1]), 100)) / 100  # at or above target
+    mashup = [(0.0, start), *[(float(s), a) for s, a in later]]  # any curve after step 0
+    assert training_to_parity(scratch, mashup) == 0.0
+    assert training_to_parity(scratch, mashup, "strict") == 0.0
