@@ -13,7 +13,7 @@ import torch
 from world_checks import check_measured_story
 
 from mashup_core.cli import main
-from mashup_core.data.targets import write_jsonl
+from mashup_core.data.targets import sample_examples, write_jsonl
 from mashup_core.demo.world import load_split
 from mashup_core.models.library import demo_library
 from mashup_core.models.loading import load_base_model, load_tokenizer
@@ -26,7 +26,6 @@ from mashup_core.selection.scoring import (
     ScoringError,
     explain_choice,
     kendall_tau,
-    sample_for_scoring,
     score_library,
     score_library_cached,
     sweep_from_table,
@@ -48,7 +47,7 @@ def checkpoints(tiny_world):
 
 @pytest.fixture(scope="module")
 def min_examples(tiny_world):
-    return sample_for_scoring(load_split(tiny_world, "min", "train"), N)
+    return sample_examples(load_split(tiny_world, "min", "train"), N)
 
 
 @pytest.fixture(scope="module")
@@ -151,16 +150,6 @@ def test_exclusions_and_direction(min_table):
     accs = [min_table.row(n).acc for n in min_table.rank("acc")]
     assert accs == sorted(accs, reverse=True)  # higher is better
     assert {s.name for s in SCORERS.values()} >= {"nll", "acc"}
-
-
-def test_sampling_first_n_or_seeded_nested():
-    items = list(range(100))
-    assert sample_for_scoring(items, 5) == [0, 1, 2, 3, 4]
-    small, large = sample_for_scoring(items, 8, seed=3), sample_for_scoring(items, 32, seed=3)
-    assert large[:8] == small and small != items[:8]
-    assert len(sample_for_scoring(items, 500, seed=1)) == 100
-    with pytest.raises(ScoringError, match="at least 1"):
-        sample_for_scoring(items, 0)
 
 
 # --- smaller n from one pass, the sweep --------------------------------------------------------

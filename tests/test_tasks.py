@@ -67,6 +67,7 @@ def test_sampling_first_n_or_seeded():
     assert seeded != [0, 1, 2, 3, 4] and seeded != sample_examples(items, 5, seed=4)
     assert sample_examples(items, 9, seed=3)[:5] == seeded  # nested: a larger n extends a smaller
     assert sorted(sample_indices(3, 10, seed=0)) == [0, 1, 2] and sample_indices(3, None) == [0, 1, 2]
+    assert len(sample_examples(items, 500, seed=1)) == 100
     with pytest.raises(DatasetError, match="at least one example"):
         sample_indices(10, 0)
 

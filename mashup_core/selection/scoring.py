@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mashup_core.data.targets import MCExample
+from mashup_core.data.targets import MCExample, sample_examples
 from mashup_core.errors import MashupError
 from mashup_core.selection.loglik import ChoiceScores, choice_loglikelihoods, mc_result
 from mashup_core.workspace import Workspace, write_json_atomic
@@ -212,22 +212,6 @@ class ScoreTable:
 # Sampling and scoring
 
 
-def sample_for_scoring(
-    examples: Sequence[MCExample], n: int, seed: int | None = None
-) -> list[MCExample]:
-    """The first n examples (what the reference code does) or, with a seed, a seeded sample.
-
-    Seeded samples for different n are prefixes of one shuffle, so they are nested.
-    """
-    if n < 1:
-        raise ScoringError(f"the number of scoring examples must be at least 1 (got {n})")
-    if seed is None:
-        return list(examples[:n])
-    order = list(range(len(examples)))
-    random.Random(seed).shuffle(order)
-    return [examples[i] for i in order[:n]]
-
-
 def _per_example(examples: Sequence[MCExample], scores: ChoiceScores) -> dict[str, list[float]]:
     """Each scorer on each example alone; their means are `mc_result` on the whole sample."""
     singles = [
@@ -403,7 +387,7 @@ def score_library_cached(
     device: str | None = None,
     refresh: bool = False,
 ) -> ScoreTable:
-    """`score_library` on `sample_for_scoring(examples, n, seed)`, remembered in the workspace.
+    """`score_library` on `sample_examples(examples, n, seed)`, remembered in the workspace.
 
     The key covers the checkpoints' files (size, mtime), the sampled examples' content, n,
     seed, the scorers and the base model, so a changed input is never served stale. An
@@ -420,7 +404,7 @@ def score_library_cached(
 
     base_path = base_path or ws.base_dir
     dev = torch.device(device) if device else default_device()
-    sample = sample_for_scoring(examples, n, seed)
+    sample = sample_examples(examples, n, seed)
     key = cache_key(checkpoints, sample, n=n, seed=seed, base_path=base_path, device=dev.type,
                     dtype=str(default_dtype(dev)), include_full=include_full)
     path = ws.cache_dir / "scores" / f"{key[:32]}.json"
@@ -523,7 +507,7 @@ def sweep_n(
 ) -> SweepResult:
     """Score once on the largest n, then rank every smaller n from prefixes of that sample."""
     ns = list(ns)
-    sample = sample_for_scoring(examples, max(ns), seed)
+    sample = sample_examples(examples, max(ns), seed)
     table = score_library(base_model, tokenizer, checkpoints, sample, batch_size=batch_size,
                           progress=progress)
     return sweep_from_table(table, ns, scorer, reshuffles=reshuffles, seed=seed or 0,

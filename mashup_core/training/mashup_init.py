@@ -91,10 +91,11 @@ def prepare_mashup_init(
     so do the searched weight strategies (CMA-ES maximises accuracy, LoraHub minimises loss
     plus its L1 term), so the validation split stays unseen until training evaluates it.
     """
+    from mashup_core.data.targets import sample_examples
     from mashup_core.merging.lora import load_lora_factors, merge_adapters, validate_params
     from mashup_core.merging.objective import make_merge_objective
     from mashup_core.merging.weights import WEIGHT_STRATEGIES, WeightSearchError, search_weights
-    from mashup_core.selection.scoring import get_scorer, sample_for_scoring, score_library
+    from mashup_core.selection.scoring import get_scorer, score_library
 
     if weight_strategy not in WEIGHT_STRATEGIES:
         raise WeightSearchError(f"unknown weight strategy {weight_strategy!r}; choose from "
@@ -111,7 +112,7 @@ def prepare_mashup_init(
                             + (f" ({why})" if why else ""))
 
     started = time.perf_counter()
-    sample = sample_for_scoring(list(target_train_examples), n)
+    sample = sample_examples(list(target_train_examples), n)
     table = score_library(base_model, tokenizer, lora, sample, progress=progress, target=target_label)
     scoring_s = time.perf_counter() - started
     rejected += [{"name": name, "path": "", "reason": why} for name, why in table.skipped.items()]
