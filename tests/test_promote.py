@@ -3,7 +3,9 @@ the run's own accuracy back, and leave-one-out selection never offering it to it
 
 from __future__ import annotations
 
+import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -179,3 +181,22 @@ def test_a_fold_run_truncated_to_a_rank(promoted):
     ckpt = demo_library(ws).by_name("min-fold-r8")
     assert (ckpt.rank, ckpt.source_task) == (8, "min") and path == ckpt.path
     assert "truncated to rank 8" in ckpt.meta["weights"]
+
+
+def test_cli_add_run_keeps_the_library_at_one_rank_unless_exact(promoted, capsys):
+    """`mashup library add-run`: a merged-fold run re-factored to its own LoRA rank by default,
+    so 'linear' (equal ranks) still merges the library; --exact keeps the stacked sum."""
+    from mashup_core.cli import main
+
+    ws, runs = promoted
+    fold = runs["fold"][0]
+    argv = ["library", "add-run", fold.id, "--workspace", str(ws.root), "--json"]
+    assert main([*argv, "--name", "fold-cli"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    config = json.loads((Path(out["path"]) / "adapter_config.json").read_text())
+    assert out["source_task"] == "min" and config["r"] == fold.spec.lora.r
+    assert main([*argv, "--name", "fold-cli-exact", "--exact"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert json.loads((Path(out["path"]) / "adapter_config.json").read_text())["r"] > fold.spec.lora.r
+    assert main([*argv, "--name", "fold-cli"]) == 2  # the name is taken: a clear error
+    assert "already has 'fold-cli'" in capsys.readouterr().err

@@ -22,6 +22,19 @@ def register(sub, parent: argparse.ArgumentParser) -> None:
     lib.add_argument("--no-snapshots", action="store_true",
                      help="leave out intermediate snapshots (name-stepN, or final=false in mashup_meta.json)")
     lib.set_defaults(func=_library)
+    actions = lib.add_subparsers(dest="library_action", metavar="ACTION")
+    add_run = actions.add_parser(
+        "add-run", parents=[parent], help="add a finished run's trained weights to the library",
+        description="Copy a finished run's adapter (or full checkpoint) into the workspace "
+        "library with its provenance; leave-one-out selection never offers it back to the "
+        "target it was trained on.")
+    add_run.add_argument("run_id", metavar="RUN_ID")
+    add_run.add_argument("--name", help="checkpoint name (default: <target>-<kind>-<run id tail>)")
+    add_run.add_argument("--exact", action="store_true",
+                         help="merged-fold runs: keep merge + trained LoRA stacked exactly (rank "
+                         "r_merge + r), instead of re-factoring to the run's LoRA rank, which "
+                         "keeps the library's ranks equal for the 'linear' merge")
+    add_run.set_defaults(func=_add_run)
 
     targets = sub.add_parser(
         "targets", parents=[parent], help="list demo tasks and the paper's benchmarks; preview one",
@@ -49,6 +62,25 @@ def _library(args) -> int:
     emit(args, {"sources": config.sources, "base": config.base_model, **scan.to_dict()},
          _library_table(scan, where))
     return 0 if scan.checkpoints else 1
+
+
+def _add_run(args) -> int:
+    import json
+
+    from mashup_core.cli import emit
+    from mashup_core.jobs.promote import add_run_to_library
+    from mashup_core.jobs.store import get_run
+    from mashup_core.workspace import Workspace
+
+    ws = Workspace.resolve(args.workspace)
+    spec = get_run(ws, args.run_id).spec
+    refold = spec.finetune == "lora" and spec.init == "merged-fold" and not args.exact
+    path = add_run_to_library(ws, args.run_id, name=args.name, rank=spec.lora.r if refold else None)
+    meta = json.loads((path / "mashup_meta.json").read_text())
+    emit(args, {"path": str(path), **meta},
+         f"added run {args.run_id} as {path.name} ({meta['weights']}) in {path.parent}; trained on "
+         f"{meta['source_task']}, so it is never offered back to that target")
+    return 0
 
 
 def _library_table(scan, where: str) -> str:

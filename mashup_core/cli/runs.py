@@ -133,10 +133,14 @@ def _list(args) -> int:
 
 def _show(args) -> int:
     from mashup_core.cli import emit
+    from mashup_core.jobs.slot import waiting_message
     from mashup_core.jobs.store import get_run
 
-    record = get_run(_ws(args), args.run_id)
-    emit(args, record.to_dict(), _describe(record))
+    ws = _ws(args)
+    record = get_run(ws, args.run_id)
+    waiting = waiting_message(ws, record.id) if record.state == "queued" else None
+    text = _describe(record) + (f"\n  {waiting}" if waiting else "")
+    emit(args, {**record.to_dict(), "waiting_for": waiting}, text)
     return 0
 
 
@@ -162,25 +166,18 @@ def _resume(args) -> int:
 
 
 def _new_spec(args) -> int:
-    from mashup_core.jobs.spec import RunSpec
-    from mashup_core.training.loop import TrainConfig
+    from mashup_core.jobs.workspace_spec import workspace_run_spec
 
-    # A spec is complete on its own: absolute paths, the target with its mapping, the lr.
+    # A spec is complete on its own: absolute paths, the target with its mapping, the lr
+    # (built where the dashboard's Launch page builds its specs too).
     ws = _ws(args)
-    config = model_config(args, ws)
-    finetune = args.finetune or config.defaults.finetune
-    target = target_spec(args, ws, "train").to_dict()
-    spec = RunSpec(
-        target=target, kind=args.kind, name=args.name, base_model=config.base_model,
-        library=config.sources, scorer=args.scorer, n=args.n, k=args.k,
-        merge_method=args.method, weight_strategy=args.weights, init=args.init,
-        finetune=finetune, eval_every=args.eval_every,
-        checkpoint_every=args.checkpoint_every, seed=args.seed,
-        device=args.device or config.defaults.device,
-        train=TrainConfig(steps=args.steps, batch_size=args.batch_size,
-                          lr=args.lr or config.learning_rate(finetune), seed=args.seed),
+    spec = workspace_run_spec(
+        model_config(args, ws), target_spec(args, ws, "train"), finetune=args.finetune,
+        lr=args.lr, device=args.device, steps=args.steps, batch_size=args.batch_size,
+        seed=args.seed, where="new-spec", kind=args.kind, name=args.name, scorer=args.scorer,
+        n=args.n, k=args.k, merge_method=args.method, weight_strategy=args.weights,
+        init=args.init, eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
     )
-    spec = RunSpec.from_dict(spec.to_dict(), "new-spec")  # the same checks a run makes
     print(json.dumps(spec.to_dict(), indent=2))
     return 0
 

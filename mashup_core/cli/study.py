@@ -43,6 +43,8 @@ def register(sub, parent: argparse.ArgumentParser) -> None:
     study.add_argument("--batch-size", type=int, default=32)
     study.add_argument("--eval-every", type=int, default=10)
     study.add_argument("--parallel", type=int, default=1, metavar="N", help="worker processes (one per target at a time)")
+    study.add_argument("--device", help="cpu, cuda or cuda:N (default: the workspace's; on a GPU each "
+                       "target queues for the card with runs and scoring)")
     study.add_argument("--id", dest="study_id", help="study folder name (default: derived from the settings)")
     study.add_argument("--job", metavar="ID",
                        help="run the stored spec of study ID and record the job's state "
@@ -58,6 +60,7 @@ def register(sub, parent: argparse.ArgumentParser) -> None:
 
 def _study(args) -> int:
     from mashup_core.cli import emit
+    from mashup_core.config import resolve_config
     from mashup_core.study.grid import run_study
     from mashup_core.study.job import run_study_job
     from mashup_core.study.report import format_rank_table, study_table
@@ -81,7 +84,13 @@ def _study(args) -> int:
         train=args.train, train_steps=args.train_steps, train_batch_size=args.batch_size,
         train_lr=args.lr, eval_every=args.eval_every,
     )
-    study_dir = run_study(ws, spec, args.study_id, parallel=args.parallel, progress=not args.no_progress)
+    device = args.device or resolve_config(ws).defaults.device
+    if device == "auto":
+        from mashup_core.models.loading import default_device
+
+        device = str(default_device())
+    study_dir = run_study(ws, spec, args.study_id, parallel=args.parallel,
+                          progress=not args.no_progress, device=device)
     table = study_table(study_dir)
     emit(args, {"study_dir": str(study_dir), **table.to_dict()},
          f"{format_rank_table(table)}\nresults in {study_dir}")

@@ -411,10 +411,14 @@ def score_library_cached(
     if not refresh and (table := _read_cached(path)) is not None:
         table.target = target
         return table
-    model = load_base_model(base_path, device=dev)
-    tokenizer = load_tokenizer(base_path)
-    table = score_library(model, tokenizer, checkpoints, sample, batch_size=batch_size,
-                          progress=progress, target=target, include_full=include_full)
+    from mashup_core.jobs.slot import accelerator_slot
+
+    # On a GPU, scoring queues with runs and studies for the card (cached scores never wait).
+    with accelerator_slot(ws, dev, holder=target or "score", kind="score"):
+        model = load_base_model(base_path, device=dev)
+        tokenizer = load_tokenizer(base_path)
+        table = score_library(model, tokenizer, checkpoints, sample, batch_size=batch_size,
+                              progress=progress, target=target, include_full=include_full)
     write_json_atomic(path, {"kind": "mashup-scores", "version": CACHE_VERSION, "key": key,
                              "table": table.to_dict()})
     return table
