@@ -17,7 +17,7 @@ from realistic import USER_MAPPING, build_user_world
 from mashup_core.cli import main
 from mashup_core.config import ConfigError, load_config, parse_config
 from mashup_core.jobs.runner import wait
-from mashup_core.models.loading import ModelLoadError, load_tokenizer
+from mashup_core.models.loading import ModelLoadError, load_base_model, load_tokenizer
 from mashup_core.workspace import Workspace
 
 MAPPING_FLAGS = ["--prompt-field", USER_MAPPING["prompt"], "--choices-field",
@@ -176,3 +176,18 @@ def test_a_hub_id_while_offline_is_a_clear_error(session, capsys, monkeypatch):
     code, _, err = run(capsys, "score", "--workspace", str(study), "--target", "data/user.csv",
                        *MAPPING_FLAGS, "--source", "adapters", "--no-progress")
     assert code == 2 and "someone/some-model" in err and "offline" in err.lower()
+
+
+def test_linear_on_a_library_of_mixed_ranks_fails_before_scoring(session, monkeypatch):
+    from mashup_core.selection import scoring
+    from mashup_core.training import mashup_init
+
+    world, _ = session
+    scored = []
+    monkeypatch.setattr(scoring, "score_library", lambda *a, **k: scored.append(1))
+    model, tok = load_base_model(world / "base", device="cpu"), load_tokenizer(world / "base")
+    with pytest.raises(mashup_init.PipelineError,
+                       match=r"'linear' .* needs one rank, but the library mixes ranks 4, 8, 16; use 'cat'"):
+        mashup_init.prepare_mashup_init(None, model, tok, [str(world / "adapters")], [], method="linear",
+                                        out_dir=world / "merged")
+    assert scored == []

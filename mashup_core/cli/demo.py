@@ -24,10 +24,15 @@ def register(sub, parent: argparse.ArgumentParser) -> None:
 def _build(args) -> int:
     from mashup_core.cli import emit
     from mashup_core.demo.world import build_world
+    from mashup_core.jobs.slot import accelerator_slot
     from mashup_core.workspace import Workspace
 
-    report = build_world(Workspace.resolve(args.workspace), args.profile, args.seed,
-                         force=args.force, progress=not args.no_progress)
+    ws = Workspace.resolve(args.workspace)
+    # The build trains on the CPU today; holding the slot of the device it trains on keeps
+    # the rule "every job that trains takes the slot" true if that ever changes.
+    with accelerator_slot(ws, "cpu", holder=f"demo-{args.profile}", kind="demo-build"):
+        report = build_world(ws, args.profile, args.seed, force=args.force,
+                             progress=not args.no_progress)
     emit(args, asdict(report), report.summary_table())
     return 0
 

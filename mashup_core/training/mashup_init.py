@@ -92,7 +92,12 @@ def prepare_mashup_init(
     plus its L1 term), so the validation split stays unseen until training evaluates it.
     """
     from mashup_core.data.targets import sample_examples
-    from mashup_core.merging.lora import load_lora_factors, merge_adapters, validate_params
+    from mashup_core.merging.lora import (
+        MERGE_METHODS,
+        load_lora_factors,
+        merge_adapters,
+        validate_params,
+    )
     from mashup_core.merging.objective import make_merge_objective
     from mashup_core.merging.weights import WEIGHT_STRATEGIES, WeightSearchError, search_weights
     from mashup_core.selection.scoring import get_scorer, score_library
@@ -110,6 +115,13 @@ def prepare_mashup_init(
         why = "; ".join(f"{r['name']}: {r['reason']}" for r in rejected[:3])
         raise PipelineError("the library has no usable LoRA checkpoint to merge"
                             + (f" ({why})" if why else ""))
+    ranks = {getattr(c, "rank", None) for c in lora} - {None}
+    if MERGE_METHODS[method].equal_ranks and len(ranks) > 1:  # fail before minutes of scoring
+        raise PipelineError(
+            f"merge method '{method}' adds factors entry by entry and needs one rank, but the "
+            f"library mixes ranks {', '.join(map(str, sorted(ranks)))}; use 'cat' or 'cat_svd' "
+            "(exact for any ranks), or keep the library at one rank (`mashup library add-run` "
+            "re-factors a run to its own rank unless --exact)")
 
     started = time.perf_counter()
     sample = sample_examples(list(target_train_examples), n)
