@@ -15,6 +15,7 @@ import threading
 import time
 
 import pytest
+from waiting import poll
 
 from mashup_core.jobs.runner import cancel, execute_run
 from mashup_core.jobs.slot import (
@@ -33,13 +34,6 @@ KEY = "cuda:7"  # no such card here: the slot is only a lock and some files, so 
 fork = mp.get_context("fork")
 
 
-def poll(condition, timeout: float = 10.0, every: float = 0.02):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := condition():
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout} s waiting for {condition.__doc__ or condition}")
 
 
 def _hold(root: str, name: str, kind: str, log: str, hold_s: float, release=None,
@@ -77,12 +71,12 @@ def test_jobs_of_every_kind_take_turns_first_come_first_served(tmp_path):
     a = start("A", "run", release=release)
     poll(lambda: (slot_status(ws, KEY) or {}).get("id") == "A")
     start("B", "score")
-    poll(lambda: _waiting(ws, "B"))
+    poll(lambda: _waiting(ws, "B"), timeout=10.0)
     start("C", "study")
-    poll(lambda: _waiting(ws, "B", "C"))
+    poll(lambda: _waiting(ws, "B", "C"), timeout=10.0)
     # D arrives last but asked first (a run keeps the place it got when it was created).
     start("D", "demo-build", queued_at=first_asked)
-    poll(lambda: _waiting(ws, "B", "C", "D"))
+    poll(lambda: _waiting(ws, "B", "C", "D"), timeout=10.0)
     assert [w["id"] for w in slot_waiters(ws, KEY)] == ["D", "B", "C"]
     held = slot_status(ws, KEY)
     assert (held["kind"], held["id"], held["pid"], held["device"]) == ("run", "A", a.pid, KEY)
@@ -147,7 +141,7 @@ def test_a_killed_holder_or_waiter_blocks_no_one(tmp_path):
     waiter = fork.Process(target=_hold, args=(str(tmp_path), "also-doomed", "score", str(log), 60),
                           daemon=True)
     waiter.start()
-    poll(lambda: _waiting(ws, "also-doomed"))
+    poll(lambda: _waiting(ws, "also-doomed"), timeout=10.0)
     os.kill(holder.pid, signal.SIGKILL)
     os.kill(waiter.pid, signal.SIGKILL)
     holder.join(5)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 from dataclasses import replace
 
 import pytest
+from waiting import poll
 
 from mashup_core.cli import main
 from mashup_core.defaults import DEMO_LEARNING_RATE
@@ -32,13 +32,6 @@ def tiny_spec(**changes) -> RunSpec:
                       **changes})
 
 
-def poll(condition, timeout=120.0, every=0.02):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := condition():
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout} s waiting for {condition.__doc__ or condition}")
 
 
 def steps(record, phase):
