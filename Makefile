@@ -28,9 +28,10 @@ demo: $(STAMP)
 	$(BIN)/mashup demo build --workspace $(WORKSPACE) --profile $(PROFILE)
 	$(MAKE) --no-print-directory serve
 
+# Beyond loopback: `make serve ADDRESS=0.0.0.0 READ_ONLY=1`, or with MASHUP_TOKEN set.
 serve: $(STAMP)
-	MASHUP_WORKSPACE=$(WORKSPACE) $(BIN)/streamlit run app.py \
-	  --server.address $(ADDRESS) --server.port $(PORT)
+	$(BIN)/mashup serve --workspace $(WORKSPACE) --host $(ADDRESS) --port $(PORT) \
+	  $(if $(READ_ONLY),--read-only)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

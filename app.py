@@ -1,7 +1,8 @@
-"""Mashup Explorer: the dashboard over a workspace (`make serve`, or `streamlit run app.py`).
+"""Mashup Explorer: the dashboard over a workspace (`mashup serve`, `make serve`).
 
 Each page renders what `mashup_core` computes and launches jobs through it; the workspace
-folder is the only state shared with background jobs, so a reload loses nothing.
+folder (its mashup.toml, runs and studies) is the only state shared with background jobs,
+so a reload loses nothing.
 """
 
 import sys
@@ -13,6 +14,7 @@ import streamlit as st
 if str(Path(__file__).resolve().parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from mashup_core import views  # noqa: E402
 from mashup_core.workspace import Workspace  # noqa: E402
 from pages import _ui  # noqa: E402
 
@@ -33,10 +35,18 @@ if wanted := st.session_state.pop(_ui.WANTED_PAGE_KEY, None):  # see _ui.hand_ov
     st.switch_page(wanted)
 
 with st.sidebar:
-    st.text_input("Workspace", value=str(Workspace.resolve().root), key="workspace",
-                  help="The folder with the demo world, runs and studies "
-                  "(default: $MASHUP_WORKSPACE, else ./workspace).")
-    chosen = _ui.target(_ui.workspace())
-    st.caption(f"**Target:** {chosen.label} · n = {chosen.n}")
+    _ui.access_panel()
+    if _ui.can_write():
+        st.text_input("Workspace", value=str(Workspace.resolve().root), key="workspace",
+                      help="The folder of one study: its mashup.toml, runs and studies "
+                      "(default: $MASHUP_WORKSPACE, else ./workspace).")
+    else:  # fixed at start: a visitor cannot point the server at its other folders
+        st.caption(f"**Workspace:** `{_ui.workspace().root}`")
+    with _ui.shown_errors():
+        state = views.workspace_state(_ui.workspace())
+        if state.usable:
+            chosen = _ui.target(_ui.workspace(), state.config)
+            st.caption(f"**Target:** {chosen.label} · n = {chosen.n}" if chosen else
+                       "**Target:** none yet (add one on the Target page)")
 
 page.run()

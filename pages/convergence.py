@@ -6,7 +6,7 @@ from mashup_core import views
 from mashup_core.workspace import Workspace
 from pages import _ui
 
-ws = _ui.require_world(__file__)
+ws, _config = _ui.open_workspace(__file__)
 _ui.page_header("Convergence", "Does starting from the merge get there sooner? Each mashup run is "
                 "compared with its from-scratch baseline: same target, steps, learning rate and seed.")
 

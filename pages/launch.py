@@ -2,68 +2,118 @@
 
 import streamlit as st
 
-from mashup_core import views
+from mashup_core import access, views
+from mashup_core.config import FINETUNE_MODES
+from mashup_core.errors import MashupError
 from mashup_core.merging.lora import MERGE_METHODS
 from mashup_core.merging.weights import WEIGHT_STRATEGIES
 from mashup_core.workspace import Workspace
 from pages import _ui
 
-ws = _ui.require_world(__file__)
-chosen = _ui.target(ws)
+ws, config = _ui.open_workspace(__file__)
+chosen = _ui.target(ws, config)
 selection = st.session_state.get("selection", {"k": 2})
-_ui.page_header("Launch a run", f"A **mashup** run (start from the merged top-k) and its "
-                f"**from-scratch** baseline on **{chosen.label}**, with the same training and "
-                "seed. Jobs run in the background: reload or leave the page, nothing is lost.")
+writable = _ui.can_write()
+_ui.page_header("Launch a run", "A **mashup** run (start from the merged top-k) and its "
+                "**from-scratch** baseline on one target, with the same training and seed. Jobs "
+                "run in the background: reload or leave the page, nothing is lost.")
 
+st.markdown(f"**Study** · base model `{views.short_path(config.base_model, ws)}` · library "
+            + (", ".join(f"`{views.short_path(s, ws)}`" for s in config.sources) or "none")
+            + f" · finetune {config.defaults.finetune}")
 
-with st.form("launch"):
-    merge_col, train_col = st.columns(2)
-    with merge_col:
-        st.markdown("**Merge**")
-        scorer = st.selectbox("Rank checkpoints by", ["acc", "nll"],
-                              format_func={"acc": "accuracy (reference code)",
-                                           "nll": "answer loss (paper text)"}.get)
-        k = st.number_input("k (checkpoints to merge)", 1, 32, int(selection.get("k", 2)))
-        method = st.selectbox("Merge method", list(MERGE_METHODS),
-                              format_func=lambda m: f"{m} — {MERGE_METHODS[m].summary}")
-        strategy = st.selectbox("Weights", list(WEIGHT_STRATEGIES),
-                                format_func=lambda w: f"{w} — {WEIGHT_STRATEGIES[w].summary}")
-        budget = st.number_input("Weight-search budget (evaluations, CMA-ES / LoraHub)", 2, 500, 20)
-    with train_col:
-        st.markdown("**Finetune** (both runs)")
-        steps = st.number_input("Steps", 1, 100_000, 100, step=10)
-        lr = st.number_input("Learning rate", 1e-6, 1.0, 3e-3, format="%.0e", step=1e-4)
-        batch = st.number_input("Batch size", 1, 1024, 32)
-        eval_every = st.number_input("Evaluate every (steps)", 1, 10_000, 10)
-        seed = st.number_input("Seed", 0, 2**31 - 1, 0)
-        eval_limit = st.number_input("Validation examples per evaluation (0 = all)", 0, 100_000, 0,
-                                     help="fewer makes the live curve quicker on a CPU")
-        device = st.selectbox("Device", ["auto", "cpu", "cuda"],
-                              help="auto = CUDA when present, else CPU; one job trains per device "
-                              "at a time, the rest queue")
-    submitted = st.form_submit_button("Launch mashup + scratch", type="primary",
-                                      icon=":material/rocket_launch:")
+# Targets to launch on: the one chosen on the Target page first, then the workspace's own.
+options: dict[str, tuple[dict, int]] = {}
+if chosen is not None:
+    options[chosen.label] = (chosen.spec, chosen.n)
+for entry in config.targets:
+    options.setdefault(views.target_label(entry), (views.target_spec_dict(entry), _ui.DEFAULT_N))
 
-if submitted:
-    with _ui.shown_errors():
-        from mashup_core.jobs.runner import launch_pair
-        from mashup_core.jobs.spec import RunSpec
-        from mashup_core.training.loop import TrainConfig
+if not writable:
+    st.info("Launching is disabled here (this dashboard is "
+            + ("read-only" if access.read_only() else "locked: enter the access token in the "
+               "sidebar") + "). The runs below update live.", icon=":material/visibility:")
+elif not options:
+    st.info("No target yet: choose or add one on the Target page.", icon=":material/info:")
+    st.page_link("pages/target.py", label="Target", icon=":material/target:")
+else:
+    # Outside the form, so that the learning rate's default follows the finetune mode.
+    left, right = st.columns([3, 2])
+    target_label = left.selectbox("Target", list(options))
+    modes = list(FINETUNE_MODES)
+    finetune = right.radio("Finetune", modes, index=modes.index(config.defaults.finetune),
+                           horizontal=True, format_func={"lora": "LoRA",
+                                                         "full": "full (every weight)"}.get,
+                           help="both runs train the same way: a LoRA on the (merged) base, or "
+                           "every weight")
+    target_spec, n = options[target_label]
+    if target_spec.get("mapping"):
+        st.caption("Field mapping: " + views.mapping_summary(target_spec["mapping"]))
+    elif target_spec.get("data"):
+        st.caption(f"Local data: `{views.short_path(target_spec['data'], ws)}`")
 
-        extra = list(_ui.extra_sources())  # added on the Library page, on top of the demo library
-        spec = RunSpec(
-            target=chosen.spec, kind="mashup", name=chosen.label,
-            library=[str(ws.library_dir), *extra] if extra else [],
-            scorer=scorer, n=chosen.n, k=int(k), merge_method=method, weight_strategy=strategy,
-            weight_budget=int(budget), eval_every=int(eval_every), eval_limit=int(eval_limit),
-            checkpoint_every=max(int(eval_every), 20), seed=int(seed), device=device,
-            train=TrainConfig(steps=int(steps), batch_size=int(batch), lr=float(lr), seed=int(seed)),
-        )
-        pair = launch_pair(ws, spec)
-        st.session_state["watch"] = pair.group
-        note = " (an identical finished baseline is reused)" if pair.reused_baseline else ""
-        st.success(f"Launched pair {pair.group}: mashup {pair.mashup_id}, "
-                   f"scratch {pair.baseline_id}{note}.", icon=":material/check_circle:")
+    try:
+        scan = _ui.library(ws)
+    except MashupError:  # no sources, an unreadable base: the Library page says why
+        scan = None
+    with st.form("launch"):
+        base = st.text_input("Base model", value=config.base_model,
+                             help="a folder or a Hub id; the library's checkpoints must fit it")
+        sources = st.multiselect("Library sources", config.sources, default=config.sources,
+                                 format_func=lambda s: views.short_path(s, ws),
+                                 help="the checkpoints scored and merged (from mashup.toml; add "
+                                 "more on the Library page)")
+        merge_col, train_col = st.columns(2)
+        with merge_col:
+            st.markdown("**Merge**")
+            scorer = st.selectbox("Rank checkpoints by", ["acc", "nll"],
+                                  format_func={"acc": "accuracy (reference code)",
+                                               "nll": "answer loss (paper text)"}.get)
+            k = st.number_input("k (checkpoints to merge)", 1, 32, int(selection.get("k", 2)))
+            methods = list(MERGE_METHODS)
+            method = st.selectbox("Merge method", methods,
+                                  index=methods.index(views.default_merge_method(scan)),
+                                  format_func=lambda m: f"{m} — {MERGE_METHODS[m].summary}",
+                                  help="a library whose adapters differ in target modules or "
+                                  "rank starts on 'cat', which merges any of them exactly")
+            strategy = st.selectbox("Weights", list(WEIGHT_STRATEGIES),
+                                    format_func=lambda w: f"{w} — {WEIGHT_STRATEGIES[w].summary}")
+            budget = st.number_input("Weight-search budget (evaluations, CMA-ES / LoraHub)", 2, 500, 20)
+        with train_col:
+            st.markdown("**Finetune** (both runs)")
+            steps = st.number_input("Steps", 1, 100_000, 100, step=10)
+            lr = st.number_input("Learning rate", 1e-7, 1.0, config.learning_rate(finetune),
+                                 format="%.1e", step=1e-5, key=f"lr-{finetune}",
+                                 help="default: the workspace's for this finetune mode")
+            batch = st.number_input("Batch size", 1, 1024, 32)
+            eval_every = st.number_input("Evaluate every (steps)", 1, 10_000, 10)
+            seed = st.number_input("Seed", 0, 2**31 - 1, 0)
+            train_limit = st.number_input("Train examples (0 = all)", 0, 10_000_000, 0,
+                                          help="a sample of the train split, for a quick run")
+            eval_limit = st.number_input("Validation examples per evaluation (0 = all)", 0,
+                                         100_000, 0, help="fewer makes the live curve quicker on a CPU")
+            devices = list(dict.fromkeys([config.defaults.device, "auto", "cpu", "cuda"]))
+            device = st.selectbox("Device", devices,
+                                  help="auto = CUDA when present, else CPU; one job trains per "
+                                  "device at a time, the rest queue")
+        submitted = st.form_submit_button("Launch mashup + scratch", type="primary",
+                                          icon=":material/rocket_launch:")
+
+    if submitted:
+        with _ui.writing():
+            pair = views.launch_pair_for(
+                ws, target_spec, base=None if base.strip() == config.base_model else base,
+                sources=sources, finetune=finetune, lr=float(lr), steps=int(steps),
+                batch_size=int(batch), seed=int(seed), device=device, name=target_label,
+                scorer=scorer, n=n, k=int(k), merge_method=method, weight_strategy=strategy,
+                weight_budget=int(budget), eval_every=int(eval_every),
+                eval_limit=int(eval_limit), train_limit=int(train_limit),
+                checkpoint_every=max(int(eval_every), 20),
+            )
+            st.session_state["watch"] = pair.group
+            note = " (an identical finished baseline is reused)" if pair.reused_baseline else ""
+            st.success(f"Launched pair {pair.group}: mashup {pair.mashup_id}, "
+                       f"scratch {pair.baseline_id}{note}.", icon=":material/check_circle:")
 
 
 @st.fragment(run_every=2)
@@ -75,7 +125,7 @@ def monitor(root: str) -> None:
     ws = Workspace.resolve(root)
     rows = list_runs(ws)
     if not rows:
-        st.info("No runs yet: launch one above.", icon=":material/info:")
+        st.info("No runs yet" + (": launch one above." if writable else "."), icon=":material/info:")
         return
     groups = list(dict.fromkeys(r["group_id"] for r in rows if r["group_id"]))
     watch = st.session_state.get("watch")
@@ -98,14 +148,15 @@ def monitor(root: str) -> None:
         left.progress(progress.fraction, text=f"**{progress.kind}** {progress.id}: {progress.state}, "
                       f"step {progress.step}/{progress.steps}{acc}")
         if progress.active:
-            if right.button("Cancel", key=f"cancel-{record.id}", icon=":material/stop:"):
-                with _ui.shown_errors():
+            if writable and right.button("Cancel", key=f"cancel-{record.id}", icon=":material/stop:"):
+                with _ui.writing():
                     cancel(ws, record.id)
                     st.rerun()
         elif progress.problem:
             st.error(progress.problem, icon=":material/error:")
-            if right.button("Resume", key=f"resume-{record.id}", icon=":material/play_arrow:"):
-                with _ui.shown_errors():
+            if writable and right.button("Resume", key=f"resume-{record.id}",
+                                         icon=":material/play_arrow:"):
+                with _ui.writing():
                     resume(ws, record.id)
                     st.rerun()
     curves = views.curves_frame(records)

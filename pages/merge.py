@@ -8,10 +8,11 @@ from mashup_core import views
 from mashup_core.study.job import launch_study, study_job
 from pages import _ui
 
-ws = _ui.require_world(__file__)
-_ui.page_header("Merge methods", "A leave-one-out study: each demo task in turn is the target, "
-                "the other tasks' adapters are the library; every (method, k) merge is evaluated "
-                "on it. Cells are ranked per target, then the ranks averaged.")
+ws, config = _ui.open_workspace(__file__)
+_ui.page_header("Merge methods", "A leave-one-out study: each of the workspace's targets in turn "
+                "is the target, and the library's adapters trained on it are left out; every "
+                "(method, k) merge is evaluated on it. Cells are ranked per target, then the ranks "
+                "averaged.")
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
@@ -22,11 +23,14 @@ def load_study(path: str, stamp: tuple):
 
 
 def study_form(studies: list) -> None:
-    """Run a new study, or extend the selected one, as a background job."""
+    """Run a new study, or extend the selected one, as a background job (for those who may
+    change the workspace, over the workspace's targets)."""
     from mashup_core.merging.lora import MERGE_METHODS
     from mashup_core.study.spec import StudySpec
 
-    tasks = (ws.manifest() or {}).get("tasks", [])
+    tasks = config.target_names()
+    if not tasks or not _ui.can_write():
+        return
     with st.form("new_study"):
         st.markdown("**Run or extend a study** (in the background; finished cells are kept)")
         c1, c2, c3 = st.columns([3, 3, 2])
@@ -40,9 +44,11 @@ def study_form(studies: list) -> None:
         train = c6.toggle("Also finetune from each merge (slow)", value=False)
         extend = st.toggle("Extend the selected study", value=bool(studies), disabled=not studies)
         if st.form_submit_button("Run in the background", icon=":material/play_arrow:"):
-            with _ui.shown_errors():
+            with _ui.writing():
+                # the workspace's LoRA lr, written into the study's spec when it opens
                 spec = StudySpec(tasks=tuple(chosen_tasks), methods=tuple(methods), ks=tuple(ks),
-                                 n=int(n), eval_limit=int(eval_limit), train=train)
+                                 n=int(n), eval_limit=int(eval_limit), train=train,
+                                 train_lr=config.learning_rate("lora"))
                 spec.validate()
                 study_id = st.session_state.get("study_id") if extend and studies else None
                 study_dir = launch_study(ws, spec, study_id)
@@ -66,9 +72,15 @@ def job_status(study_dir) -> None:
 
 studies = views.list_studies(ws)
 if not studies:
-    st.info("No study in this workspace yet. Start one below (the demo's 8 targets × 3 methods × "
-            "3 values of k take a few minutes on a CPU), or from a terminal with `mashup study`.",
-            icon=":material/info:")
+    if not config.targets:
+        st.info("No study in this workspace, and no targets to run one over: add targets on "
+                "the Target page.", icon=":material/info:")
+    else:
+        st.info("No study in this workspace yet. "
+                + ("Start one below (the demo's 8 targets × 3 methods × 3 values of k take a few "
+                   "minutes on a CPU), or from a terminal with `mashup study`."
+                   if _ui.can_write() else "Run one from a terminal with `mashup study`."),
+                icon=":material/info:")
     study_form(studies)
     st.stop()
 

@@ -1,12 +1,17 @@
-"""Overview: Mashup Learning in one screen, the open workspace, and where to go next."""
+"""Overview: Mashup Learning in one screen, the open study, and where to go next."""
 
 import streamlit as st
 
 from mashup_core import views
+from mashup_core.errors import MashupError
 from pages import _ui
 
-ws = _ui.require_world(__file__)
-summary = views.workspace_summary(ws)
+ws, config = _ui.open_workspace(__file__)
+try:
+    checkpoints = len(_ui.library(ws).checkpoints)
+except MashupError:  # no sources yet, an unreadable base: the Library page says why
+    checkpoints = 0
+summary = views.workspace_summary(ws, config, checkpoints)
 
 _ui.page_header(
     "Mashup Explorer",
@@ -20,18 +25,23 @@ st.caption("Read left to right: the library is scored on the target, the top-k a
            "the merge is finetuned next to a from-scratch baseline. Hover a box for details.")
 
 cols = st.columns(4)
-cols[0].metric("Checkpoints", summary.checkpoints, help="LoRA adapters in the demo library")
-cols[1].metric("Demo targets", summary.targets, help="synthetic tasks of the demo world")
+cols[0].metric("Checkpoints", summary.checkpoints,
+               help=f"usable checkpoints in the library's {summary.sources} source(s)")
+cols[1].metric("Targets", summary.targets, help="targets configured in this workspace")
 cols[2].metric("Runs", summary.runs, help="finetuning runs in this workspace")
 cols[3].metric("Studies", summary.studies, help="leave-one-out merge-method studies")
-st.caption(f"Workspace `{summary.root}` · {summary.profile} demo world")
+world = f" · {summary.profile} demo world" if summary.profile else ""
+st.caption(f"Workspace `{summary.root}` · base model `{summary.base}`{world}")
+if not summary.checkpoints:
+    st.warning("No usable checkpoint in the library yet: add a source on the Library page.",
+               icon=":material/warning:")
 
 st.subheader("Walk through it")
 steps = [
     ("pages/library.py", "Library", ":material/inventory_2:",
-     "the checkpoints, validated, and how they transfer"),
+     "the checkpoints, validated, and where they come from"),
     ("pages/target.py", "Target", ":material/target:",
-     "pick a demo task, a benchmark or your own file"),
+     "the workspace's targets, a benchmark or your own file"),
     ("pages/relevance.py", "Relevance", ":material/leaderboard:",
      "which checkpoints fit the target"),
     ("pages/merge.py", "Merge methods", ":material/merge:",

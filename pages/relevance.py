@@ -7,36 +7,34 @@ from mashup_core.selection.scoring import explain_choice, sweep_from_table
 from mashup_core.workspace import Workspace
 from pages import _ui
 
-ws = _ui.require_world(__file__)
-chosen = _ui.target(ws)
+ws, config = _ui.open_workspace(__file__)
+chosen = _ui.require_target(ws, config)
 _ui.page_header("Relevance", f"Every checkpoint scored on **{chosen.n}** train examples of "
-                f"**{chosen.label}**. The best *k* are the ones Mashup Learning merges.")
+                f"**{chosen.label}** with the base model `{views.short_path(config.base_model, ws)}`. "
+                "The best *k* are the ones Mashup Learning merges.")
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def score(root: str, spec: dict, n: int, extra: tuple[str, ...], stamp: tuple):
+def score(root: str, spec: dict, n: int, stamp: tuple):
     """The score table (`scoring` also caches it on disk, so a restart does not rescore)."""
-    from mashup_core.selection.scoring import score_library_cached
-
-    ws = Workspace.resolve(root)
-    examples = _ui.target_examples(ws, _ui.Target(spec, n, ""))
-    return score_library_cached(ws, _ui.library(ws, extra).checkpoints, examples, n=n,
-                                target=spec["name_or_path"], progress=False)
+    return views.relevance_table(Workspace.resolve(root), spec, n)
 
 
 with _ui.shown_errors():
     with st.spinner(f"Scoring {len(_ui.library(ws))} checkpoints on {chosen.n} examples…"):
-        table = score(str(ws.root), chosen.spec, chosen.n, _ui.extra_sources(),
-                      views.fingerprint(ws.library_dir, ws.base_dir))
+        table = score(str(ws.root), chosen.spec, chosen.n,
+                      (views.library_stamp(ws), views.target_stamp(chosen.spec, ws)))
 
     left, right = st.columns([1, 2])
     k = left.number_input("k (checkpoints to merge)", min_value=1, value=2, step=1, key="k",
                           help="the paper merges the top 2")
+    # A demo task's own adapters are in the library; a new task would have none, so the
+    # reference leaves them out. Other targets have no adapters of their own to leave out.
     own = chosen.spec["kind"] == "demo"
-    exclude = right.toggle(f"Leave out checkpoints trained on {chosen.spec['name_or_path']}",
-                           value=own, disabled=not own,
-                           help="the reference leaves out the target's own adapters: they would "
-                           "not exist for a new task") and own
+    exclude = own and right.toggle(
+        f"Leave out checkpoints trained on {chosen.spec['name_or_path']}", value=True,
+        help="the reference leaves out the target's own adapters: they would not exist for a "
+        "new task")
     exclude_task = chosen.spec["name_or_path"] if exclude else None
     st.session_state["selection"] = {"k": int(k), "exclude_task": exclude_task}
 

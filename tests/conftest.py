@@ -10,6 +10,9 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# A shell that shares a dashboard may carry these; the core would then refuse every test's writes.
+os.environ.pop("MASHUP_TOKEN", None)
+os.environ.pop("MASHUP_READ_ONLY", None)
 # Tests start background jobs and a Streamlit server beside the pytest process. With two
 # OpenMP threads each on a 2-core machine they spin against each other (small ops ran ~100x
 # slower when measured), so this process and every child it starts use one thread.

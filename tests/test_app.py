@@ -14,8 +14,11 @@ import numpy as np
 import plotly.graph_objects as go
 import plotly.io as pio
 import pytest
+from realistic import USER_MAPPING, user_rows  # tests/ is on sys.path (see conftest)
 
-from mashup_core import views
+from mashup_core import access, views
+from mashup_core.config import init_workspace, load_config
+from mashup_core.data.targets import FieldMapping
 from mashup_core.demo.story import world_story
 from mashup_core.study.job import study_job
 from mashup_core.workspace import Workspace, write_json_atomic
@@ -124,7 +127,7 @@ def test_overview_shows_the_method_counts_and_links(shared):
     assert at.text_input(key="workspace").value == str(shared.root)
     chosen = world_story(shared).default_target  # the world's clearest measured story
     assert any(c.value == f"**Target:** {chosen} (demo task) · n = 64" for c in at.sidebar.caption)
-    assert [m.label for m in at.metric] == ["Checkpoints", "Demo targets", "Runs", "Studies"]
+    assert [m.label for m in at.metric] == ["Checkpoints", "Targets", "Runs", "Studies"]
     assert at.metric[0].value == "16" and at.metric[1].value == "8"
     assert len(at.get("page_link")) == 6
     (diagram,) = figures(at)
@@ -143,9 +146,9 @@ def test_library_lists_checkpoints_and_the_transfer_heatmap(shared):
     assert list(heatmap.data[0].y) == [*shared.manifest()["tasks"], "base model"]
 
 
-def test_library_rejects_a_broken_folder_with_its_reason(shared, tmp_path):
+def test_library_rejects_a_broken_folder_with_its_reason(private, tmp_path):
     broken = tmp_path / "extra" / "broken"
-    shutil.copytree(shared.library_dir / "sort", broken)
+    shutil.copytree(private.library_dir / "sort", broken)
     weights = broken / "adapter_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
     at = render("library")
@@ -167,7 +170,7 @@ def test_missing_workspace_says_how_to_build_it(tmp_path, monkeypatch):
     monkeypatch.setenv("MASHUP_WORKSPACE", str(tmp_path / "empty"))
     for page in (None, "relevance"):
         at = render(page)
-        assert at.title[0].value == "No demo world here yet"
+        assert at.title[0].value == "Set up this workspace"
         assert "mashup demo build" in texts(at.code)
         assert by_label(at.button, "Build the demo world")
 
@@ -177,7 +180,7 @@ def test_switching_the_workspace_in_the_sidebar(shared, tmp_path):
     assert at.title[0].value == "Mashup Explorer"
     at.text_input(key="workspace").set_value(str(tmp_path / "elsewhere")).run()
     check(at)
-    assert at.title[0].value == "No demo world here yet"
+    assert at.title[0].value == "Set up this workspace"
     assert str(tmp_path / "elsewhere") in texts(at.markdown)
 
 
@@ -192,7 +195,7 @@ def test_half_built_workspace_names_the_problem(tiny_world, tmp_path, monkeypatc
 
 
 def upload_page(at: AppTest, name: str, data: bytes, mime: str = "text/plain") -> AppTest:
-    at.segmented_control[0].set_value("Upload a file").run()
+    at.segmented_control[0].set_value("File").run()
     at.file_uploader[0].set_value((name, data, mime)).run()
     check(at)
     return at
@@ -200,6 +203,7 @@ def upload_page(at: AppTest, name: str, data: bytes, mime: str = "text/plain") -
 
 def test_target_demo_task_sets_the_target_for_other_pages(shared):
     at = render("target")
+    at.segmented_control[0].set_value("Demo task").run()
     by_label(at.selectbox, "Demo task").set_value("sort").run()
     by_label(at.number_input, "Scoring examples n").set_value(16).run()
     check(at)
@@ -216,7 +220,7 @@ def test_target_upload_with_a_field_mapping(private):
     stored = list(private.uploads_dir.iterdir())
     assert [p.name for p in stored] == ["my_data.csv"]
     preview = at.dataframe[0].value
-    assert list(preview["answer"]) == ["two", "a"]
+    assert [a.strip() for a in preview["answer"]] == ["two", "a"]  # choices may carry lm-eval's space
     assert chosen_target(at).label == "my_data.csv (file)"
 
     by_label(at.multiselect, "Choices").set_value([]).run()
@@ -405,3 +409,298 @@ def test_study_button_runs_a_study_in_the_background(private):
     at.run()
     check(at)
     assert list(figures(at)[0].data[0].x) == ["k=1"]
+
+
+# --- a user's workspace: their base model, adapters and data file, no demo world ---------------
+
+USER_ADAPTERS = {"qv-r4", "all-r8", "all-r16-rslora", "alpha-pattern"}
+
+
+@pytest.fixture
+def user_ws(user_world, tmp_path, monkeypatch) -> Workspace:
+    """`mashup init` on tests/realistic.py's world: a Llama base with a BPE tokenizer, its four
+    PEFT adapters, and data/user.jsonl read through USER_MAPPING. Nothing of the demo here."""
+    ws = Workspace(tmp_path / "user-ws")
+    init_workspace(ws, str(user_world["base"]), [str(user_world["adapters_dir"])],
+                   [{"kind": "file", "name_or_path": str(user_world["jsonl"]), "mapping": USER_MAPPING}])
+    monkeypatch.setenv("MASHUP_WORKSPACE", str(ws.root))
+    return ws
+
+
+def button_labels(at: AppTest) -> list[str]:
+    return [b.label for b in at.button]  # form submit buttons included
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_user_workspace_every_page_renders(user_ws, page):
+    at = render(page)
+    assert at.title and at.title[0].value != "Set up this workspace"
+    assert not at.error, texts(at.error)
+    assert not user_ws.manifest_path.exists(), "no demo world was made on the way"
+
+
+def test_user_library_lists_its_adapters_with_provenance(user_ws, user_world):
+    at = render("library")
+    frame = at.dataframe[0].value
+    assert set(frame["name"]) == USER_ADAPTERS
+    assert frame["status"].str.startswith("ok").all(), list(frame["status"])
+    assert set(frame["source"]) == {str(user_world["adapters_dir"])}
+    assert set(frame["trained on"]) == {str(user_world["base"])}
+    assert set(frame["rank"]) == {4, 8, 16}
+    assert not figures(at), "the transfer heatmap is the demo world's; there is none here"
+
+
+def test_a_source_added_on_the_library_page_survives_a_reload(user_ws, user_world, tmp_path):
+    more = tmp_path / "more"
+    shutil.copytree(user_world["adapters"]["qv-r4"], more / "qv-r4-copy")
+    at = render("library")
+    by_label(at.text_input, "Folder or Hub id").set_value(str(more))
+    by_label(at.button, "Validate and add").click().run()
+    check(at)
+    assert load_config(user_ws).sources == [str(user_world["adapters_dir"]), str(more)]
+
+    reloaded = render("library")  # a new session: only what is on disk is left
+    assert set(reloaded.dataframe[0].value["name"]) == USER_ADAPTERS | {"qv-r4-copy"}
+    reloaded.button(key="remove-source-1").click().run()
+    check(reloaded)
+    assert load_config(user_ws).sources == [str(user_world["adapters_dir"])]
+    assert set(reloaded.dataframe[0].value["name"]) == USER_ADAPTERS
+
+
+def test_user_target_shows_the_file_through_its_mapping(user_ws):
+    at = render("target")
+    assert at.segmented_control[0].value == "Workspace targets"
+    configured = at.dataframe[0].value
+    assert list(configured["target"]) == ["user"] and "option_a" in configured["field mapping"][0]
+    preview = at.dataframe[1].value
+    train = [r for i, r in enumerate(user_rows()) if i % 5 != 4]  # one file: every 5th is held out
+    assert list(preview["prompt"]) == [f"Question: {r['question']}\nAnswer:" for r in train[:8]]
+    assert [a.strip() for a in preview["answer"]] == [r[f"option_{r['answer'].lower()}"] for r in train[:8]]
+    assert chosen_target(at).label == "user.jsonl (file)"
+    assert f"{len(train)} train examples" in texts(at.caption)
+
+
+def test_target_page_adds_a_benchmark_with_local_data_and_a_file(user_ws, user_world, tmp_path):
+    rows = [json.loads(line)["row"] for line in
+            (Path(__file__).parent / "data" / "benchmark_rows.jsonl").read_text().splitlines()
+            if json.loads(line)["benchmark"] == "arc_easy"]
+    local = tmp_path / "arc" / "train.jsonl"  # the Hub's layout: <split>.jsonl in the Hub schema
+    local.parent.mkdir()
+    local.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    at = render("target")
+    at.segmented_control[0].set_value("Benchmark").run()
+    by_label(at.selectbox, "Benchmark").set_value("arc_easy").run()
+    by_label(at.text_input, "Local data").set_value(str(local.parent)).run()
+    by_label(at.button, "Load the train split").click().run()
+    check(at)
+    assert list(at.dataframe[1].value["prompt"]) == [f"Question: {r['question']}\nAnswer:" for r in rows]
+    by_label(at.button, "Add to the workspace's targets").click().run()
+    check(at)
+    assert load_config(user_ws).targets[-1] == {"kind": "benchmark", "name_or_path": "arc_easy",
+                                                "data": str(local.parent)}
+
+    # the same rows as a CSV: its name ("user") is taken by the JSONL target, so it is refused
+    # with the reason, and the JSONL target stays; under another name it is added
+    at.segmented_control[0].set_value("File").run()
+
+    def add_file(path) -> None:
+        by_label(at.text_input, "or a file or folder").set_value(str(path)).run()
+        by_label(at.text_input, "Prompt template").set_value("Question: {question}\\nAnswer:").run()
+        check(at)
+        assert chosen_target(at).label == f"{Path(path).name} (file)"
+        by_label(at.button, "Add to the workspace's targets").click().run()
+        check(at)
+
+    add_file(user_world["csv"])
+    assert "a target named 'user' already" in texts(at.error)
+    add_file(shutil.copy(user_world["csv"], tmp_path / "user-2.csv"))
+    assert not at.error
+    targets = load_config(user_ws).targets
+    assert [t["name_or_path"] for t in targets] == [str(user_world["jsonl"]), "arc_easy",
+                                                    str(tmp_path / "user-2.csv")]
+    assert FieldMapping.from_dict(targets[-1]["mapping"]) == FieldMapping(**USER_MAPPING)
+
+
+def test_user_launch_shows_the_study_and_runs_a_tiny_pair(user_ws, user_world):
+    from mashup_core.jobs.runner import wait
+    from mashup_core.jobs.store import list_runs
+
+    at = render("launch")
+    assert by_label(at.text_input, "Base model").value == str(user_world["base"])
+    assert by_label(at.multiselect, "Library sources").value == [str(user_world["adapters_dir"])]
+    assert by_label(at.selectbox, "Target").value == "user.jsonl (file)"
+    assert "Question: {question}" in texts(at.caption), "the target's field mapping is shown"
+    finetune = by_label(at.radio, "Finetune")
+    assert finetune.value == "lora"
+    assert by_label(at.number_input, "Learning rate").value == pytest.approx(2.7e-4)
+    finetune.set_value("full").run()
+    assert by_label(at.number_input, "Learning rate").value == pytest.approx(2.7e-5)
+    by_label(at.radio, "Finetune").set_value("lora").run()
+
+    for label, value in (("Steps", 4), ("Batch size", 4), ("Evaluate every", 2),
+                         ("Train examples", 16), ("Validation examples per evaluation", 8)):
+        by_label(at.number_input, label).set_value(value)
+    # the adapters differ in target modules and rank: the page starts on a merge that takes any
+    # two of them ('linear' adds factors entry by entry and would refuse most pairs)
+    assert by_label(at.selectbox, "Merge method").value == "cat"
+    by_label(at.button, "Launch").click().run()
+    check(at)
+    assert "Launched pair" in texts(at.success)
+    records = {r["kind"]: wait(user_ws, r["id"], timeout=300) for r in list_runs(user_ws)}
+    assert set(records) == {"mashup", "scratch"}
+    for record in records.values():
+        assert record.state == "done", (record.status, (record.dir / "log.txt").read_text()[-2000:])
+        assert [e["step"] for e in record.evals] == [0, 2, 4]
+    spec = records["mashup"].spec
+    assert spec.base_model == str(user_world["base"])
+    assert spec.library == [str(user_world["adapters_dir"])]
+    assert (spec.finetune, spec.train.lr, spec.train_limit) == ("lora", pytest.approx(2.7e-4), 16)
+    assert FieldMapping.from_dict(spec.target["mapping"]) == FieldMapping(**USER_MAPPING)
+    assert set(records["mashup"].selection["selected"]) <= USER_ADAPTERS
+
+    at.switch_page("pages/convergence.py").run()
+    check(at)
+    lines = {trace.name.split(" · ")[0]: trace for trace in figures(at)[0].data}
+    assert values(lines["mashup"].x) == [0, 2, 4] and values(lines["scratch"].x) == [0, 2, 4]
+    assert len(at.dataframe[0].value) == 1, "the pair's parity row"
+
+
+def test_user_merge_page_shows_a_study_over_its_own_targets(user_ws):
+    from mashup_core.study.grid import run_study
+    from mashup_core.study.spec import StudySpec
+
+    run_study(user_ws, StudySpec(tasks=("user",), methods=("cat",), ks=(1, 2), n=8, eval_limit=8),
+              "user-study", progress=False)
+    at = render("merge")
+    heatmap, cell = figures(at)
+    assert list(heatmap.data[0].x) == ["k=1", "k=2"] and list(heatmap.data[0].y) == ["cat"]
+    assert list(cell.data[1].x) == ["user"]
+    assert by_label(at.multiselect, "Targets").value == ["user"], "a new study: its own targets"
+
+
+def test_first_screen_sets_up_a_workspace(user_world, tmp_path, monkeypatch):
+    root = tmp_path / "new"
+    monkeypatch.setenv("MASHUP_WORKSPACE", str(root))
+    at = render()
+    assert at.title[0].value == "Set up this workspace"
+    by_label(at.text_input, "Base model").set_value(str(tmp_path / "no-such-model"))
+    by_label(at.text_area, "Checkpoint sources").set_value(str(user_world["adapters_dir"]))
+    by_label(at.button, "Create the workspace").click().run()
+    check(at)
+    assert "no such folder" in texts(at.error) and not (root / "mashup.toml").exists()
+
+    by_label(at.text_input, "Base model").set_value(str(user_world["base"]))
+    by_label(at.text_input, "Your data").set_value(str(user_world["csv"])).run()
+    check(at)  # the CSV's columns are guessed: four option columns, a letter answer
+    assert by_label(at.multiselect, "Choices").value == ["option_a", "option_b", "option_c", "option_d"]
+    assert (by_label(at.selectbox, "Gold label").value, by_label(at.selectbox, "Gold format").value) \
+        == ("answer", "letter")
+    by_label(at.text_input, "Prompt template").set_value("Question: {question}\\nAnswer:")
+    by_label(at.button, "Create the workspace").click().run()
+    check(at)
+    config = load_config(Workspace(root))
+    assert config.base_model == str(user_world["base"])
+    assert config.sources == [str(user_world["adapters_dir"])]
+    (target,) = config.targets
+    assert target["name_or_path"] == str(user_world["csv"])
+    assert FieldMapping.from_dict(target["mapping"]) == FieldMapping(**USER_MAPPING)
+    assert at.title[0].value == "Mashup Explorer", "the study opens right away"
+
+
+# --- shared safely: read-only and token ---------------------------------------------------------
+
+WRITE_BUTTONS = ("Launch", "Cancel", "Resume", "Remove", "Validate and add", "Add to",
+                 "Build", "Run in the background", "Create the workspace")
+
+
+def _no_write_widgets(at: AppTest, where: str) -> None:
+    check(at)
+    assert not [b for b in button_labels(at) if b.startswith(WRITE_BUTTONS)], (where, button_labels(at))
+    # no path to type: neither the workspace nor a source, a data file or local data
+    assert not at.text_input and not at.text_area, (where, [w.label for w in at.text_input])
+    assert not at.get("file_uploader"), where
+
+
+def test_read_only_shows_no_write_widget_and_the_core_refuses(private, tmp_path, monkeypatch):
+    from mashup_core.config import add_source, resolve_config
+    from mashup_core.jobs.runner import cancel, launch_pair
+    from mashup_core.jobs.spec import RunSpec
+    from mashup_core.jobs.store import create_run, list_runs
+    from mashup_core.jobs.workspace_spec import workspace_run_spec
+    from mashup_core.training.loop import TrainConfig
+
+    queued = create_run(private, RunSpec(target="min", train=TrainConfig(steps=2)))  # a Cancel button
+    failed = create_run(private, RunSpec(target="sort", train=TrainConfig(steps=2)))  # a Resume one
+    write_json_atomic(private.runs_dir / failed / "status.json",
+                      {"state": "failed", "pid": None, "created": 2.0, "error": "boom"})
+    monkeypatch.setenv("MASHUP_READ_ONLY", "1")
+
+    at = render()  # AppTest keeps the sidebar only for the first page it runs
+    assert "Read-only" in texts(at.sidebar.caption)
+    _no_write_widgets(at, "overview")
+    for page in PAGES[1:]:
+        at.switch_page(f"pages/{page}.py").run()
+        _no_write_widgets(at, page)
+        if page == "target":
+            for source in ("Benchmark", "File"):
+                at.segmented_control[0].set_value(source).run()
+                _no_write_widgets(at, f"target: {source}")
+        if page == "launch":
+            assert "Launching is disabled" in texts(at.info)
+            assert "queued, step 0/2" in progress_texts(at), "the runs are still shown"
+
+    spec = workspace_run_spec(resolve_config(private), {"kind": "demo", "name_or_path": "min"},
+                              kind="mashup", steps=2)
+    message = ("this dashboard is read-only: launching a run is disabled "
+               "(started with --read-only)")
+    with pytest.raises(access.ReadOnlyError) as refused:
+        launch_pair(private, spec)
+    assert str(refused.value) == message
+    with pytest.raises(access.ReadOnlyError, match="cancelling a run is disabled"):
+        cancel(private, queued)
+    with pytest.raises(access.ReadOnlyError, match="changing the workspace config"):
+        add_source(private, str(tmp_path))
+    assert len(list_runs(private)) == 2 and str(tmp_path) not in load_config(private).sources
+
+    monkeypatch.setenv("MASHUP_WORKSPACE", str(tmp_path / "empty"))  # nothing to set up from here
+    at = render()
+    assert at.title[0].value == "Set up this workspace"
+    _no_write_widgets(at, "first screen")
+
+
+def test_a_token_unlocks_write_actions(private, tmp_path, monkeypatch):
+    """AppTest runs app.py (the sidebar) only on its first run; later runs run the page alone
+    (Streamlit 1.67, with st.navigation). So the sidebar is checked on first runs, and what
+    the token field did is read from the session and the page."""
+    from mashup_core.config import add_source
+
+    token = "correct-horse-battery"
+    monkeypatch.setenv("MASHUP_TOKEN", token)
+    at = render()
+    assert not [w for w in at.text_input if w.key == "workspace"], "locked: the workspace is fixed"
+    assert "enter the access token" in texts(at.sidebar.caption)
+    with pytest.raises(access.TokenRequiredError, match="needs it"):
+        add_source(private, str(tmp_path))  # the core refuses a call without the token
+
+    at.text_input(key="access_token_input").set_value("a-wrong-guess").run()
+    check(at)
+    assert "access_token" not in at.session_state
+    at.switch_page("pages/launch.py").run()
+    assert "Launch mashup + scratch" not in button_labels(at) and "locked" in texts(at.info)
+
+    at = render()
+    at.text_input(key="access_token_input").set_value(token).run()
+    check(at)
+    assert at.session_state["access_token"] == token
+    at.switch_page("pages/launch.py").run()
+    check(at)
+    assert "Launch mashup + scratch" in button_labels(at)
+
+    unlocked = AppTest.from_file(str(APP), default_timeout=120)
+    unlocked.session_state["access_token"] = token
+    unlocked.run()
+    assert [w for w in unlocked.text_input if w.key == "workspace"], "unlocked: the input is back"
+    with access.granted(token):  # what the page does around a write action
+        add_source(private, str(tmp_path))
+    assert str(tmp_path) in load_config(private).sources

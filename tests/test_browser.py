@@ -10,9 +10,12 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from realistic import USER_MAPPING, user_rows  # tests/ is on sys.path (see conftest)
 
 try:
     from playwright.sync_api import expect, sync_playwright
@@ -41,9 +44,9 @@ def _need(what: str, ok: bool) -> None:
         pytest.skip(f"{what} is missing")
 
 
-@pytest.fixture
-def server(world_copy, tmp_path):
-    """A Streamlit server on a free loopback port; always terminated."""
+@contextmanager
+def _serve(root: Path, tmp_path: Path) -> Iterator[str]:
+    """A Streamlit server on `root` at a free loopback port; always terminated."""
     _need("Playwright", sync_playwright is not None)
     _need(f"Chromium at {CHROMIUM}", CHROMIUM.exists())
     with socket.socket() as s:
@@ -54,7 +57,7 @@ def server(world_copy, tmp_path):
         [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
          "--server.address", "127.0.0.1", "--server.port", str(port)],
         cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-        env={**os.environ, "MASHUP_WORKSPACE": str(world_copy.root)},
+        env={**os.environ, "MASHUP_WORKSPACE": str(root)},
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -68,7 +71,7 @@ def server(world_copy, tmp_path):
             assert proc.poll() is None, (tmp_path / "server.log").read_text()
             assert time.monotonic() < deadline, "the server did not become healthy in 90 s"
             time.sleep(0.5)
-        yield url, world_copy
+        yield url
     finally:
         proc.terminate()
         try:
@@ -77,6 +80,48 @@ def server(world_copy, tmp_path):
             proc.kill()
             proc.wait()
         log.close()
+
+
+@pytest.fixture
+def server(world_copy, tmp_path):
+    """The app on a copy of the tiny demo world."""
+    with _serve(world_copy.root, tmp_path) as url:
+        yield url, world_copy
+
+
+@pytest.fixture
+def user_server(user_world, tmp_path):
+    """The app on a user's workspace made by `mashup init`: tests/realistic.py's Llama base
+    with a BPE tokenizer, its four PEFT adapters and data/user.jsonl through its field
+    mapping. No demo world anywhere in it."""
+    from mashup_core.config import init_workspace
+    from mashup_core.workspace import Workspace
+
+    ws = Workspace(tmp_path / "user-ws")
+    init_workspace(ws, str(user_world["base"]), [str(user_world["adapters_dir"])],
+                   [{"kind": "file", "name_or_path": str(user_world["jsonl"]),
+                     "mapping": USER_MAPPING}])
+    with _serve(ws.root, tmp_path) as url:
+        yield url, ws, user_world
+
+
+@contextmanager
+def _browser() -> Iterator:
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        try:
+            yield browser.new_page(viewport={"width": 1400, "height": 2000})
+        finally:
+            browser.close()
+
+
+def grid_rows(page, index: int = 0) -> list[list[str]]:
+    """The cells of the index-th st.dataframe, as the grid's accessible table has them."""
+    table = page.get_by_test_id("stDataFrame").nth(index).locator("table")
+    # the grid draws on a canvas and keeps this table (visually hidden) for screen readers
+    table.locator("tbody tr td").first.wait_for(state="attached", timeout=30_000)
+    return [row.locator("td").all_text_contents() for row in table.locator("tbody tr").all()]
 
 
 def settle(page, timeout: float = 180_000) -> None:
@@ -101,36 +146,70 @@ def test_walk_every_page_launch_and_watch_the_curve(server):
 
     url, ws = server
     SHOTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 2000})
-            page.goto(url)
-            page.get_by_role("heading", name="Mashup Explorer", level=1).wait_for(timeout=120_000)
-            settle(page)
-            for name in PAGES:
-                open_page(page, name)
-                page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+    with _browser() as page:
+        page.goto(url)
+        page.get_by_role("heading", name="Mashup Explorer", level=1).wait_for(timeout=120_000)
+        settle(page)
+        for name in PAGES:
+            open_page(page, name)
+            page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
-            # a tiny pair: 10 steps, evaluated every 5, watched live on the Launch page
-            open_page(page, "launch")
-            for label, value in (("Steps", "10"), ("Batch size", "8"), ("Evaluate every (steps)", "5"),
-                                 ("Validation examples per evaluation (0 = all)", "16")):
-                page.get_by_role("spinbutton", name=label, exact=True).fill(value)
-            page.get_by_role("button", name="Launch mashup + scratch").click()
-            page.get_by_text("Launched pair").wait_for(timeout=60_000)
-            for run in list_runs(ws):
-                record = wait(ws, run["id"], timeout=400)
-                assert record.state == "done", (record.dir / "log.txt").read_text()[-2000:]
-            expect(page.get_by_text("done, step 10/10")).to_have_count(2, timeout=30_000)
-            page.get_by_test_id("stPlotlyChart").first.wait_for(timeout=30_000)
-            page.screenshot(path=str(SHOTS / "launch-done.png"), full_page=True)
+        # a tiny pair: 10 steps, evaluated every 5, watched live on the Launch page
+        open_page(page, "launch")
+        for label, value in (("Steps", "10"), ("Batch size", "8"), ("Evaluate every (steps)", "5"),
+                             ("Validation examples per evaluation (0 = all)", "16")):
+            page.get_by_role("spinbutton", name=label, exact=True).fill(value)
+        page.get_by_role("button", name="Launch mashup + scratch").click()
+        page.get_by_text("Launched pair").wait_for(timeout=60_000)
+        for run in list_runs(ws):
+            record = wait(ws, run["id"], timeout=400)
+            assert record.state == "done", (record.dir / "log.txt").read_text()[-2000:]
+        expect(page.get_by_text("done, step 10/10")).to_have_count(2, timeout=30_000)
+        page.get_by_test_id("stPlotlyChart").first.wait_for(timeout=30_000)
+        page.screenshot(path=str(SHOTS / "launch-done.png"), full_page=True)
 
-            open_page(page, "convergence")
-            page.get_by_role("heading", name="Training to parity").wait_for(timeout=60_000)
-            assert page.get_by_test_id("stPlotlyChart").count() >= 1
-            assert page.get_by_text("Training to parity").count() >= 1
-            page.screenshot(path=str(SHOTS / "convergence-done.png"), full_page=True)
-        finally:
-            browser.close()
+        open_page(page, "convergence")
+        page.get_by_role("heading", name="Training to parity").wait_for(timeout=60_000)
+        assert page.get_by_test_id("stPlotlyChart").count() >= 1
+        assert page.get_by_text("Training to parity").count() >= 1
+        page.screenshot(path=str(SHOTS / "convergence-done.png"), full_page=True)
+
+
+def test_a_user_workspace_without_a_demo_world(user_server):
+    """The pages read mashup.toml: the Library lists the user's four adapters with their
+    source, the Target page shows their file's rows through its field mapping."""
+    url, ws, user_world = user_server
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with _browser() as page:
+        page.goto(url)
+        page.get_by_role("heading", name="Mashup Explorer", level=1).wait_for(timeout=120_000)
+        settle(page)
+        assert page.get_by_test_id("stMetricValue").first.inner_text() == "4"
+        page.screenshot(path=str(SHOTS / "user-overview.png"), full_page=True)
+
+        open_page(page, "library")
+        rows = grid_rows(page)
+        assert sorted(r[0] for r in rows) == ["all-r16-rslora", "all-r8", "alpha-pattern", "qv-r4"]
+        assert all(r[2] == "ok" for r in rows), rows  # name, stage, status, ...
+        assert page.get_by_text("4 usable checkpoints").count() == 1
+        assert page.get_by_role("heading", name="Transfer: which adapter helps which task?").count() == 0
+        page.screenshot(path=str(SHOTS / "user-library.png"), full_page=True)
+
+        open_page(page, "target")
+        configured = grid_rows(page, 0)
+        assert configured[0][:2] == ["user", "file"] and "option_a" in configured[0][3]
+        preview = grid_rows(page, 1)
+        train = [r for i, r in enumerate(user_rows()) if i % 5 != 4]  # every 5th is held out
+        # the mapped prompt, "Question: {question}\nAnswer:" (the grid shows the newline as a space)
+        assert [" ".join(r[0].split()) for r in preview] == [f"Question: {r['question']} Answer:"
+                                                             for r in train[:8]]
+        assert [r[2].strip() for r in preview] == [r[f"option_{r['answer'].lower()}"] for r in train[:8]]
+        page.screenshot(path=str(SHOTS / "user-target.png"), full_page=True)
+
+        open_page(page, "relevance")
+        page.get_by_test_id("stPlotlyChart").first.wait_for(timeout=60_000)
+        page.screenshot(path=str(SHOTS / "user-relevance.png"), full_page=True)
+        open_page(page, "launch")
+        expect(page.get_by_role("textbox", name="Base model")).to_have_value(str(user_world["base"]))
+        assert page.get_by_role("button", name="Launch mashup + scratch").count() == 1
+        page.screenshot(path=str(SHOTS / "user-launch.png"), full_page=True)

@@ -7,7 +7,6 @@ import copy
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -216,9 +215,7 @@ def run_study(
 
     from mashup_core.config import resolve_config
 
-    config = resolve_config(ws)  # a workspace without a base says how to get one, before any work
-    if spec.train_lr is None:
-        spec = replace(spec, train_lr=config.learning_rate("lora"))
+    resolve_config(ws)  # a workspace without a base says how to get one, before any work
     for target in spec.tasks:  # every target and its evaluation split load, before any work
         load_study_split(ws, target, spec.eval_split, 1)
     library = study_library(ws)

@@ -154,6 +154,12 @@ def open_study(ws: Workspace, spec: StudySpec, study_id: str | None = None) -> P
     study_id = study_id or f"loo-{spec.identity()}"
     if not study_id or "/" in study_id or study_id.startswith("."):
         raise StudyError(f"study id {study_id!r}: use a plain folder name")
+    if spec.train_lr is None:  # fixed here, so a stored spec never differs from a resolved one
+        from dataclasses import replace
+
+        from mashup_core.config import resolve_config
+
+        spec = replace(spec, train_lr=resolve_config(ws).learning_rate("lora"))
     study_dir = ws.studies_dir / study_id
     old = read_json(study_dir / SPEC_FILE)
     if old is not None:

@@ -1,13 +1,16 @@
 """Page-ready data for the dashboard: tables, counts and Plotly figures.
 
-Every function here is pure (workspace files in, frames and figures out) so the pages stay
-thin and the same views can be tested without a browser. Nothing here imports streamlit.
+Nearly every function here is pure (workspace files in, frames and figures out) so the pages
+stay thin and the same views can be tested without a browser. The few that change the
+workspace (create it, add a source or a target, save an upload, launch a pair or the demo
+build) do it through the core's own functions, which check `access.require_write` first.
+Nothing here imports streamlit. The modules beside this one hold the workspace's setup and
+summary, the library, the targets and launching; their names are re-exported here.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 from collections.abc import Iterable, Sequence
@@ -18,7 +21,46 @@ from typing import Any
 import pandas as pd
 import plotly.graph_objects as go
 
+from mashup_core.access import require_write
 from mashup_core.errors import MashupError
+from mashup_core.views._format import fingerprint, fmt, human_size  # noqa: F401
+from mashup_core.views.launch import (  # noqa: F401
+    launch_pair_for,
+    relevance_table,
+)
+from mashup_core.views.library import (  # noqa: F401
+    add_library_source,
+    default_merge_method,
+    library_frame,
+    library_scan,
+    library_stamp,
+    mixed_library,
+    remove_library_source,
+)
+from mashup_core.views.targets import (  # noqa: F401
+    add_workspace_target,
+    default_target_entry,
+    mapping_guess,
+    mapping_summary,
+    target_fields,
+    target_label,
+    target_spec_dict,
+    target_stamp,
+    targets_frame,
+)
+from mashup_core.views.workspace import (  # noqa: F401 - the pages read them as views.<name>
+    WorkspaceState,
+    WorkspaceSummary,
+    build_log_path,
+    build_running,
+    check_target,
+    create_workspace,
+    launch_demo_build,
+    local_path,
+    short_path,
+    workspace_state,
+    workspace_summary,
+)
 from mashup_core.workspace import Workspace
 
 # One palette for every page, so "mashup" and "scratch" look the same everywhere.
@@ -39,105 +81,6 @@ def _layout(fig: go.Figure, **extra: Any) -> go.Figure:
               "legend": {"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 0}}
     fig.update_layout(**{**layout, **extra})
     return fig
-
-
-def fingerprint(*paths: Path) -> tuple[tuple[str, int, int], ...]:
-    """(path, file count, newest mtime) per path: a cheap cache key that changes with the files."""
-    stamp = []
-    for path in paths:
-        path = Path(path)
-        if not path.exists():
-            stamp.append((str(path), -1, -1))
-            continue
-        files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
-        newest = max((p.stat().st_mtime_ns for p in files), default=path.stat().st_mtime_ns)
-        stamp.append((str(path), len(files), newest))
-    return tuple(stamp)
-
-
-def fmt(value: Any, pattern: str = "{:.2f}") -> str:
-    """A number for a metric card; an en dash for a missing one (None or NaN)."""
-    if value is None or (isinstance(value, float) and value != value):
-        return "–"
-    return pattern.format(value)
-
-
-def human_size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"
-
-
-# --- the workspace ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class WorkspaceSummary:
-    root: str
-    usable: bool
-    reason: str
-    building: bool
-    profile: str | None = None
-    checkpoints: int = 0
-    targets: int = 0
-    runs: int = 0
-    studies: int = 0
-
-
-def workspace_summary(ws: Workspace) -> WorkspaceSummary:
-    """Is there a demo world here, and how much is in it (counted from the folders)."""
-    from mashup_core.demo.world import world_status
-
-    usable, reason = world_status(ws)
-    manifest = ws.manifest() if usable else None
-
-    def count(folder: Path, marker: str) -> int:
-        return sum(1 for d in folder.iterdir() if (d / marker).exists()) if folder.is_dir() else 0
-
-    return WorkspaceSummary(
-        root=str(ws.root), usable=usable, reason=reason, building=build_running(ws),
-        profile=manifest.get("profile") if manifest else None,
-        checkpoints=count(ws.library_dir, "adapter_config.json"),
-        targets=len(manifest.get("tasks", [])) if manifest else 0,
-        runs=count(ws.runs_dir, "spec.json"),
-        studies=sum(1 for d in ws.studies_dir.iterdir() if d.is_dir()) if ws.studies_dir.is_dir() else 0,
-    )
-
-
-def build_log_path(ws: Workspace) -> Path:
-    return ws.root / "demo-build.log"
-
-
-def _build_pid_path(ws: Workspace) -> Path:
-    return ws.root / "demo-build.pid"
-
-
-def launch_demo_build(ws: Workspace, profile: str = "full", seed: int = 0) -> int:
-    """Start `mashup demo build` as a detached process (it outlives the page); returns its pid."""
-    ws.ensure_writable()
-    from mashup_core.jobs.processes import spawn_detached
-
-    pid = spawn_detached(["demo", "build", "--workspace", str(ws.root), "--profile", profile,
-                          "--seed", str(seed), "--no-progress"], build_log_path(ws), mode="w")
-    _build_pid_path(ws).write_text(str(pid))
-    return pid
-
-
-def build_running(ws: Workspace) -> bool:
-    """Is a demo build writing into this workspace now? One launched from here (its pid file)
-    or from a terminal (the world's `.building` marker names its pid)."""
-    from mashup_core.jobs.processes import process_alive
-
-    pids = []
-    for path, read in ((_build_pid_path(ws), int),
-                       (ws.building_marker, lambda text: json.loads(text).get("pid"))):
-        try:
-            pids.append(read(path.read_text()))
-        except (OSError, ValueError, AttributeError):
-            continue
-    return any(process_alive(pid) for pid in pids)
 
 
 def _tint(hex_color: str, alpha: float) -> str:
@@ -181,40 +124,7 @@ def method_diagram(n_checkpoints: int | None = None, k: int = 2) -> go.Figure:
     return _layout(fig, height=190, margin={"l": 0, "r": 0, "t": 0, "b": 0}, dragmode=False)
 
 
-# --- the library -----------------------------------------------------------------------------
-
-
-def library_scan(ws: Workspace, extra: Sequence[str] = ()):
-    """The demo library plus added folders or Hub ids, validated against the demo base in one
-    scan (so a name already taken is a rejection with its reason, not a silent drop)."""
-    from mashup_core.models.library import demo_library, scan_library
-
-    if not extra:
-        return demo_library(ws)
-    return scan_library([ws.library_dir, *extra], base_model_dir=ws.base_dir)
-
-
-def library_frame(scan, manifest: dict | None = None) -> pd.DataFrame:
-    """One row per checkpoint found, accepted or rejected, with the reason for any rejection."""
-    cross = (manifest or {}).get("report", {}).get("cross_accuracy", {})
-    rows = []
-    for c in scan.checkpoints:
-        own = c.meta.get("validation_accuracy")
-        if own is None and c.source_task:
-            own = cross.get(c.name, {}).get(c.source_task)
-        rows.append({
-            "name": c.name, "source task": c.source_task or "",
-            "stage": "snapshot" if c.is_snapshot else "final", "own-task accuracy": own,
-            "status": "ok" + (f" ({'; '.join(c.notes)})" if c.notes else ""),
-            "kind": c.kind, "rank": c.rank, "size": human_size(c.size_bytes),
-            # q_proj, k_proj, ... -> q, k, ...: the suffix is the same for every Llama-style layer
-            "target modules": ", ".join(m.removesuffix("_proj") for m in c.target_modules),
-        })
-    for r in scan.rejected:
-        rows.append({"name": r.name, "status": f"rejected: {r.reason}"})
-    columns = ["name", "source task", "stage", "own-task accuracy", "status", "kind", "rank",
-               "size", "target modules"]
-    return pd.DataFrame(rows, columns=columns)
+# --- the library (the scan and its table: views/library.py) -------------------------------
 
 
 def transfer_heatmap(manifest: dict) -> go.Figure:
@@ -311,6 +221,7 @@ def save_upload(ws: Workspace, filename: str, data: bytes,
     The name is reduced to safe characters (no folders, no dot-files), so an upload can only
     land in the uploads folder; the same content under the same name is stored once.
     """
+    require_write("uploading a file")
     suffix = Path(filename).suffix.lower()
     if suffix not in UPLOAD_SUFFIXES:
         raise UploadError(f"{filename!r}: unsupported file type {suffix or '(none)'}; "
@@ -332,8 +243,9 @@ def save_upload(ws: Workspace, filename: str, data: bytes,
     return path
 
 
-def guess_mapping(fields: Sequence[str]) -> dict[str, Any]:
-    """A first guess at a `FieldMapping` for a file's fields (the user corrects it)."""
+def guess_mapping(fields: Sequence[str], rows: Sequence[dict] = ()) -> dict[str, Any]:
+    """A first guess at a `FieldMapping` for a file's fields (the user corrects it); `rows`,
+    a few of the file's rows, let it guess how the gold label is written."""
     lower = {f.lower(): f for f in fields}
 
     def first(*names: str) -> str | None:
@@ -341,11 +253,23 @@ def guess_mapping(fields: Sequence[str]) -> dict[str, Any]:
 
     prompt = first("prompt", "question", "query", "input", "goal", "sentence", "ctx", "text")
     choices = first("choices", "options", "endings", "answers", "candidates")
-    columns = [f for f in fields if re.fullmatch(r"(sol|option|choice|ending|answer)_?\d+", f.lower())]
+    # sol1, sol2 / option_a, option_b / ending0 ...: one column per choice
+    columns = [f for f in fields
+               if re.fullmatch(r"(sol|option|choice|ending|answer)_?(\d+|[a-h])", f.lower())]
     gold = first("gold", "label", "answer", "answerkey", "answer_key", "target", "correct")
+    gold = gold or (fields[-1] if fields else "gold")
+    values = [str(r.get(gold, "")).strip() for r in rows if r.get(gold) is not None]
+    if values and all(re.fullmatch(r"[A-Ha-h]", v) for v in values):
+        gold_format = "letter"
+    elif values and all(v.isdigit() for v in values) and "0" not in values:
+        gold_format = "index1" if columns and any(int(v) == len(columns) for v in values) else "index0"
+    elif values and not all(v.lstrip("-").isdigit() for v in values):
+        gold_format = "text"
+    else:
+        gold_format = "index0"
     return {"prompt": prompt or (fields[0] if fields else "prompt"),
             "choices": [choices] if choices else (columns or [f for f in fields[1:2]]),
-            "gold": gold or (fields[-1] if fields else "gold")}
+            "gold": gold, "gold_format": gold_format}
 
 
 def examples_frame(examples: Sequence, limit: int = 8) -> pd.DataFrame:

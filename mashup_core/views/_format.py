@@ -1,0 +1,35 @@
+"""Small formatting and cache-key helpers every view module shares."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def fingerprint(*paths: Path) -> tuple[tuple[str, int, int], ...]:
+    """(path, file count, newest mtime) per path: a cheap cache key that changes with the files."""
+    stamp = []
+    for path in paths:
+        path = Path(path)
+        if not path.exists():
+            stamp.append((str(path), -1, -1))
+            continue
+        files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+        newest = max((p.stat().st_mtime_ns for p in files), default=path.stat().st_mtime_ns)
+        stamp.append((str(path), len(files), newest))
+    return tuple(stamp)
+
+
+def fmt(value: Any, pattern: str = "{:.2f}") -> str:
+    """A number for a metric card; an en dash for a missing one (None or NaN)."""
+    if value is None or (isinstance(value, float) and value != value):
+        return "–"
+    return pattern.format(value)
+
+
+def human_size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
