@@ -47,3 +47,26 @@ bench: $(STAMP)
 
 clean-workspace:
 	rm -rf $(WORKSPACE)
+
+# The fast suite on the LOWEST versions pyproject allows (the other end of `make test`, which
+# runs on the newest). A fresh $(FLOORS_VENV) every time: torch first through pip, which takes
+# the CPU build of 2.13.0 that lies on this machine's disk (uv does not look there, and PyPI's
+# Linux x86-64 torch wheels are CUDA builds of several GB); then uv pins every runtime
+# dependency to exactly its `>=` floor (constraints/floors.py reads them from pyproject) and
+# resolves the rest of the direct requirements to their lowest, transitive ones to the newest.
+FLOORS_VENV ?= .venv-floors
+FLOORS_PYTEST_ARGS ?= -m "not slow and not gpu and not browser"
+
+.PHONY: test-floors
+test-floors:
+	rm -rf $(FLOORS_VENV)
+	$(PY) -m venv $(FLOORS_VENV)
+	$(FLOORS_VENV)/bin/python constraints/floors.py > $(FLOORS_VENV)/floors.txt
+	$(FLOORS_VENV)/bin/pip install --progress-bar off -q "uv>=0.5"
+	$(FLOORS_VENV)/bin/pip install --progress-bar off -q "torch>=2.4,<2.14"
+	$(FLOORS_VENV)/bin/uv pip install --python $(FLOORS_VENV)/bin/python -q \
+	  --resolution lowest-direct -c $(FLOORS_VENV)/floors.txt -e ".[test]"
+	$(FLOORS_VENV)/bin/pip list --format freeze > $(FLOORS_VENV)/versions.txt
+	@grep -iE '^(torch|transformers|peft|safetensors|datasets|lm.eval|streamlit|scipy|pandas|numpy)==' \
+	  $(FLOORS_VENV)/versions.txt | tr '\n' ' '; echo
+	$(FLOORS_VENV)/bin/python -m pytest $(FLOORS_PYTEST_ARGS)

@@ -57,7 +57,7 @@ def progress_texts(at: AppTest) -> str:
 def chosen_target(at: AppTest):
     """The target kept for the other pages (AppTest drops the sidebar after a page switch,
     so the choice is read from the session, where the sidebar reads it too)."""
-    return at.session_state.get("target")
+    return at.session_state["target"] if "target" in at.session_state else None  # noqa: SIM401 (AppTest has .get only from streamlit 1.64)
 
 
 def figures(at: AppTest) -> list[go.Figure]:

@@ -92,7 +92,7 @@ def _renamed_layer(p: Path) -> None:  # a deeper base: layer 5 does not exist he
 
 
 DAMAGES = {
-    "truncated safetensors": (_truncate, r"adapter_model\.safetensors is corrupted or truncated .*incomplete metadata"),
+    "truncated safetensors": (_truncate, r"adapter_model\.safetensors is corrupted or truncated .*(incomplete metadata|MetadataIncompleteBuffer)"),
     "non-finite values": (_nan, rf"tensor {Q0}\.lora_B\.weight has 1 non-finite values \(NaN or inf\)"),
     "pickle weights": (lambda p: (p / ADAPTER_WEIGHTS).rename(p / "adapter_model.bin"),
                        r"only pickle weights \(adapter_model\.bin\); pickles can run code.*"

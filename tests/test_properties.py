@@ -7,6 +7,7 @@ modules, and a module may have its own rank and alpha (PEFT's rank/alpha pattern
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from unittest import mock
@@ -18,7 +19,14 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from peft.utils import merge_utils
 
-from mashup_core.compare.parity import first_reach, training_to_parity
+from mashup_core.compare.parity import (
+    ComparisonError,
+    compare_runs,
+    first_reach,
+    training_to_parity,
+    wallclock_ratio,
+    wallclock_ratio_timed,
+)
 from mashup_core.merging import lora as merging
 from mashup_core.merging.lora import LoraAdapter, LoraFactors, merge_factors
 
@@ -307,3 +315,139 @@ def test_a_merge_already_at_the_target_has_parity_zero(scratch, data, later):
     mashup = [(0.0, start), *[(float(s), a) for s, a in later]]  # any curve after step 0
     assert training_to_parity(scratch, mashup) == 0.0
     assert training_to_parity(scratch, mashup, "strict") == 0.0
+
+
+# --------------------------------------------------------------------------- gaps found by mutation testing
+
+
+def test_kth_largest_is_exact_on_the_sampled_path_and_on_its_fallback():
+    """`_kth_largest` samples only above 16·sample entries (1M by default): a small `sample`
+    takes that path here, with brackets that hold (k near the middle) and that miss (k = 1, n)."""
+    values = torch.randn(4000, generator=torch.Generator().manual_seed(3))
+    ordered = values.sort(descending=True).values
+    for k in (1, 2, 7, 1000, 2000, 3999, 4000):
+        for sample in (16, 200):
+            assert merging._kth_largest(values, k, sample=sample) == float(ordered[k - 1])
+
+
+@PROPERTY
+@given(st.integers(1, 6), st.integers(1, 6), st.integers(0, 2**31 - 1))
+def test_randomized_truncated_svd_finds_a_low_rank_matrix_and_keeps_the_global_rng(rank, extra, seed):
+    gen = torch.Generator().manual_seed(seed)
+    matrix = torch.randn(40, rank, generator=gen, dtype=torch.float64) @ torch.randn(
+        rank, 30, generator=gen, dtype=torch.float64)
+    before = torch.random.get_rng_state()
+    U, S, Vh = merging.truncated_svd(matrix, rank + extra, randomized=True)
+    assert torch.equal(torch.random.get_rng_state(), before)
+    assert U.shape == (40, rank + extra) and S.shape == (rank + extra,) and Vh.shape == (rank + extra, 30)
+    assert float(((U * S) @ Vh - matrix).norm()) <= 1e-8 * float(matrix.norm())
+    exact = torch.linalg.svdvals(matrix)[: rank + extra]
+    assert float((S - exact).abs().max()) <= 1e-8 * float(exact[0])
+
+
+def test_truncated_svd_goes_randomized_only_above_the_exact_limit():
+    calls = []
+    real = torch.svd_lowrank
+
+    def spy(*args, **kwargs):
+        calls.append(args[0].shape)
+        return real(*args, **kwargs)
+
+    gen = torch.Generator().manual_seed(0)
+    with mock.patch.object(merging, "EXACT_SVD_MAX_DIM", 4), mock.patch.object(torch, "svd_lowrank", spy):
+        merging.truncated_svd(torch.randn(4, 9, generator=gen), 2)  # at the limit: exact
+        assert calls == []
+        merging.truncated_svd(torch.randn(5, 9, generator=gen), 2)  # above it: randomized
+        assert calls == [(5, 9)]
+        merging.truncated_svd(torch.randn(5, 9, generator=gen), 2, randomized=False)
+        merging.truncated_svd(torch.randn(3, 9, generator=gen), 2, randomized=True)
+        assert calls == [(5, 9), (3, 9)]
+
+
+def test_row_blocks_cover_the_rows_in_blocks_of_block_bytes():
+    blocks = lambda rows: [(s.start, s.stop) for s in merging._row_blocks(rows, 10, 3)]  # noqa: E731
+    with mock.patch.object(merging, "BLOCK_BYTES", 4 * 10 * 3 * 2):  # two rows of three tasks
+        assert blocks(5) == [(0, 2), (2, 4), (4, 5)]
+        assert blocks(2) == [(0, 2)]
+    with mock.patch.object(merging, "BLOCK_BYTES", 1):  # less than a row: one row at a time
+        assert blocks(3) == [(0, 1), (1, 2), (2, 3)]
+
+
+@PROPERTY
+@given(adapter_sets(same_modules=True, equal_ranks=True), st.integers(0, 2**31 - 1))
+def test_merge_defaults_and_what_a_merge_keeps(case, seed):
+    adapters, weights = case
+    default, linear = merge_factors(adapters, weights), merge_factors(adapters, weights, "linear")
+    assert default.method == linear.method == "linear" and default.weights == linear.weights == weights
+    assert default.mixed_targets is False
+    for name, f in default.modules.items():
+        assert torch.equal(f.A, linear.modules[name].A) and torch.equal(f.B, linear.modules[name].B)
+    dare = merge_factors(adapters, weights, "dare_linear", density=0.5)  # seed 0 by default
+    zero = merge_factors(adapters, weights, "dare_linear", density=0.5, seed=0)
+    assert all(torch.equal(f.A, zero.modules[n].A) for n, f in dare.modules.items())
+    assert merge_factors(adapters, weights, "dare_linear", density=0.5, seed=seed).params.seed == seed
+
+
+def test_mixed_targets_and_the_density_one_warning_is_silenced():
+    gen = torch.Generator().manual_seed(0)
+    names = [f"{merging.PEFT_PREFIX}layers.{i}.proj" for i in range(2)]
+    factors = {n: LoraFactors(torch.randn(2, 5, generator=gen), torch.randn(4, 2, generator=gen), 1.0) for n in names}
+    one = LoraAdapter(Path("a"), {}, factors, torch.float32, "", None)
+    part = LoraAdapter(Path("b"), {}, {names[0]: factors[names[0]]}, torch.float32, "", None)
+    assert merge_factors([one, part], [1.0, 1.0], "cat").mixed_targets is True
+    assert merge_factors([one, one], [1.0, 1.0], "cat").mixed_targets is False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for method in ("dare_linear", "dare_ties", "magnitude_prune"):
+            merge_factors([one, one], [0.5, 0.5], method, density=1.0)
+
+
+# --------------------------------------------------------------------------- comparing two runs
+
+
+def test_compare_runs_reports_every_field_from_records_and_timings():
+    # Records without a phase are evaluations; train records (even with an accuracy) are not.
+    scratch = [{"phase": "eval", "step": 0, "acc": 0.2, "seconds": 0.0},
+               {"phase": "eval", "step": 10, "acc": None, "seconds": 30.0},
+               {"step": 20, "acc": 0.6, "seconds": 50.0}, {"phase": "train", "step": 25, "acc": 0.99}]
+    mashup = [{"phase": "eval", "step": 0, "acc": 0.3, "seconds": 0.0},
+              {"phase": "eval", "step": 10, "acc": 0.5, "seconds": 10.0},
+              {"phase": "eval", "step": 20, "acc": 0.7, "seconds": 30.0},
+              {"phase": "eval", "step": 30, "acc": 0.8, "seconds": 35.0}]
+    timings = {"scoring_s": 2.0, "weight_search_s": 3.0, "merging_s": 1.0, "training_s": 40.0}
+    result = compare_runs(scratch, mashup, timings, {"training_s": 100.0})
+    # 0.6 at step 15 of 20; on the clock at 20 s of the scratch run's 50 s.
+    assert {k: v for k, v in result.items() if k != "seconds"} == pytest.approx({
+        "target_acc": 0.6, "scratch_final_acc": 0.6, "mashup_final_acc": 0.8, "mashup_init_acc": 0.3,
+        "delta_final_acc": 0.2, "parity": 0.75, "parity_strict": 0.75, "parity_step": 15.0,
+        "wallclock_ratio": (6 + 40 * 0.75) / 100, "wallclock_ratio_strict": (6 + 40 * 0.75) / 100,
+        "wallclock_ratio_timed": (6 + 20) / 50})
+    assert result["seconds"] == {"scratch_training_s": 100.0, "mashup_training_s": 40.0,
+                                 "scoring_s": 2.0, "weight_search_s": 3.0, "merging_s": 1.0}
+    # Never reached: strict drops out; no clock on either run: no timed ratio; times from records.
+    low = [{"phase": "eval", "step": s, "acc": 0.1} for s in (0, 5, 10)]
+    plain = [{**r, "seconds": None} for r in scratch]
+    result = compare_runs(plain, low, {"training_s": 40.0}, {"training_s": 80.0})
+    assert result["parity"] == 1.0 and result["parity_strict"] is None
+    assert result["wallclock_ratio"] == pytest.approx(0.5) and result["wallclock_ratio_strict"] is None
+    assert result["wallclock_ratio_timed"] is None
+    assert compare_runs(scratch, low, {"training_s": 40.0})["wallclock_ratio_timed"] is None
+    assert compare_runs(scratch, mashup, {})["seconds"] == {
+        "scratch_training_s": 50.0, "mashup_training_s": 35.0,
+        "scoring_s": 0.0, "weight_search_s": 0.0, "merging_s": 0.0}
+    with pytest.raises(ComparisonError, match=r"^no training time: neither timings nor a 'seconds' "
+                                              r"column in the metrics$"):
+        compare_runs(plain, low, {})
+
+
+def test_wallclock_ratios_at_their_edges():
+    assert wallclock_ratio(0.5, 1.0, 0.5) == pytest.approx(1.0)  # under a second is still time
+    scratch = [(0.0, 0.2), (100.0, 0.8)]
+    assert wallclock_ratio_timed(scratch, [(0.0, 0.6), (40.0, 1.0)]) == pytest.approx(20 / 100)
+    never = [(0.0, 0.1), (60.0, 0.3), (120.0, 0.5)]  # the whole run counts: its last time
+    assert wallclock_ratio_timed(scratch, never) == pytest.approx(120 / 100)
+    with pytest.raises(ComparisonError, match="^the scratch curve has no evaluations"):
+        wallclock_ratio_timed([], never)
+    with pytest.raises(ComparisonError, match=r"^the scratch curve ends at step 0; it needs at least "
+                                              r"one trained step$"):
+        training_to_parity([(0, 0.5)], [(0, 1.0)])

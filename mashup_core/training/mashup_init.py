@@ -115,7 +115,8 @@ def prepare_mashup_init(
         why = "; ".join(f"{r['name']}: {r['reason']}" for r in rejected[:3])
         raise PipelineError("the library has no usable LoRA checkpoint to merge"
                             + (f" ({why})" if why else ""))
-    ranks = {getattr(c, "rank", None) for c in lora} - {None}
+    eligible = [c for c in lora if exclude_task is None or getattr(c, "source_task", None) != exclude_task]
+    ranks = {getattr(c, "rank", None) for c in eligible} - {None}
     if MERGE_METHODS[method].equal_ranks and len(ranks) > 1:  # fail before minutes of scoring
         raise PipelineError(
             f"merge method '{method}' adds factors entry by entry and needs one rank, but the "
