@@ -43,13 +43,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from mashup_core.errors import MashupError
-from mashup_core.models.library import META_FILE
+from mashup_core.models.library import META_FILE, PICKLE_SUFFIXES
 from mashup_core.workspace import sha256_file, write_json_atomic
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 RECORD_FILE = "merge_record.json"
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 SIGN_METHODS = ("total", "frequency")
 SEARCH_SLOT = "mashup_search"  # the adapter slot a weight search writes merges into
 PEFT_PREFIX = "base_model.model."  # saved keys = this + the module's name in the base model
@@ -339,7 +338,7 @@ def read_lora_adapter(path: str | os.PathLike) -> LoraAdapter:
     config = _read_config(path)
     weights_path = path / WEIGHTS_FILE
     if not weights_path.exists():
-        pickles = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
+        pickles = sorted(p.name for p in path.iterdir() if p.name.endswith(PICKLE_SUFFIXES))
         if pickles:
             raise AdapterFileError(
                 f"{path} holds pickle weights ({', '.join(pickles)}) and no {WEIGHTS_FILE}; pickles "
