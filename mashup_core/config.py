@@ -133,6 +133,22 @@ def target_name(target: dict[str, Any]) -> str:
     return str(target["name_or_path"])
 
 
+def find_target(ws: Workspace, name: str, split: str = "train", *, mapping=None, data=None):
+    """A target by name: the workspace config's (with its mapping and data), else a demo
+    task, a benchmark or a file; a `mapping` or `data` given here overrides the config's."""
+    from mashup_core.data.targets import TargetSpec, resolve_target
+
+    config = load_config(ws)
+    for entry in config.targets if config else ():
+        if name == target_name(entry):
+            spec = TargetSpec.from_dict({**entry, "split": split})
+            return replace(spec, mapping=mapping or spec.mapping,
+                           data=str(data) if data is not None else spec.data)
+    if data is not None:
+        return resolve_target(name, ws, split, mapping, data=data)
+    return resolve_target(name, ws, split, mapping)
+
+
 def config_path(ws: Workspace) -> Path:
     return ws.root / CONFIG_FILE
 
@@ -241,10 +257,9 @@ def init_workspace(
     if config_path(ws).exists() and not force:
         raise ConfigError(f"{config_path(ws)} exists already; edit it, add to it with "
                           "`mashup library add-source` / `mashup targets add`, or pass --force")
-    cwd = Path.cwd()
-    data = {"base": {"model": _abs_if_local(base, cwd), "dtype": dtype,
+    data = {"base": {"model": _abs_if_local(base), "dtype": dtype,
                      "trust_remote_code": trust_remote_code},
-            "library": {"sources": [_abs_if_local(s, cwd) for s in sources]},
+            "library": {"sources": [_abs_if_local(s) for s in sources]},
             "targets": [dict(t) for t in targets],
             "defaults": _without_none({"device": device, "finetune": finetune, "lr": lr})}
     config = parse_config(data, ws.root, where="mashup init")
@@ -255,7 +270,7 @@ def init_workspace(
 def add_source(ws: Workspace, source: str) -> WorkspaceConfig:
     """Add a library source (kept across reloads and restarts); a known one is not added twice."""
     config = require_config(ws)
-    resolved = _abs_if_local(source.strip(), Path.cwd())
+    resolved = _abs_if_local(source.strip())
     if not resolved:
         raise ConfigError("name a folder or a Hub id to add")
     if not Path(resolved).exists() and not HUB_ID.match(resolved):
@@ -320,18 +335,17 @@ def resolve_config(
     world without one reads as the demo config.
     """
     config = load_config(ws) or demo_config(ws)
-    cwd = Path.cwd()
     if config is None:
         if base is None:
             require_config(ws)  # raises, saying how to make one
-        config = WorkspaceConfig(BaseModel(_abs_if_local(base, cwd)))
+        config = WorkspaceConfig(BaseModel(_abs_if_local(base)))
     if base is not None:
-        config = replace(config, base=replace(config.base, model=_abs_if_local(base, cwd)))
+        config = replace(config, base=replace(config.base, model=_abs_if_local(base)))
     if trust_remote_code is not None:
         config = replace(config, base=replace(config.base, trust_remote_code=trust_remote_code))
     if sources:
         config = replace(config, library=replace(
-            config.library, sources=tuple(_abs_if_local(s, cwd) for s in sources)))
+            config.library, sources=tuple(_abs_if_local(s) for s in sources)))
     return config
 
 
@@ -374,7 +388,7 @@ def _resolve(value: str, root: Path) -> str:
     return str(path if path.is_absolute() else (root / path).resolve())
 
 
-def _abs_if_local(value: str, cwd: Path) -> str:
+def _abs_if_local(value: str) -> str:
     """What a user typed on the command line: a path relative to where they typed it."""
     path = Path(value).expanduser()
     if HUB_ID.match(value) and not path.exists():

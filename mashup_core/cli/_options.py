@@ -56,27 +56,11 @@ def mapping_from_args(args: argparse.Namespace):
 
 
 def target_spec(args: argparse.Namespace, ws, split: str = "train", name: str | None = None):
-    """The TargetSpec the options name: a configured target (with its mapping and data),
-    else a demo task, a benchmark or a file; mapping and data flags override."""
-    from dataclasses import replace
+    """The TargetSpec the options name (`config.find_target`); mapping and data flags override."""
+    from mashup_core.config import find_target
 
-    from mashup_core.config import load_config, target_name
-    from mashup_core.data.targets import TargetSpec, resolve_target
-
-    name = name if name is not None else args.target
-    mapping, data = mapping_from_args(args), getattr(args, "data", None)
-    config = load_config(ws)
-    for entry in config.targets if config else ():
-        if name == target_name(entry):
-            spec = TargetSpec.from_dict({**entry, "split": split})
-            if mapping is not None:
-                spec = replace(spec, mapping=mapping)
-            if data is not None:
-                spec = replace(spec, data=str(data))
-            return spec
-    if data is not None:
-        return resolve_target(name, ws, split, mapping, data=data)
-    return resolve_target(name, ws, split, mapping)
+    return find_target(ws, name if name is not None else args.target, split,
+                       mapping=mapping_from_args(args), data=getattr(args, "data", None))
 
 
 def model_config(args: argparse.Namespace, ws):

@@ -187,19 +187,12 @@ def final_adapters(ws: Workspace) -> list:
 
 
 def study_target(ws: Workspace, name: str, split: str):
-    """A study's target by name: the workspace config's (with its mapping and data), else a
-    demo task, a benchmark or a file."""
-    from dataclasses import replace
+    """A study's target by name (`config.find_target`), its errors as the study's."""
+    from mashup_core.config import find_target
+    from mashup_core.data.targets import DatasetError
 
-    from mashup_core.config import load_config, target_name
-    from mashup_core.data.targets import DatasetError, TargetSpec, resolve_target
-
-    config = load_config(ws)
-    for entry in config.targets if config else ():
-        if target_name(entry) == name:
-            return TargetSpec.from_dict({**entry, "split": split})
     try:
-        return replace(resolve_target(name, ws, split), split=split)
+        return find_target(ws, name, split)
     except DatasetError as exc:
         raise StudyError(f"tasks: {exc}") from exc
 
