@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from mashup_core.merging.lora import (
+    SEARCH_SLOT,
     LoraAdapter,
     MergeConfigError,
     add_merge_slot,
@@ -24,25 +25,34 @@ class MergeObjective:
     """
 
     def __init__(self, model, tokenizer, adapters: Sequence[LoraAdapter], examples, method: str = "linear",
-                 *, metric: str = "acc", l1: float = 0.0, batch_size: int = 32, **merge_options: Any):
+                 *, metric: str = "acc", l1: float = 0.0, batch_size: int = 32,
+                 adapter_name: str = SEARCH_SLOT, **merge_options: Any):
         if metric not in ("acc", "nll"):
             raise MergeConfigError(f"metric must be 'acc' or 'nll', got {metric!r}")
         if not examples:
             raise MergeConfigError("no examples to evaluate merges on")
         self.adapters, self.examples, self.tokenizer = list(adapters), list(examples), tokenizer
         self.method, self.metric, self.l1, self.batch_size = method, metric, l1, batch_size
-        self.merge_options = merge_options
+        self.merge_options, self.adapter_name = merge_options, adapter_name
         self.maximize = metric == "acc"
         probe = merge_factors(self.adapters, [1 / len(self.adapters)] * len(self.adapters), method,
                               **merge_options)  # validates once, and fixes the slot's shape
-        self.model = add_merge_slot(model, probe, self.adapters[0].config)
+        self.model = add_merge_slot(model, probe, self.adapters[0].config, adapter_name)
 
-    def __call__(self, weights: Sequence[float] | np.ndarray) -> float:
+    def evaluate(self, weights: Sequence[float] | np.ndarray, examples=None):
+        """The merge at `weights` loaded into the slot, evaluated on `examples` (default: the
+        objective's own): the full `MCResult`, with each example's correctness."""
         from mashup_core.selection.loglik import evaluate_mc
 
+        merged = merge_factors(self.adapters, [float(w) for w in weights], self.method,
+                               **self.merge_options)
+        load_into_peft(self.model, merged, self.adapter_name)
+        return evaluate_mc(self.model, self.tokenizer,
+                           self.examples if examples is None else examples, self.batch_size)
+
+    def __call__(self, weights: Sequence[float] | np.ndarray) -> float:
         weights = [float(w) for w in weights]
-        load_into_peft(self.model, merge_factors(self.adapters, weights, self.method, **self.merge_options))
-        result = evaluate_mc(self.model, self.tokenizer, self.examples, self.batch_size)
+        result = self.evaluate(weights)
         penalty = self.l1 * float(np.mean(np.abs(weights)))
         return result.acc - penalty if self.maximize else result.nll + penalty
 
