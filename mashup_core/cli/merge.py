@@ -34,10 +34,29 @@ def register(sub, parent: argparse.ArgumentParser) -> None:
 
     search = sub.add_parser(
         "search-weights", parents=[parent],
-        help="search merge weights that do best on a target's train examples",
+        help="search merge weights that do best on a target's train examples, or on several "
+        "targets at once (--targets: the recycle search and its trade-off front)",
     )
     _adapter_arguments(search)
-    add_target_options(search)
+    for action in search._actions:  # with --targets, the library's checkpoints are the default
+        if action.dest == "adapters":
+            action.nargs = "*"
+    search.set_defaults(method=None)  # linear for one target, cat (exact) for --targets
+    add_target_options(search, required=False)
+    several = search.add_argument_group("several targets (recycle: Khalifa et al. 2024)")
+    several.add_argument("--targets", metavar="A,B,C",
+                         help="search one weight per checkpoint for these targets together")
+    several.add_argument("--held-out", metavar="TARGET",
+                         help="a target left out of the search, scored on its merges")
+    several.add_argument("--objective", default="mean",
+                         help="mean (default), min, or weighted:0.5,0.3,0.2 (one per target)")
+    several.add_argument("--checkpoints", metavar="NAME,NAME",
+                         help="library checkpoints to weigh (default: every LoRA checkpoint)")
+    several.add_argument("--front", type=int, default=0, metavar="K",
+                         help="K more searches along preference weights over the targets, "
+                         "sharing --budget, for the trade-off front (default 0)")
+    several.add_argument("--id", dest="front_id", metavar="ID",
+                         help="save as recycle/ID.json (default: time and targets)")
     search.add_argument("--strategy", default="cmaes", help="cmaes (default), lorahub, equal")
     search.add_argument("--metric", choices=("acc", "nll"),
                         help="what to optimise (default: acc for cmaes, nll for lorahub)")
@@ -137,6 +156,11 @@ def _search(args) -> int:
     from mashup_core.models.loading import default_device, load_base_model, load_tokenizer
     from mashup_core.workspace import Workspace
 
+    if args.targets is not None:
+        return _search_targets(args)
+    if args.target is None:
+        raise WeightSearchError("name a target (--target T), or several (--targets A,B,C)")
+    args.method = args.method or "linear"
     ws = Workspace.resolve(args.workspace)
     spec = WEIGHT_STRATEGIES.get(args.strategy)
     if spec is None or spec.needs_scores:
@@ -175,3 +199,75 @@ def _search(args) -> int:
         text += f"\nmerged adapter -> {report['merge']['out_dir']}"
     emit(args, report, text)
     return 0
+
+def _names(text: str | None) -> tuple[str, ...]:
+    return tuple(x.strip() for x in (text or "").split(",") if x.strip())
+
+
+def _search_targets(args) -> int:
+    """`--targets A,B,C`: the multi-target search, its front, saved in the workspace."""
+    from tqdm.auto import tqdm
+
+    from mashup_core.cli import emit
+    from mashup_core.merging.recycle import (
+        DEFAULT_METHOD,
+        RecycleError,
+        RecycleRequest,
+        run_recycle,
+        summary,
+        validate_request,
+    )
+    from mashup_core.workspace import Workspace
+
+    if args.target is not None:
+        raise RecycleError("give --target (one target) or --targets (several), not both")
+    if args.out or args.strategy != "cmaes" or args.metric not in (None, "acc"):
+        raise RecycleError("--targets searches accuracy with CMA-ES; --out, --strategy and "
+                           "--metric apply to one --target (write a merge of the front with "
+                           "`mashup recycle write ID POINT` or from the Recycle page)")
+    if args.adapters and args.checkpoints:
+        raise RecycleError("name the checkpoints once: as arguments or with --checkpoints")
+    ws = Workspace.resolve(args.workspace)
+    req = RecycleRequest(
+        targets=_names(args.targets), held_out=args.held_out, objective=args.objective,
+        checkpoints=_names(args.checkpoints) or tuple(args.adapters), budget=args.budget,
+        front_k=args.front, n=args.n, seed=args.seed, method=args.method or DEFAULT_METHOD,
+        batch_size=args.batch_size,
+    )
+    validate_request(ws, req)  # every bad input is a message before the model loads
+    with tqdm(total=args.budget, desc="recycle search", disable=args.no_progress) as bar:
+        def progress(_index: int, _value: float, best: float) -> None:
+            bar.update(1)
+            bar.set_postfix({"best": f"{best:.4f}"})
+
+        front = run_recycle(ws, req, on_progress=progress, front_id=args.front_id)
+    numbers = summary(front)
+    text = _recycle_text(front, numbers)
+    emit(args, {"id": front["id"], "summary": numbers, "result": front["result"],
+                "evaluations": front["evaluations"], "seconds": front["seconds"]}, text)
+    return 0
+
+
+def _recycle_text(front: dict, numbers: dict) -> str:
+    def line(label: str, row: dict | None) -> str:
+        if row is None:
+            return f"  {label}: –"
+        accs = ", ".join(f"{t} {a:.3f}" for t, a in row["per_target"].items())
+        held = "" if row.get("held_out") is None else f"; held-out {row['held_out']:.3f}"
+        return f"  {label} ({row['label']}): {front['objective']} {row['objective']:.3f} ({accs}){held}"
+
+    result = front["result"]
+    shown = ", ".join(f"{n}={w:.2f}" for n, w in zip(result["checkpoints"], result["weights"],
+                                                       strict=True))
+    corr = numbers["spearman_weight_own_score"]
+    return "\n".join([
+        f"recycle search {front['id']}: {front['evaluations']} evaluations in "
+        f"{front['seconds']:.1f} s over {len(front['checkpoints'])} checkpoints ({front['method']})",
+        line("searched", numbers["searched"]), line("equal weights", numbers["equal"]),
+        line("best single", numbers["best_single"]), line("base", numbers["base"]),
+        f"  weights: {shown}",
+        f"  {numbers['weights_above_0.05']}/{numbers['n_checkpoints']} checkpoints weigh > 0.05; "
+        f"Spearman(weight, own score) = {'undefined' if corr is None else f'{corr:.2f}'}; "
+        f"{len(numbers['front'])} merges on the front",
+        f"  saved: recycle/{front['id']}.json (the Recycle page shows it)",
+    ])
