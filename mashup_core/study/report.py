@@ -1,15 +1,20 @@
-"""Reading a study: the Fig. 3 mean-rank table and its text form."""
+"""Reading a study: its cells as frames, the Fig. 3 mean-rank tables, the results table.
+
+A study folder holds spec.json and cells.jsonl (`study.spec.read_cells` completes records
+written before the protocol grid: one n, lr and seed, merged-fold training)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
-from mashup_core.compare.parity import _mean_rank, training_to_parity
+from mashup_core.compare.parity import _mean_rank
+from mashup_core.compare.protocol import SETTING, at_best_lr, results_table
 from mashup_core.study.spec import (
+    RECYCLE,
     SPEC_FILE,
     StudyError,
     StudySpec,
@@ -19,25 +24,74 @@ from mashup_core.study.spec import (
 )
 from mashup_core.workspace import read_json
 
+RECORD_COLUMNS = ["kind", "target", *SETTING, "lr", "seed", "label", "acc", "acc_norm", "nll",
+                  "init_acc", "selected", "weights", "curve", "train_s", "scoring_s",
+                  "weight_search_s", "merging_s"]
+
 # --- Reading a study ---------------------------------------------------------------------------
+
+
+def setting_label(spec: StudySpec, cell: Mapping) -> str:
+    """The heatmap row: the merge method, plus each setting the study varies (scorer,
+    weighting, n, and for train cells the init). A recycle cell is 'recycle' (it has no
+    scorer, weighting or method of its own; its k is 0, the whole library)."""
+    parts = [str(cell["method"])]
+    if cell["method"] != RECYCLE:
+        if len(spec.scorers) > 1:
+            parts.append(str(cell["scorer"]))
+        if len(spec.weightings) > 1:
+            parts.append(str(cell["weighting"]))
+    if len(spec.ns) > 1:
+        parts.append(f"n={cell['n']}")
+    if cell["kind"] == "train" and len(spec.inits) > 1 and cell["method"] != RECYCLE:
+        parts.append(str(cell["init"]))
+    return " · ".join(parts)
 
 
 @dataclass
 class StudyTable:
-    """A study's results, shaped for the Fig. 3 heatmap: rows = merge setting, columns = k."""
+    """A study's results, shaped for the Fig. 3 heatmap: rows = merge setting, columns = k.
+
+    `cells` has one row per merge cell and per train setting (taken at its best lr, accuracy
+    the mean over seeds, `acc_std` its std); `records` has every finished cell as recorded
+    (all lrs and seeds); `results` is the paper's
+    results table (`compare.protocol.results_table`) for studies that train."""
 
     spec: StudySpec
-    cells: pd.DataFrame  # one row per finished merge/train cell (long form)
+    cells: pd.DataFrame  # one row per finished merge cell / train setting at its best lr
     base: dict[str, float]  # the base model's accuracy per target
-    scratch: dict[str, float]  # accuracy after training from scratch per target (train studies)
+    scratch: dict[str, float]  # from scratch per target, at its best lr (mean over seeds)
     mean_rank: pd.DataFrame  # merged zero-shot: label × k, mean rank across targets (1 = best)
     trained_mean_rank: pd.DataFrame | None  # the same after finetuning from each merge
     planned: int
     finished: int
+    records: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=RECORD_COLUMNS))
+    results: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @property
     def complete(self) -> bool:
         return self.finished >= self.planned
+
+    def runs(self, kind: str) -> pd.DataFrame:
+        """Every finished cell of one kind (all lrs and seeds)."""
+        return self.records[self.records["kind"] == kind].reset_index(drop=True)
+
+    def settings(self, kind: str = "train") -> pd.DataFrame:
+        """The distinct settings of merge or train cells (SETTING columns, label, k), grid order."""
+        rows = self.cells[self.cells["kind"] == kind]
+        return rows[[*SETTING, "label"]].drop_duplicates(subset=["label", "k"]).reset_index(drop=True)
+
+    def best_setting(self, kind: str = "train") -> dict | None:
+        """The setting with the best (lowest) mean rank across targets: what a report shows
+        by default. Ties go to the first in grid order; None when no cell of that kind is done."""
+        ranks = self.mean_rank if kind == "merge" else self.trained_mean_rank
+        if ranks is None or ranks.empty or ranks.isna().all().all():
+            return None
+        stacked = ranks.stack()
+        label, k = stacked.index[int(stacked.to_numpy().argmin())]
+        rows = self.settings(kind)
+        row = rows[(rows["label"] == label) & (rows["k"] == k)].iloc[0]
+        return {c: row[c] for c in (*SETTING, "label")}
 
     def accuracies(self, label: str, k: int, kind: str = "merge") -> dict[str, float]:
         """Per-target accuracy of one heatmap cell (what a click on it shows)."""
@@ -79,7 +133,17 @@ class StudyTable:
                 "per_target": {t: None if pd.isna(p) else float(p)
                                for t, p in zip(g["target"], g["parity"], strict=True)}}
                 for (label, k), g in trained.groupby(["label", "k"])}
+        if not self.results.empty:
+            out["results"] = [{k: _plain(v) for k, v in row.items()}
+                              for row in self.results.to_dict("records")]
         return out
+
+
+def _plain(value):
+    """A JSON-ready scalar (NaN → None, numpy numbers → Python's)."""
+    if value is None or (pd.api.types.is_scalar(value) and pd.isna(value)):
+        return None
+    return value.item() if hasattr(value, "item") else value
 
 
 def _mean(values) -> float | None:
@@ -87,61 +151,72 @@ def _mean(values) -> float | None:
     return sum(kept) / len(kept) if kept else None
 
 
-def _label(spec: StudySpec, cell: Mapping) -> str:
-    """The heatmap row: the merge method, plus scorer and weighting when the study varies them."""
-    parts = [cell["method"]]
-    if len(spec.scorers) > 1:
-        parts.append(cell["scorer"])
-    if len(spec.weightings) > 1:
-        parts.append(cell["weighting"])
-    return " · ".join(parts)
-
-
-def _rank_matrix(cells: pd.DataFrame, kind: str, spec: StudySpec) -> pd.DataFrame:
+def _rank_matrix(cells: pd.DataFrame, kind: str) -> pd.DataFrame:
     rows = cells[cells["kind"] == kind]
     if rows.empty:
         return pd.DataFrame()
     wide = rows.pivot_table(index="target", columns=["label", "k"], values="acc")
     frame = _mean_rank(wide).unstack("k")
-    labels = list(dict.fromkeys(_label(spec, {"method": m, "scorer": s, "weighting": w})
-                                for s in spec.scorers for w in spec.weightings for m in spec.methods))
+    labels = list(dict.fromkeys(rows["label"]))  # grid order (cells are sorted by the plan)
     return frame.reindex(index=[lab for lab in labels if lab in frame.index],
                          columns=sorted(frame.columns))
 
 
+def _trained_cells(train: pd.DataFrame, results: pd.DataFrame) -> pd.DataFrame:
+    """One row per (train setting, target): at its best lr, accuracy the mean over seeds."""
+    if train.empty:
+        return pd.DataFrame(columns=RECORD_COLUMNS)
+    keys = [*SETTING, "target"]
+    best = at_best_lr(train, keys)
+    grouped = best.groupby(keys, dropna=False, sort=False)
+    out = grouped.first()  # label, lr, selected, weights: the same for every seed's cell
+    for column in ("acc", "acc_norm", "nll", "init_acc"):
+        out[column] = grouped[column].mean()
+    out["acc_std"] = grouped["acc"].std()
+    out["seeds"] = grouped["seed"].nunique()
+    out = out.reset_index()
+    if not results.empty:
+        parity = results[results["target"] != "mean"][[*keys, "parity", "parity_strict"]]
+        out = out.merge(parity, on=keys, how="left")
+    return out
+
+
 def study_table(study_dir: Path) -> StudyTable:
-    """Per-target accuracies of every finished cell and the mean-rank matrices."""
+    """Per-target accuracies of every finished cell, the mean-rank matrices, the results table."""
     study_dir = Path(study_dir)
     data = read_json(study_dir / SPEC_FILE)
     if data is None:
         raise StudyError(f"{study_dir} is not a study folder (no {SPEC_FILE}); run `mashup study`")
     spec = StudySpec.from_dict(data)
-    wanted = {cell_key(c) for c in planned_cells(spec)}
-    done = {key: c for key, c in read_cells(study_dir).items() if key in wanted}
-    base = {c["target"]: c["acc"] for c in done.values() if c["kind"] == "base"}
-    scratch = {c["target"]: c for c in done.values() if c["kind"] == "scratch"}
+    plan = planned_cells(spec)
+    order = {cell_key(c): i for i, c in enumerate(plan)}
+    done = {key: c for key, c in read_cells(study_dir).items() if key in order}
+    ordered = sorted(done.values(), key=lambda c: order[cell_key(c)])
     rows = []
-    for c in done.values():
-        if c["kind"] not in ("merge", "train"):
-            continue
-        row = {key: c.get(key) for key in ("kind", "target", "scorer", "weighting", "method", "k",
-                                           "acc", "acc_norm", "nll", "selected", "weights")}
-        row["label"] = _label(spec, c)
-        if c["kind"] == "train" and c["target"] in scratch:
-            ref = [(s, a) for s, a, *_ in scratch[c["target"]]["curve"]]
-            mine = [(s, a) for s, a, *_ in c["curve"]]
-            row["parity"] = training_to_parity(ref, mine, "normal")
-            row["parity_strict"] = training_to_parity(ref, mine, "strict")
+    for c in ordered:
+        row = {column: c.get(column) for column in RECORD_COLUMNS}
+        if c["kind"] in ("merge", "train"):
+            row["label"] = setting_label(spec, c)
         rows.append(row)
-    columns = ["kind", "target", "scorer", "weighting", "method", "k", "label", "acc", "acc_norm",
-               "nll", "selected", "weights"]
-    cells = pd.DataFrame(rows, columns=columns + (["parity", "parity_strict"] if spec.train else []))
+    # base cells have no k, n or seed: nullable integers keep the others' ints as ints
+    records = pd.DataFrame(rows, columns=RECORD_COLUMNS).astype(
+        {"k": "Int64", "n": "Int64", "seed": "Int64", "lr": float})
+    base = {c["target"]: c["acc"] for c in ordered if c["kind"] == "base"}
+    scratch_runs = records[records["kind"] == "scratch"]
+    train_runs = records[records["kind"] == "train"]
+    results = results_table(scratch_runs, train_runs)
+    scratch_best = at_best_lr(scratch_runs, ["target"]).groupby("target", sort=False)["acc"].mean()
+    merge = records[records["kind"] == "merge"]
+    cells = pd.concat([frame for frame in (merge, _trained_cells(train_runs, results))
+                       if not frame.empty], ignore_index=True) if len(merge) + len(train_runs) \
+        else pd.DataFrame(columns=RECORD_COLUMNS)
+    if spec.train and "parity" not in cells:
+        cells["parity"], cells["parity_strict"] = None, None
     return StudyTable(
-        spec=spec, cells=cells, base=base,
-        scratch={t: c["acc"] for t, c in scratch.items()},
-        mean_rank=_rank_matrix(cells, "merge", spec),
-        trained_mean_rank=_rank_matrix(cells, "train", spec) if spec.train else None,
-        planned=len(wanted), finished=len(done),
+        spec=spec, cells=cells, base=base, scratch={str(t): float(a) for t, a in scratch_best.items()},
+        mean_rank=_rank_matrix(cells, "merge"),
+        trained_mean_rank=_rank_matrix(cells, "train") if spec.train else None,
+        planned=len(plan), finished=len(done), records=records, results=results,
     )
 
 
@@ -149,7 +224,7 @@ def format_rank_table(table: StudyTable) -> str:
     """The mean-rank matrix as text (the CLI's output)."""
     lines = []
     for title, frame in (("merged zero-shot", table.mean_rank),
-                         ("after finetuning", table.trained_mean_rank)):
+                         ("after finetuning (each cell at its best lr)", table.trained_mean_rank)):
         if frame is None or frame.empty:
             continue
         width = max(len(str(i)) for i in frame.index) + 2
