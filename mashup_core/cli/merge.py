@@ -18,8 +18,14 @@ METHODS = ("linear", "cat", "cat_svd", "task_arithmetic", "ties", "dare_linear",
 
 
 def register(sub, parent: argparse.ArgumentParser) -> None:
-    merge = sub.add_parser("merge", parents=[parent], help="merge LoRA adapters into one PEFT adapter")
+    merge = sub.add_parser("merge", parents=[parent],
+                           help="merge LoRA adapters into one PEFT adapter, or full checkpoints "
+                           "of one base into one checkpoint (streamed, tensor by tensor)")
     _adapter_arguments(merge)
+    full = merge.add_argument_group("full checkpoints (folders with config.json + *.safetensors)")
+    full.add_argument("--base", metavar="DIR", help="their base model (default: the workspace's)")
+    full.add_argument("--max-shard-size", default="2GB",
+                      help="largest output shard, e.g. 500MB or 2GB (default 2GB)")
     how = merge.add_mutually_exclusive_group()
     how.add_argument("--weights", help="one weight per adapter, comma-separated, e.g. 0.5,0.5")
     how.add_argument("--strategy", choices=("equal", "proportional"), default=None,
@@ -119,6 +125,7 @@ def _merge(args) -> int:
 
     ws = Workspace.resolve(args.workspace)
     dirs = _adapter_dirs(ws, args.adapters)
+    full = _full_checkpoints(dirs)
     if args.weights is not None:
         weights = _floats(args.weights, "--weights")
     else:
@@ -128,12 +135,66 @@ def _merge(args) -> int:
         weights = search_weights(args.strategy or "equal", len(dirs), scores=scores,
                                  higher_is_better=not args.lower_is_better).weights
     out = Path(args.out) if args.out else _default_out(ws, args.method, dirs)
+    if full:
+        return _merge_full(args, ws, dirs, weights, out)
     record = merge_adapters(dirs, weights, args.method, out, overwrite=args.overwrite,
                             **_merge_options(args))
     shown = ", ".join(f"{d.name}={w:.3g}" for d, w in zip(dirs, record.weights, strict=True))
     emit(args, record.to_dict(),
          f"merged {shown} with {record.method} (rank {record.rank}) in {record.seconds:.2f} s "
          f"-> {record.out_dir}")
+    return 0
+
+
+def _full_checkpoints(dirs: list[Path]) -> bool:
+    """Whether `dirs` are full checkpoints (config.json, no adapter_config.json); a mix of
+    LoRA adapters and full checkpoints is refused."""
+    from mashup_core.merging.lora import MergeConfigError
+    from mashup_core.models.library import ADAPTER_CONFIG, MODEL_CONFIG
+
+    full = [d for d in dirs if (d / MODEL_CONFIG).exists() and not (d / ADAPTER_CONFIG).exists()]
+    if full and len(full) < len(dirs):
+        lora = [d for d in dirs if d not in full]
+        raise MergeConfigError(
+            f"got both LoRA adapters ({', '.join(d.name for d in lora)}) and full checkpoints "
+            f"({', '.join(d.name for d in full)}); merge one kind at a time")
+    return bool(full)
+
+
+def _bytes(text: str) -> int:
+    from mashup_core.merging.lora import MergeConfigError
+
+    units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20,
+             "GIB": 2**30}
+    number = text.strip().upper().rstrip("BIKMG")
+    unit = text.strip().upper()[len(number):]
+    try:
+        value = int(float(number) * units[unit])
+    except (ValueError, KeyError):
+        value = 0
+    if value < 1:
+        raise MergeConfigError(f"--max-shard-size must be a size like 500MB or 2GB, got {text!r}")
+    return value
+
+
+def _merge_full(args, ws, dirs: list[Path], weights: list[float], out: Path) -> int:
+    """`mashup merge` on full checkpoints: the streamed merge into a sharded checkpoint."""
+    import json
+
+    from mashup_core.cli import emit
+    from mashup_core.merging.full import RECORD_FILE, merge_full_checkpoints
+    from mashup_core.merging.lora import MergeConfigError
+
+    if args.rank is not None:
+        raise MergeConfigError("--rank applies to LoRA merges; a full merge keeps every tensor's shape")
+    base = model_config(args, ws).base_model  # --base wins over the workspace config
+    merge_full_checkpoints(dirs, base, weights, args.method, out, density=args.density,
+                           seed=args.seed, max_shard_bytes=_bytes(args.max_shard_size),
+                           majority_sign_method=args.majority_sign_method, overwrite=args.overwrite)
+    record = json.loads((out / RECORD_FILE).read_text())
+    shown = ", ".join(f"{d.name}={w:.3g}" for d, w in zip(dirs, record["weights"], strict=True))
+    emit(args, record, f"merged {shown} with {record['method']} (full checkpoints, "
+         f"{record['shards']} shard(s)) in {record['seconds']:.2f} s -> {record['out_dir']}")
     return 0
 
 

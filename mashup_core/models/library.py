@@ -2,7 +2,10 @@
 
 A source is a folder, searched recursively, or a Hugging Face Hub id. Every checkpoint found
 is checked before any model work: safetensors only, a readable header, finite values,
-complete LoRA pairs, and layers and shapes that exist in the base model. The base is read from
+complete LoRA pairs, and layers and shapes that exist in the base model. A full-model checkpoint
+(sharded with model.safetensors.index.json, or not) is checked from its files' headers alone
+(names, shapes, the index against its shards): it may be GBs, and its values are checked where
+they are read (a merge, a load). The base is read from
 its config on the `meta` device, so no base weights are loaded. A bad checkpoint becomes a
 `Rejected` with its reason and the rest still load.
 """
@@ -41,6 +44,10 @@ PEFT_PREFIX = "base_model.model."
 
 class LibraryError(MashupError):
     """The library as a whole cannot be used (unreadable base model, unknown checkpoint name)."""
+
+
+class CheckpointFileError(MashupError):
+    """A checkpoint's weight files cannot be used: pickles, missing shards, a broken header."""
 
 
 class _Reject(Exception):
@@ -348,10 +355,11 @@ def _inspect_lora(path: Path, name: str, meta: dict, hub_id: str | None, base_fo
 
 def _inspect_full(path: Path, name: str, meta: dict, hub_id: str | None, base_for: _BaseResolver) -> Checkpoint:
     _read_json(path / MODEL_CONFIG)
-    files = _full_weight_files(path)
-    shapes: dict[str, tuple[int, ...]] = {}
-    for f in files:
-        shapes.update(_read_tensors(f))
+    try:  # headers only: a full checkpoint is GBs; its values are checked where they are read
+        tensors, index_problems = full_checkpoint_tensors(path)
+    except CheckpointFileError as exc:
+        raise _Reject(str(exc)) from exc
+    shapes = {key: info.shape for key, info in tensors.items()}
     base_model = _resolve_ref(meta.get("base_model"), path)
     base, note = base_for(base_model)
     if base is not None:
@@ -362,6 +370,9 @@ def _inspect_full(path: Path, name: str, meta: dict, hub_id: str | None, base_fo
             raise _Reject("does not fit the base model "
                           f"{base.source} (a different architecture or size?): "
                           + "; ".join(_few(wrong, "shape mismatch") + _few(unknown, "tensor the base lacks")))
+    if index_problems:
+        raise _Reject(f"{SHARD_INDEX} does not match its shards: " + "; ".join(_few(index_problems)))
+    files = sorted({info.file for info in tensors.values()})
     return Checkpoint(
         name=name, path=path, kind="full", source_task=meta.get("source_task"),
         base_model=base_model, size_bytes=sum(f.stat().st_size for f in files), meta=meta,
@@ -475,22 +486,72 @@ def _check_lora_against_base(targets: str | Sequence[str], pairs, shapes, base: 
                       + "; ".join(_few(problems)))
 
 
-def _full_weight_files(path: Path) -> list[Path]:
+@dataclass(frozen=True)
+class TensorInfo:
+    """One tensor of a safetensors checkpoint, from its file's header (no values read)."""
+
+    file: Path
+    shape: tuple[int, ...]
+    dtype: str  # safetensors' name: F32, BF16, F16, I64, ...
+
+
+def tensor_headers(file: Path) -> dict[str, TensorInfo]:
+    """Name -> shape and dtype of every tensor in one safetensors file, from its header."""
+    try:
+        with safe_open(file, framework="pt") as f:
+            infos = {}
+            for key in f.keys():  # noqa: SIM118 - safe_open is not a mapping
+                part = f.get_slice(key)
+                infos[key] = TensorInfo(file, tuple(part.get_shape()), part.get_dtype())
+    except SafetensorError as exc:
+        raise CheckpointFileError(f"{file} is corrupted or truncated ({exc}); re-save or "
+                                  "re-download it") from exc
+    if not infos:
+        raise CheckpointFileError(f"{file} holds no tensors")
+    return infos
+
+
+def full_checkpoint_tensors(path: Path) -> tuple[dict[str, TensorInfo], list[str]]:
+    """Every tensor of a full-model checkpoint folder (sharded with model.safetensors.index.json,
+    or its *.safetensors files) from the files' headers, and what its shard index gets wrong
+    (tensors it maps to a shard that does not hold them). Pickles are refused."""
+    path = Path(path)
     index = path / SHARD_INDEX
-    if index.exists():
-        weight_map = _read_json(index).get("weight_map")
-        if not isinstance(weight_map, dict) or not weight_map:
-            raise _Reject(f"{SHARD_INDEX} has no weight_map")
-        files = sorted({path / f for f in weight_map.values()})
-        missing = [f.name for f in files if not f.exists()]
-        if missing:
-            raise _Reject(f"{SHARD_INDEX} lists shards that are missing: {', '.join(_few(missing))}")
-        return files
-    files = sorted(path.glob("*.safetensors"))
-    if not files:
-        raise _Reject(_pickle_reason(path, "AutoModelForCausalLM.from_pretrained(DIR)")
-                      or f"{MODEL_CONFIG} but no *.safetensors weights")
-    return files
+    if not index.exists():
+        files = sorted(path.glob("*.safetensors"))
+        if not files:
+            raise CheckpointFileError(_pickle_reason(path, "AutoModelForCausalLM.from_pretrained(DIR)")
+                                      or f"{MODEL_CONFIG} but no *.safetensors weights")
+        tensors: dict[str, TensorInfo] = {}
+        for f in files:
+            for key, info in tensor_headers(f).items():
+                if key in tensors:
+                    raise CheckpointFileError(f"{path}: tensor {key} is in both "
+                                              f"{tensors[key].file.name} and {f.name}")
+                tensors[key] = info
+        return tensors, []
+    try:
+        weight_map = load_json_object(index).get("weight_map")
+    except JsonFileError as exc:
+        raise CheckpointFileError(str(exc)) from exc
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointFileError(f"{SHARD_INDEX} has no weight_map")
+    shards = {}
+    for shard in sorted(set(weight_map.values())):
+        if not isinstance(shard, str) or Path(shard).name != shard:
+            raise CheckpointFileError(f"{SHARD_INDEX} names a shard {shard!r} outside its folder")
+        shards[shard] = path / shard
+    missing = [name for name, f in shards.items() if not f.exists()]
+    if missing:
+        raise CheckpointFileError(f"{SHARD_INDEX} lists shards that are missing: {', '.join(_few(missing))}")
+    held = {name: tensor_headers(f) for name, f in shards.items()}
+    tensors, problems = {}, []
+    for key, shard in weight_map.items():
+        if key in held[shard]:
+            tensors[key] = held[shard][key]
+        else:
+            problems.append(f"{key} is mapped to {shard}, which does not hold it")
+    return tensors, problems
 
 
 def _pickle_reason(path: Path, loader: str) -> str | None:
