@@ -4,7 +4,7 @@ For each target task: score the OTHER tasks' final adapters (accuracy on n=64 tr
 merge the top 2 with equal weights (linear, the reference), train a LoRA from the merge and
 from scratch with identical settings, and compare. Both runs go through `mashup_core.runs`
 (the same code as `mashup launch --pair`), with the pipeline's default initialisation
-'merged-fold': the merged LoRA is folded into the base and a fresh LoRA trains on top.
+'merged-continue': the merged LoRA itself trains further, as the reference does.
 
     .venv/bin/python benchmarks/bench_mashup.py --copy-from /tmp/ws-full > bench.json
 
@@ -115,7 +115,7 @@ def main(argv=None) -> int:
             "mashup_init_acc")
     out = {
         "benchmark": "mashup-vs-scratch, demo leave-one-out suite",
-        "settings": {**vars(args), "init": "merged-fold (pipeline default)",
+        "settings": {**vars(args), "init": "merged-continue (pipeline default)",
                      "library": "the other tasks' final adapters", "torch_threads": torch.get_num_threads()},
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
                     "load_avg_at_end": os.getloadavg(), "torch": torch.__version__},

@@ -47,8 +47,8 @@ def study_form(studies: list) -> None:
             with _ui.writing():
                 # the workspace's LoRA lr, written into the study's spec when it opens
                 spec = StudySpec(tasks=tuple(chosen_tasks), methods=tuple(methods), ks=tuple(ks),
-                                 n=int(n), eval_limit=int(eval_limit), train=train,
-                                 train_lr=config.learning_rate("lora"))
+                                 ns=(int(n),), eval_limit=int(eval_limit), train=train,
+                                 lrs=(config.learning_rate("lora"),))
                 spec.validate()
                 study_id = st.session_state.get("study_id") if extend and studies else None
                 study_dir = launch_study(ws, spec, study_id)
@@ -94,7 +94,7 @@ with _ui.shown_errors():
     table = load_study(str(study_dir), views.fingerprint(study_dir))
     spec = table.spec
     st.caption(f"{table.finished}/{table.planned} cells · targets {', '.join(spec.tasks)} · "
-               f"n = {spec.n} · scorer {', '.join(spec.scorers)} · weights {', '.join(spec.weightings)}")
+               f"n = {', '.join(map(str, spec.ns))} · scorer {', '.join(spec.scorers)} · weights {', '.join(spec.weightings)}")
 
     trained = spec.train and st.segmented_control(
         "Accuracy", ["merged (zero-shot)", "after finetuning"],

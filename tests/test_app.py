@@ -94,8 +94,8 @@ def shared_world(tiny_world, tmp_path_factory) -> Workspace:
 
     ws = Workspace(tmp_path_factory.mktemp("app") / "ws")
     shutil.copytree(tiny_world.root, ws.root)
-    run_study(ws, StudySpec(tasks=("min", "sort"), methods=("linear",), ks=(1, 2), n=8,
-                            eval_limit=8), "loo-test", progress=False)
+    run_study(ws, StudySpec(tasks=("min", "sort"), methods=("linear",), ks=(1, 2), ns=(8,),
+                            eval_limit=8), "loo-test", progress=False, engine="inline")
     return ws
 
 
@@ -570,8 +570,8 @@ def test_user_merge_page_shows_a_study_over_its_own_targets(user_ws):
     from mashup_core.study.grid import run_study
     from mashup_core.study.spec import StudySpec
 
-    run_study(user_ws, StudySpec(tasks=("user",), methods=("cat",), ks=(1, 2), n=8, eval_limit=8),
-              "user-study", progress=False)
+    run_study(user_ws, StudySpec(tasks=("user",), methods=("cat",), ks=(1, 2), ns=(8,),
+                                 eval_limit=8), "user-study", progress=False, engine="inline")
     at = render("merge")
     heatmap, cell = figures(at)
     assert list(heatmap.data[0].x) == ["k=1", "k=2"] and list(heatmap.data[0].y) == ["cat"]

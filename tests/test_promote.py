@@ -20,7 +20,8 @@ from mashup_core.workspace import Workspace, read_json
 # Each way a run can start, and what the library can hold of it (see jobs/promote.py).
 RUNS = {
     "scratch": {},
-    "fold": {"kind": "mashup", "n": 16, "k": 2},  # merge + trained LoRA, stacked exactly
+    # merge + trained LoRA, stacked exactly
+    "fold": {"kind": "mashup", "n": 16, "k": 2, "init": "merged-fold"},
     "continue": {"kind": "mashup", "n": 16, "k": 2, "init": "merged-continue"},
     "full": {"kind": "mashup", "n": 16, "k": 2, "finetune": "full"},
 }

@@ -48,7 +48,9 @@ def test_spec_round_trips_through_json():
     again = RunSpec.from_dict(json.loads(json.dumps(spec.to_dict())))
     assert again == spec
     assert again.lora.target_modules == spec.lora.target_modules  # a tuple again, not a list
-    assert RunSpec(target="tail", kind="mashup").init == "merged-fold"  # the default init by kind
+    # the default init by kind and finetune: the merged LoRA trains on (the reference's way)
+    assert RunSpec(target="tail", kind="mashup").init == "merged-continue"
+    assert RunSpec(target="tail", kind="mashup", finetune="full").init == "merged-fold"
 
 
 @pytest.mark.parametrize("change, message", [
@@ -92,7 +94,7 @@ def test_new_spec_writes_a_valid_template(tiny_world, capsys):
     ws = ["--workspace", str(tiny_world.root)]
     assert main(["new-spec", *ws, "--target", "tail", "--kind", "mashup", "--steps", "30", "--k", "3"]) == 0
     spec = RunSpec.from_dict(json.loads(capsys.readouterr().out))
-    assert (spec.kind, spec.init, spec.k, spec.train.steps) == ("mashup", "merged-fold", 3, 30)
+    assert (spec.kind, spec.init, spec.k, spec.train.steps) == ("mashup", "merged-continue", 3, 30)
     # complete on its own: absolute paths from the workspace config, the demo's own lr
     assert spec.base_model == str(tiny_world.base_dir) and spec.library == [str(tiny_world.library_dir)]
     assert spec.target == {"kind": "demo", "name_or_path": "tail", "split": "train", "mapping": None}

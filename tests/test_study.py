@@ -17,6 +17,7 @@ from mashup_core.compare.parity import (
     wallclock_ratio_timed,
 )
 from mashup_core.data.targets import sample_examples
+from mashup_core.defaults import DEMO_LEARNING_RATE
 from mashup_core.demo.world import load_split
 from mashup_core.models.loading import load_base_model, load_tokenizer
 from mashup_core.selection.loglik import evaluate_mc
@@ -132,13 +133,14 @@ def test_mean_rank_of_a_cell_missing_on_a_target():
 
 # --- the study ------------------------------------------------------------------------------
 
-SMALL = {"tasks": ("min",), "methods": ("linear", "cat_svd"), "ks": (1,), "n": 32, "eval_limit": 16}
+SMALL = {"tasks": ("min",), "methods": ("linear", "cat_svd"), "ks": (1,), "ns": (32,), "eval_limit": 16}
+INLINE = {"progress": False, "engine": "inline"}  # the same tasks as Ray runs, in this process
 
 
 def test_study_runs_and_resumes_without_recomputing(world_copy, capsys):
     spec = StudySpec(**SMALL)
     seen = []
-    study_dir = run_study(world_copy, spec, "s1", progress=False, on_cell=seen.append)
+    study_dir = run_study(world_copy, spec, "s1", **INLINE, on_cell=seen.append)
     assert [c["kind"] for c in seen] == ["base", "merge", "merge"]
     merged = {c["method"]: c for c in seen if c["kind"] == "merge"}
     # k=1: both methods pick the same donor (never min's own adapter); a linear merge of one
@@ -154,7 +156,7 @@ def test_study_runs_and_resumes_without_recomputing(world_copy, capsys):
     lines = (study_dir / CELLS_FILE).read_text()
 
     again = []
-    run_study(world_copy, spec, "s1", progress=False, on_cell=again.append)
+    run_study(world_copy, spec, "s1", **INLINE, on_cell=again.append)
     assert again == []
     assert (study_dir / CELLS_FILE).read_text() == lines
     assert json.loads((study_dir / SUMMARY_FILE).read_text())["cells_computed_this_call"] == 0
@@ -162,7 +164,7 @@ def test_study_runs_and_resumes_without_recomputing(world_copy, capsys):
     # The CLI on the same study: it resumes (nothing recomputed) and prints the rank table.
     code = main(["study", "--workspace", str(world_copy.root), "--tasks", "min", "--methods",
                  "linear,cat_svd", "--ks", "1", "--n", "32", "--eval-limit", "16", "--id", "s1",
-                 "--no-progress"])
+                 "--no-progress", "--engine", "inline"])
     assert code == 0
     assert "mean rank, merged zero-shot accuracy" in capsys.readouterr().out
     assert (study_dir / CELLS_FILE).read_text() == lines
@@ -170,16 +172,16 @@ def test_study_runs_and_resumes_without_recomputing(world_copy, capsys):
 
 def test_study_recomputes_only_what_is_missing(world_copy):
     spec = StudySpec(**SMALL)
-    study_dir = run_study(world_copy, spec, "s2", progress=False)
+    study_dir = run_study(world_copy, spec, "s2", **INLINE)
     cells = (study_dir / CELLS_FILE).read_text().splitlines()
     # A kill mid-write leaves the last line cut short: that cell alone runs again.
     (study_dir / CELLS_FILE).write_text("\n".join(cells[:-1]) + "\n" + cells[-1][:20])
     seen = []
-    run_study(world_copy, spec, "s2", progress=False, on_cell=seen.append)
+    run_study(world_copy, spec, "s2", **INLINE, on_cell=seen.append)
     assert [(c["kind"], c.get("method")) for c in seen] == [("merge", "cat_svd")]
     # A larger grid on the same study adds only its new cells.
     seen.clear()
-    run_study(world_copy, StudySpec(**{**SMALL, "ks": (1, 2)}), "s2", progress=False, on_cell=seen.append)
+    run_study(world_copy, StudySpec(**{**SMALL, "ks": (1, 2)}), "s2", **INLINE, on_cell=seen.append)
     assert sorted((c["method"], c["k"]) for c in seen) == [("cat_svd", 2), ("linear", 2)]
     table = study_table(study_dir)
     assert table.complete and table.finished == 5
@@ -193,48 +195,40 @@ def test_study_recomputes_only_what_is_missing(world_copy):
 
 
 def test_study_refuses_other_settings_under_the_same_id(world_copy):
-    run_study(world_copy, StudySpec(**SMALL), "s3", progress=False)
-    with pytest.raises(StudyError, match=r"study s3 was run with other settings \(n differ: n=32\)"):
-        run_study(world_copy, StudySpec(**{**SMALL, "n": 16}), "s3", progress=False)
+    run_study(world_copy, StudySpec(**SMALL), "s3", **INLINE)
+    with pytest.raises(StudyError, match=r"study s3 was run with other settings "
+                       r"\(eval_limit differ: eval_limit=16\)"):
+        run_study(world_copy, StudySpec(**{**SMALL, "eval_limit": 8}), "s3", **INLINE)
 
 
 def test_study_rejects_bad_grids_before_any_work(world_copy):
     with pytest.raises(StudyError, match="methods: mean unknown; choose from linear"):
-        run_study(world_copy, StudySpec(**{**SMALL, "methods": ("mean",)}), progress=False)
-    with pytest.raises(StudyError, match="k=9 but each target's library holds only 7 adapters"):
-        run_study(world_copy, StudySpec(**{**SMALL, "ks": (9,)}), progress=False)
+        run_study(world_copy, StudySpec(**{**SMALL, "methods": ("mean",)}), **INLINE)
+    with pytest.raises(StudyError, match="k=9 but each target's library holds only 7 checkpoints"):
+        run_study(world_copy, StudySpec(**{**SMALL, "ks": (9,)}), **INLINE)
     with pytest.raises(StudyError, match="tasks: no target 'nosuch': not a demo task"):
-        run_study(world_copy, StudySpec(**{**SMALL, "tasks": ("nosuch",)}), progress=False)
+        run_study(world_copy, StudySpec(**{**SMALL, "tasks": ("nosuch",)}), **INLINE)
     with pytest.raises(StudyError, match="weightings: cmaes unknown"):
-        run_study(world_copy, StudySpec(**{**SMALL, "weightings": ("cmaes",)}), progress=False)
+        run_study(world_copy, StudySpec(**{**SMALL, "weightings": ("cmaes",)}), **INLINE)
     assert not world_copy.studies_dir.exists() or not any(world_copy.studies_dir.iterdir())
 
 
 def test_study_with_training_records_curves_and_parity(world_copy):
     spec = StudySpec(**{**SMALL, "methods": ("linear",), "train": True, "train_steps": 4,
-                        "eval_every": 2, "train_batch_size": 8})
-    study_dir = run_study(world_copy, spec, "s4", progress=False)
-    cells = read_cells(study_dir)
-    merge, trained = cells["merge/min/acc/equal/linear/k1"], cells["train/min/acc/equal/linear/k1"]
-    scratch = cells["scratch/min"]
+                        "eval_every": 2, "train_batch_size": 8, "inits": ("merged-fold",)})
+    study_dir = run_study(world_copy, spec, "s4", **INLINE)
+    cells = {c["kind"]: c for c in read_cells(study_dir).values()}
+    merge, trained, scratch = cells["merge"], cells["train"], cells["scratch"]
     assert [p[0] for p in trained["curve"]] == [0, 2, 4]
     assert trained["init_acc"] == pytest.approx(merge["acc"])  # step 0 is the merge, folded
-    assert scratch["init_acc"] == pytest.approx(cells["base/min"]["acc"])
+    assert scratch["init_acc"] == cells["base"]["acc"]  # a fresh LoRA starts as the base, exactly
+    assert trained["lr"] == scratch["lr"] == DEMO_LEARNING_RATE  # the workspace's, fixed at open
+    assert (trained["seed"], scratch["seed"], trained["init"]) == (0, 0, "merged-fold")
     summary = study_table(study_dir).to_dict()
     parity = summary["parity"]["linear/k1"]["per_target"]["min"]
     ref = [(s, a) for s, a, _ in scratch["curve"]]
     assert parity == training_to_parity(ref, [(s, a) for s, a, _ in trained["curve"]])
     assert summary["trained_mean_rank"]["values"] == [[1.0]]
-
-
-@pytest.mark.slow
-def test_parallel_study_matches_serial(world_copy):
-    spec = StudySpec(**{**SMALL, "tasks": ("min", "sort")})
-    serial = read_cells(run_study(world_copy, spec, "serial", progress=False))
-    parallel = read_cells(run_study(world_copy, spec, "parallel", parallel=2, progress=False))
-    assert serial.keys() == parallel.keys()
-    for key, cell in serial.items():
-        assert parallel[key]["acc"] == pytest.approx(cell["acc"]), key
 
 
 def test_parity_command_compares_two_real_runs(world_copy, capsys):

@@ -62,7 +62,8 @@ def register(sub, parent: argparse.ArgumentParser) -> None:
     new.add_argument("--k", type=int, default=defaults.TOP_K, help="checkpoints to merge")
     new.add_argument("--method", default=defaults.MERGE_METHOD, help="merge method")
     new.add_argument("--weights", default=defaults.WEIGHT_STRATEGY, help="weight strategy")
-    new.add_argument("--init", default="", help="scratch, merged-fold or merged-continue")
+    new.add_argument("--init", default="", help="scratch, merged-fold or merged-continue (default: "
+                     "scratch runs scratch; mashup runs merged-continue, or merged-fold for full)")
     new.add_argument("--finetune", choices=["lora", "full"],
                      help="lora or full (default: the workspace's)")
     new.add_argument("--steps", type=int, default=200)

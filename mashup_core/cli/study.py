@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mashup_core.study.spec import StudySpec
 
 
 def _names(text: str) -> list[str]:
@@ -16,15 +21,33 @@ def _ints(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(part) for part in _names(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _lrs(text: str) -> list[float] | str:
+    return "paper" if text.strip() == "paper" else _floats(text)
+
+
 def register(sub, parent: argparse.ArgumentParser) -> None:
     study = sub.add_parser(
         "study", parents=[parent],
-        help="leave-one-out study: for each task, merge top-k of the other tasks' adapters",
-        description="For each target task, score the other tasks' final adapters, merge the top k "
-        "with each method, and record the merged model's accuracy (optionally after finetuning). "
-        "Prints the mean rank of each (method, k) across targets. Rerunning resumes: finished "
-        "cells are kept.",
+        help="leave-one-out study: for each task, merge top-k of the other tasks' checkpoints",
+        description="For each target task, score the other tasks' final checkpoints, merge the "
+        "top k with each method, and record the merged model's accuracy; with --train also "
+        "finetune from each merge and from scratch, over learning rates, seeds and inits. "
+        "Prints the mean rank of each (method, k) across targets. The cells run as Ray tasks "
+        "(a local instance, or the cluster at --address). Rerunning resumes: finished cells "
+        "are kept. `mashup study report STUDY` writes the paper's tables and figures.",
     )
+    study.add_argument("action", nargs="?", choices=["run", "report"], default="run",
+                       help="run (default) or report: write a study's tables and figures")
+    study.add_argument("study", nargs="?", metavar="STUDY",
+                       help="report: the study's id (a folder of the workspace's studies) or path")
+    study.add_argument("--out", help="report: the folder to write (default: in the study folder)")
     study.add_argument("--tasks", default="all",
                        help="comma-separated targets, or 'all': the workspace's (default)")
     study.add_argument("--methods", type=_names, default=["linear", "cat_svd", "ties"],
@@ -32,19 +55,39 @@ def register(sub, parent: argparse.ArgumentParser) -> None:
     study.add_argument("--ks", type=_ints, default=[1, 2, 3], help="comma-separated k values (default 1,2,3)")
     study.add_argument("--scorer", type=_names, default=["acc"], help="scorer(s): acc, nll, acc_norm")
     study.add_argument("--weights", type=_names, default=["equal"], help="weighting(s): equal, proportional")
-    study.add_argument("--n", type=int, default=64, help="target train examples used for scoring")
+    study.add_argument("--ns", "--n", dest="ns", type=_ints, default=[64],
+                       help="comma-separated scoring sample sizes: the first n train examples (default 64)")
     study.add_argument("--density", type=float, default=0.5, help="density of the pruning methods")
     study.add_argument("--eval-limit", type=int, default=0, help="validation examples (0 = all)")
-    study.add_argument("--seed", type=int, default=0)
+    study.add_argument("--seed", type=int, default=0,
+                       help="seed of the validation sample and of the merges' random drops")
     study.add_argument("--train", action="store_true",
                        help="also finetune from every merge and from scratch, and compare")
+    study.add_argument("--lrs", "--lr", dest="lrs", type=_lrs, default=[],
+                       help="comma-separated learning rates, or 'paper': the paper's sweep for the "
+                       "finetune mode (default: the workspace's lr)")
+    study.add_argument("--seeds", type=_ints, default=[0],
+                       help="comma-separated training seeds (LoRA init, batch order; default 0)")
+    study.add_argument("--inits", type=_names, default=[],
+                       help="where train cells start: merged-continue, merged-fold, recycle "
+                       "(default: merged-continue for LoRA, merged-fold for full)")
+    study.add_argument("--finetune", choices=["lora", "full"],
+                       help="lora, or full: a library of full checkpoints (default: the workspace's)")
     study.add_argument("--train-steps", type=int, default=100)
-    study.add_argument("--lr", type=float, help="default: the workspace's (mashup.toml), else by finetune mode")
+    study.add_argument("--epochs", type=float,
+                       help="train this many epochs over the train split instead of --train-steps")
     study.add_argument("--batch-size", type=int, default=32)
     study.add_argument("--eval-every", type=int, default=10)
-    study.add_argument("--parallel", type=int, default=1, metavar="N", help="worker processes (one per target at a time)")
-    study.add_argument("--device", help="cpu, cuda or cuda:N (default: the workspace's; on a GPU each "
-                       "target queues for the card with runs and scoring)")
+    study.add_argument("--gradient-checkpointing", action="store_true",
+                       help="recompute activations in the backward pass (less memory)")
+    study.add_argument("--device", help="where train cells run: cpu, cuda or cuda:N (default: the "
+                       "workspace's; on CUDA each train cell asks Ray for a GPU)")
+    study.add_argument("--engine", choices=["ray", "inline"], default="ray",
+                       help="ray (default: tasks on a local instance or a cluster) or inline "
+                       "(this process, one task at a time)")
+    study.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
+                       help="a Ray cluster, e.g. ray://HOST:10001 (default: $RAY_ADDRESS, else "
+                       "a local instance sized to this machine)")
     study.add_argument("--id", dest="study_id", help="study folder name (default: derived from the settings)")
     study.add_argument("--job", metavar="ID",
                        help="run the stored spec of study ID and record the job's state "
@@ -64,36 +107,73 @@ def _study(args) -> int:
     from mashup_core.study.grid import run_study
     from mashup_core.study.job import run_study_job
     from mashup_core.study.report import format_rank_table, study_table
-    from mashup_core.study.spec import StudyError, StudySpec, study_task_names
+    from mashup_core.study.spec import StudyError
     from mashup_core.workspace import Workspace
 
     ws = Workspace.resolve(args.workspace)
+    if args.action == "report":
+        return _report(args, ws)
+    if args.study:
+        raise StudyError(f"{args.study!r}: only `mashup study report` takes a study")
     if args.job:
         study_dir = run_study_job(ws, args.job)
         emit(args, {"study_dir": str(study_dir)}, f"study {args.job} done: {study_dir}")
         return 0
-    tasks = study_task_names(ws) if args.tasks == "all" else _names(args.tasks)
-    if not tasks:
-        raise StudyError(f"the workspace {ws.root} lists no targets; add them to mashup.toml "
-                         "(`mashup config --add-target ...`) or name --tasks")
-    if args.parallel < 1:
-        raise StudyError(f"--parallel must be at least 1 (got {args.parallel})")
-    spec = StudySpec(
-        tasks=tasks, methods=args.methods, ks=args.ks, scorers=args.scorer, weightings=args.weights,
-        n=args.n, seed=args.seed, eval_limit=args.eval_limit, density=args.density,
-        train=args.train, train_steps=args.train_steps, train_batch_size=args.batch_size,
-        train_lr=args.lr, eval_every=args.eval_every,
-    )
-    device = args.device or resolve_config(ws).defaults.device
+    spec = spec_from_args(args, ws)
+    config = resolve_config(ws)
+    device = args.device or config.defaults.device
     if device == "auto":
         from mashup_core.models.loading import default_device
 
         device = str(default_device())
-    study_dir = run_study(ws, spec, args.study_id, parallel=args.parallel,
-                          progress=not args.no_progress, device=device)
+    study_dir = run_study(ws, spec, args.study_id, progress=not args.no_progress, device=device,
+                          engine=args.engine, address=args.address or None)
     table = study_table(study_dir)
     emit(args, {"study_dir": str(study_dir), **table.to_dict()},
          f"{format_rank_table(table)}\nresults in {study_dir}")
+    return 0
+
+
+def spec_from_args(args, ws) -> StudySpec:
+    """The study the flags describe; `--lrs paper` is the paper's sweep for the finetune mode."""
+    from mashup_core.config import resolve_config
+    from mashup_core.defaults import LR_SWEEP
+    from mashup_core.study.spec import StudyError, StudySpec, study_task_names
+
+    tasks = study_task_names(ws) if args.tasks == "all" else _names(args.tasks)
+    if not tasks:
+        raise StudyError(f"the workspace {ws.root} lists no targets; add them to mashup.toml "
+                         "(`mashup config --add-target ...`) or name --tasks")
+    finetune = args.finetune or resolve_config(ws).defaults.finetune
+    return StudySpec(
+        tasks=tasks, methods=args.methods, ks=args.ks, scorers=args.scorer, weightings=args.weights,
+        ns=args.ns, lrs=LR_SWEEP[finetune] if args.lrs == "paper" else args.lrs,
+        seeds=args.seeds, inits=args.inits, seed=args.seed, eval_limit=args.eval_limit,
+        density=args.density, train=args.train, train_steps=args.train_steps,
+        train_epochs=args.epochs, train_batch_size=args.batch_size, eval_every=args.eval_every,
+        finetune=finetune, gradient_checkpointing=args.gradient_checkpointing,
+    )
+
+
+def _report(args, ws) -> int:
+    from pathlib import Path
+
+    from mashup_core.cli import emit
+    from mashup_core.study.export import write_report
+    from mashup_core.study.spec import StudyError
+
+    if not args.study:
+        raise StudyError("mashup study report STUDY: name the study (its id or folder)")
+    study_dir = Path(args.study)
+    if not (study_dir / "spec.json").exists():
+        study_dir = ws.studies_dir / args.study
+    if not (study_dir / "spec.json").exists():
+        known = ", ".join(sorted(p.name for p in ws.studies_dir.glob("*/spec.json"))) or "none"
+        raise StudyError(f"no study {args.study!r} (studies in {ws.studies_dir}: {known})")
+    written = write_report(study_dir, Path(args.out) if args.out else None)
+    files = {name: str(path) for name, path in written.items()}
+    emit(args, {"study_dir": str(study_dir), **files},
+         "\n".join(f"{name}: {path}" for name, path in files.items()))
     return 0
 
 

@@ -39,6 +39,15 @@ MASHUP_FIELDS = ("library", "scorer", "n", "k", "merge_method", "density", "weig
 LABEL_FIELDS = ("name", "group", "checkpoint_every")
 
 
+def default_init(kind: str, finetune: str = "lora") -> str:
+    """Where a run starts unless its spec says: the base for scratch runs; for mashup runs the
+    merged LoRA trained further (the reference pipeline), or for a full finetune the merge
+    folded into the weights (a full model has no LoRA to continue)."""
+    if kind == "scratch":
+        return "scratch"
+    return "merged-fold" if finetune == "full" else "merged-continue"
+
+
 @dataclass
 class RunSpec:
     """Everything needed to run (and re-run) one training run."""
@@ -56,7 +65,9 @@ class RunSpec:
     density: float = 0.2  # kept fraction, for the pruning merge methods (ties, dare_*)
     weight_strategy: str = "equal"
     weight_budget: int = 20  # evaluations for the searched weight strategies
-    init: str = ""  # '' = by kind: 'scratch' or 'merged-fold'
+    # '' = by kind and finetune: 'scratch'; for a mashup run 'merged-continue' (LoRA: the merged
+    # adapter itself trains, as the reference does) or 'merged-fold' (full finetune)
+    init: str = ""
     finetune: str = "lora"  # or 'full': every parameter trains
     lora: LoraSpec = field(default_factory=LoraSpec)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -71,7 +82,7 @@ class RunSpec:
         if hasattr(self.target, "to_dict"):  # a TargetSpec
             self.target = self.target.to_dict()
         if not self.init:
-            self.init = "scratch" if self.kind == "scratch" else "merged-fold"
+            self.init = default_init(self.kind, self.finetune)
         if isinstance(self.lora.target_modules, list | tuple):
             self.lora = replace(self.lora, target_modules=tuple(self.lora.target_modules))
 

@@ -7,17 +7,23 @@ import fcntl
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 from mashup_core.errors import MashupError
 from mashup_core.training.loop import TrainConfig
 from mashup_core.workspace import Workspace, read_json, write_json_atomic
 
-# --- The leave-one-out study (the paper's Fig. 3) ----------------------------------------------
+# --- The leave-one-out study (the paper's Fig. 3, and its whole protocol) ---------------------
 
 SPEC_FILE, CELLS_FILE, SUMMARY_FILE = "spec.json", "cells.jsonl", "summary.json"
-GRID_FIELDS = ("tasks", "methods", "ks", "scorers", "weightings")  # may grow on a resumed study
+# May grow on a resumed study (each adds cells); everything else is a setting.
+GRID_FIELDS = ("tasks", "methods", "ks", "scorers", "weightings", "lrs", "seeds", "inits", "ns")
+# Where a train cell starts: the merged LoRA trained further (the reference's mashup run), the
+# merge folded into the base under a fresh LoRA, or the multi-target searched merge of the
+# whole library (`merging.recycle`).
+INITS = ("merged-continue", "merged-fold", "recycle")
+RECYCLE = "recycle"  # a recycle cell's scorer, weighting and method: it selects no top k
 
 
 class StudyError(MashupError, ValueError):
@@ -26,35 +32,58 @@ class StudyError(MashupError, ValueError):
 
 @dataclass(frozen=True)
 class StudySpec:
-    """For each target task, merge top-k of the OTHER tasks' final adapters, for every
-    (method, k, scorer, weighting); optionally finetune from each merge and from scratch."""
+    """For each target task, merge top-k of the OTHER tasks' final checkpoints, for every
+    (method, k, scorer, weighting, n); optionally finetune from each merge (per init, lr and
+    seed) and from scratch (per lr and seed)."""
 
     tasks: tuple[str, ...]
     methods: tuple[str, ...] = ("linear", "cat_svd", "ties")
     ks: tuple[int, ...] = (1, 2, 3)
     scorers: tuple[str, ...] = ("acc",)
     weightings: tuple[str, ...] = ("equal",)  # strategies that need no search
-    n: int = 64  # scoring sample: the first n of the target's train split (the reference)
-    seed: int = 0  # DARE's drops, LoRA init and batch order
+    ns: tuple[int, ...] = (64,)  # scoring samples: the first n of the target's train split
+    lrs: tuple[float, ...] = ()  # () = the workspace's lr for `finetune`, fixed when it opens
+    seeds: tuple[int, ...] = (0,)  # training seeds: LoRA init and batch order
+    inits: tuple[str, ...] = ()  # () = 'merged-continue' for LoRA, 'merged-fold' for full
+    seed: int = 0  # the validation sample and the merges' random drops (DARE): every cell's
     eval_split: str = "validation"
     eval_limit: int = 0  # 0 = the whole split
     density: float = 0.5  # for the pruning methods (ties, dare_*, magnitude_prune)
     train: bool = False
     train_steps: int = 100
+    train_epochs: float | None = None  # set: steps = ceil(epochs × train rows / batch size)
     train_batch_size: int = 32
-    train_lr: float | None = None  # None: the workspace's lr (mashup.toml), fixed when the study opens
     eval_every: int = 10
+    finetune: str = "lora"  # or 'full': a library of full checkpoints, merged and trained whole
+    gradient_checkpointing: bool = False
+    prompt_format: str = ""  # '' = the workspace's, fixed when the study opens
+    recycle_budget: int = 60  # evaluations of the recycle search (init 'recycle')
 
     def __post_init__(self) -> None:
-        for name in ("tasks", "methods", "scorers", "weightings"):
+        for name in ("tasks", "methods", "scorers", "weightings", "inits"):
             object.__setattr__(self, name, tuple(str(v) for v in getattr(self, name)))
-        object.__setattr__(self, "ks", tuple(int(k) for k in self.ks))
+        for name in ("ks", "ns", "seeds"):
+            object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
+        object.__setattr__(self, "lrs", tuple(float(v) for v in self.lrs))
+        if not self.inits:
+            object.__setattr__(self, "inits", ("merged-continue",) if self.finetune == "lora"
+                               else ("merged-fold",))
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     @classmethod
     def from_dict(cls, data: Mapping) -> StudySpec:
+        """A spec from JSON; a study written before the protocol grew (one `n`, `seed`,
+        `train_lr`, merged-fold training, cloze prompts) reads as the grid it ran."""
+        data = dict(data)
+        if "ns" not in data:  # the old format
+            data["ns"] = [data.get("n", 64)]
+            data.setdefault("seeds", [data.get("seed", 0)])
+            if data.get("train_lr") is not None:
+                data.setdefault("lrs", [data["train_lr"]])
+            data.setdefault("inits", ["merged-fold"])
+            data.setdefault("prompt_format", "cloze")
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -65,14 +94,25 @@ class StudySpec:
     def identity(self) -> str:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
 
-    def train_config(self) -> TrainConfig:
-        return TrainConfig(steps=self.train_steps, batch_size=self.train_batch_size,
-                           lr=self.train_lr, seed=self.seed)
+    def train_steps_for(self, n_train: int) -> int:
+        """Optimizer steps of every train cell: `train_steps`, or `train_epochs` epochs."""
+        from mashup_core.training.loop import epoch_steps
+
+        if self.train_epochs is None:
+            return self.train_steps
+        return epoch_steps(self.train_epochs, n_train, self.train_batch_size)
+
+    def train_config(self, lr: float, seed: int, n_train: int) -> TrainConfig:
+        """Cosine with 10% warmup (TrainConfig's defaults), as the reference trains."""
+        return TrainConfig(steps=self.train_steps_for(n_train), batch_size=self.train_batch_size,
+                           lr=lr, seed=seed, gradient_checkpointing=self.gradient_checkpointing)
 
     def validate(self, library_size: int | None = None) -> None:
+        from mashup_core.merging.full import FULL_MERGE_METHODS
         from mashup_core.merging.lora import MERGE_METHODS
         from mashup_core.merging.weights import WEIGHT_STRATEGIES
         from mashup_core.selection.scoring import SCORERS
+        from mashup_core.training.loop import FINETUNE_MODES
 
         def choose(name: str, values: Sequence[str], allowed: Sequence[str]) -> None:
             if not values:
@@ -80,44 +120,93 @@ class StudySpec:
             if bad := [v for v in values if v not in allowed]:
                 raise StudyError(f"{name}: {', '.join(bad)} unknown; choose from {', '.join(allowed)}")
 
-        choose("methods", self.methods, list(MERGE_METHODS))
+        if self.finetune not in FINETUNE_MODES:
+            raise StudyError(f"finetune: {self.finetune!r} unknown; choose from "
+                             f"{', '.join(FINETUNE_MODES)}")
+        full = self.finetune == "full"
+        choose("methods", self.methods, list(FULL_MERGE_METHODS if full else MERGE_METHODS))
         choose("scorers", self.scorers, list(SCORERS))
         choose("weightings", self.weightings,
                [s.name for s in WEIGHT_STRATEGIES.values() if not s.needs_objective])
+        choose("inits", self.inits, INITS)
+        if full and (other := [i for i in self.inits if i != "merged-fold"]):
+            raise StudyError(f"inits: {', '.join(other)} cannot be a full finetune (they train a "
+                             "merged LoRA); a full study trains the merged checkpoint itself: "
+                             "use inits merged-fold")
         if not self.tasks:
             raise StudyError("tasks: give at least one target task")
         if not self.ks or min(self.ks) < 1:
             raise StudyError(f"ks: every k must be at least 1 (got {list(self.ks)})")
         if library_size is not None and max(self.ks) > library_size:
             raise StudyError(f"ks: k={max(self.ks)} but each target's library holds only "
-                             f"{library_size} adapters (the other tasks'); use k <= {library_size}")
-        for name in ("n", "train_steps", "train_batch_size", "eval_every"):
+                             f"{library_size} checkpoints (the other tasks'); use k <= {library_size}")
+        if not self.ns or min(self.ns) < 1:
+            raise StudyError(f"ns: every n must be at least 1 (got {list(self.ns)})")
+        if not self.seeds:
+            raise StudyError("seeds: give at least one")
+        if bad := [lr for lr in self.lrs if not lr > 0]:
+            raise StudyError(f"lrs: every learning rate must be positive (got {bad[0]})")
+        for name in ("train_steps", "train_batch_size", "eval_every", "recycle_budget"):
             if getattr(self, name) < 1:
                 raise StudyError(f"{name}: must be at least 1 (got {getattr(self, name)})")
+        if self.train_epochs is not None and not self.train_epochs > 0:
+            raise StudyError(f"train_epochs: must be positive (got {self.train_epochs})")
         if not 0 < self.density <= 1:
             raise StudyError(f"density: must be in (0, 1] (got {self.density})")
+        if self.eval_limit < 0:
+            raise StudyError(f"eval_limit: must be 0 (all) or more (got {self.eval_limit})")
 
 
 def cell_key(cell: Mapping) -> str:
-    """One string per cell: its kind, target and (for merges) grid position."""
-    parts = [cell["kind"], cell["target"]]
-    if cell["kind"] in ("merge", "train"):
-        parts += [cell["scorer"], cell["weighting"], cell["method"], f"k{cell['k']}"]
+    """One string per cell: its kind, target and grid position."""
+    kind = cell["kind"]
+    parts = [kind, cell["target"]]
+    if kind in ("merge", "train"):
+        parts += [cell["scorer"], cell["weighting"], cell["method"], f"k{cell['k']}",
+                  f"n{cell['n']}"]
+    if kind == "train":
+        parts.append(cell["init"])
+    if kind in ("scratch", "train"):
+        parts += [f"lr{float(cell['lr'])!r}", f"seed{cell['seed']}"]
     return "/".join(parts)
 
 
 def planned_cells(spec: StudySpec) -> list[dict]:
-    """Every cell of the study, in the order they run (target by target)."""
+    """Every cell of the study, target by target: base, merges, scratch runs, train runs.
+
+    A 'recycle' train cell selects no top k: its scorer, weighting and method read 'recycle'
+    and its k is 0 (the whole library the target may draw on)."""
+    if spec.train and not spec.lrs:
+        raise StudyError("lrs: not fixed yet (a study fixes the workspace's lr when it opens)")
     cells = []
     for target in spec.tasks:
         cells.append({"kind": "base", "target": target})
-        grid = [{"target": target, "scorer": s, "weighting": w, "method": m, "k": k}
-                for s in spec.scorers for w in spec.weightings for m in spec.methods for k in spec.ks]
+        grid = [{"target": target, "scorer": s, "weighting": w, "method": m, "k": k, "n": n}
+                for n in spec.ns for s in spec.scorers for w in spec.weightings
+                for m in spec.methods for k in spec.ks]
         cells += [{"kind": "merge", **g} for g in grid]
-        if spec.train:
-            cells.append({"kind": "scratch", "target": target})
-            cells += [{"kind": "train", **g} for g in grid]
+        if not spec.train:
+            continue
+        runs = [{"lr": lr, "seed": seed} for lr in spec.lrs for seed in spec.seeds]
+        cells += [{"kind": "scratch", "target": target, **r} for r in runs]
+        for init in spec.inits:
+            if init == RECYCLE:
+                cells += [{"kind": "train", "target": target, "scorer": RECYCLE,
+                           "weighting": RECYCLE, "method": RECYCLE, "k": 0, "n": n,
+                           "init": init, **r} for n in spec.ns for r in runs]
+            else:
+                cells += [{"kind": "train", **g, "init": init, **r} for g in grid for r in runs]
     return cells
+
+
+def legacy_cell_fields(spec_data: Mapping | None) -> dict[str, dict]:
+    """Per cell kind, the fields an old-format study's records lack (their values then)."""
+    if not spec_data or "ns" in spec_data:
+        return {}
+    old = StudySpec.from_dict(spec_data)
+    run = {"lr": old.lrs[0] if old.lrs else None, "seed": old.seeds[0]}
+    return {"merge": {"n": old.ns[0]}, "scratch": run,
+            "train": {"n": old.ns[0], "init": "merged-fold", **run}}
 
 
 def read_cells(study_dir: Path) -> dict[str, dict]:
@@ -125,9 +214,11 @@ def read_cells(study_dir: Path) -> dict[str, dict]:
     done: dict[str, dict] = {}
     path = Path(study_dir) / CELLS_FILE
     if path.exists():
+        legacy = legacy_cell_fields(read_json(Path(study_dir) / SPEC_FILE))
         for line in path.read_text(encoding="utf-8").splitlines():
-            with contextlib.suppress(json.JSONDecodeError, KeyError, TypeError):
+            with contextlib.suppress(json.JSONDecodeError, KeyError, TypeError, AttributeError):
                 record = json.loads(line)
+                record = {**legacy.get(record["kind"], {}), **record}
                 done[cell_key(record)] = record
     return done
 
@@ -148,42 +239,67 @@ def append_cell(study_dir: Path, record: dict) -> None:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def _migrate_cells(study_dir: Path) -> None:
+    """An old-format study's records with the fields they lacked, before its spec is rewritten
+    in the new format (which no longer says what they were)."""
+    path = study_dir / CELLS_FILE
+    if not path.exists():
+        return
+    records = read_cells(study_dir).values()
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    tmp.replace(path)
+
+
 def open_study(ws: Workspace, spec: StudySpec, study_id: str | None = None) -> Path:
     """The study folder, created or resumed. A resumed study may add grid values, but its
-    settings (n, seed, training, ...) must match, or finished cells would mix two setups."""
+    settings (n, seed, training, ...) must match, or finished cells would mix two setups.
+
+    What a spec leaves open is fixed here, so a stored spec never differs from a resolved one:
+    `lrs` (the study's own when resumed, else the workspace's lr for the finetune mode) and
+    `prompt_format` (likewise, else the workspace's)."""
+    from mashup_core.config import resolve_config
+
     study_id = study_id or f"loo-{spec.identity()}"
     if not study_id or "/" in study_id or study_id.startswith("."):
         raise StudyError(f"study id {study_id!r}: use a plain folder name")
-    if spec.train_lr is None:  # fixed here, so a stored spec never differs from a resolved one
-        from dataclasses import replace
-
-        from mashup_core.config import resolve_config
-
-        spec = replace(spec, train_lr=resolve_config(ws).learning_rate("lora"))
     study_dir = ws.studies_dir / study_id
     old = read_json(study_dir / SPEC_FILE)
-    if old is not None:
-        before = StudySpec.from_dict(old).settings()
-        if changed := sorted(k for k, v in spec.settings().items() if before.get(k) != v):
+    before = StudySpec.from_dict(old) if old is not None else None
+    fixed = {}
+    if not spec.lrs:
+        fixed["lrs"] = (before.lrs if before is not None and before.lrs
+                        else (resolve_config(ws).learning_rate(spec.finetune),))
+    if not spec.prompt_format:
+        defaults = resolve_config(ws).defaults
+        fixed["prompt_format"] = (before.prompt_format if before is not None
+                                  else getattr(defaults, "prompt_format", None) or "cloze")
+    spec = replace(spec, **fixed)
+    if before is not None:
+        settings = before.settings()
+        if changed := sorted(k for k, v in spec.settings().items() if settings.get(k) != v):
             raise StudyError(
                 f"study {study_id} was run with other settings ({', '.join(changed)} differ: "
-                f"{', '.join(f'{k}={before.get(k)!r}' for k in changed)}); use another --id")
-        merged = {f: list(dict.fromkeys([*old[f], *getattr(spec, f)])) for f in GRID_FIELDS}
-        spec = StudySpec.from_dict({**spec.to_dict(), **merged})
+                f"{', '.join(f'{k}={settings.get(k)!r}' for k in changed)}); use another --id")
+        spec = replace(spec, **{f: tuple(dict.fromkeys([*getattr(before, f), *getattr(spec, f)]))
+                                for f in GRID_FIELDS})
     ws.ensure_writable()
     study_dir.mkdir(parents=True, exist_ok=True)
+    if old is not None and "ns" not in old:
+        _migrate_cells(study_dir)
     write_json_atomic(study_dir / SPEC_FILE, spec.to_dict())
     return study_dir
 
 
-def final_adapters(ws: Workspace) -> list:
-    """The library of a leave-one-out study: the workspace's final LoRA adapters (no snapshots).
+def final_adapters(ws: Workspace, kind: str = "lora") -> list:
+    """The library of a leave-one-out study: the workspace's final checkpoints of `kind`
+    ('lora' adapters, or 'full' models for a full-finetuning study; no snapshots).
 
     Each target's own checkpoints (those that record it as their source task) are left out
     of its cells, as the paper's leave-one-out does."""
     from mashup_core.models.library import workspace_library
 
-    return [c for c in workspace_library(ws, include_snapshots=False).checkpoints if c.kind == "lora"]
+    return [c for c in workspace_library(ws, include_snapshots=False).checkpoints if c.kind == kind]
 
 
 def study_target(ws: Workspace, name: str, split: str):

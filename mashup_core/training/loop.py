@@ -117,6 +117,14 @@ def collate(tokenizer, pairs: Sequence[Pair]) -> dict[str, torch.Tensor]:
     return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
 
 
+def epoch_steps(epochs: float, n_items: int, batch_size: int) -> int:
+    """Optimizer steps for `epochs` passes over `n_items` examples: ceil(epochs × n / batch)."""
+    if not epochs > 0 or n_items < 1 or batch_size < 1:
+        raise ValueError(f"epochs ({epochs}), examples ({n_items}) and batch size ({batch_size}) "
+                         "must be positive")
+    return max(1, math.ceil(epochs * n_items / batch_size))
+
+
 def batch_indices(n_items: int, batch_size: int, seed: int, step: int) -> list[int]:
     """The examples of batch `step`: one seeded permutation per epoch, read in order."""
     per_epoch = max(1, n_items // batch_size)
@@ -132,7 +140,9 @@ def new_state(model, cfg: TrainConfig) -> TrainState:
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters")
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # The fused kernel (one launch for every parameter) exists for CUDA tensors only.
+    fused = True if all(p.is_cuda for p in params) else None
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
     warmup = math.ceil(cfg.warmup_ratio * cfg.steps)
     if cfg.schedule == "cosine":
         scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, cfg.steps)
