@@ -21,10 +21,12 @@ gets absolute, resolved paths.
     kind = "file"                  # demo | benchmark | file
     name_or_path = "data/mine.csv"
     mapping = { prompt = "Q: {question}", choices = ["a", "b"], gold = "answer", gold_format = "letter" }
+    prompt_format = "chat"         # optional: this target's format, over the default below
 
     [defaults]
     device = "auto"
     finetune = "lora"              # lora | full
+    prompt_format = "cloze"        # cloze (lm-eval's rows) | chat (the base's chat template)
 """
 
 from __future__ import annotations
@@ -77,6 +79,7 @@ class Defaults:
     device: str = "auto"
     finetune: str = "lora"
     lr: float | None = None  # None: by finetune mode (mashup_core.defaults.LEARNING_RATE)
+    prompt_format: str = "cloze"  # how targets' rows are shown (mashup_core.data.prompts)
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,19 @@ class WorkspaceConfig:
     targets: tuple[dict[str, Any], ...] = ()  # TargetSpec dicts (kind, name_or_path, mapping, ...)
     defaults: Defaults = field(default_factory=Defaults)
 
+    def __post_init__(self) -> None:
+        # Every target says its prompt format (its own, else the default), so whatever reads an
+        # entry (find_target, the pages' spec dicts, studies) sees one answer. Cloze, when it is
+        # the default too, is said by saying nothing (entries as they were before formats).
+        # The file keeps only the targets that differ from the default (`to_toml_dict`).
+        default = self.defaults.prompt_format
+        entries = []
+        for t in self.targets:
+            fmt = t.get("prompt_format") or default
+            rest = {k: v for k, v in t.items() if k != "prompt_format"}
+            entries.append(rest if fmt == default == "cloze" else {**rest, "prompt_format": fmt})
+        object.__setattr__(self, "targets", tuple(entries))
+
     @property
     def base_model(self) -> str:
         return self.base.model
@@ -97,7 +113,7 @@ class WorkspaceConfig:
         return list(self.library.sources)
 
     def target_specs(self, split: str = "train") -> list:
-        """The configured targets as `TargetSpec`s of `split`."""
+        """The configured targets as `TargetSpec`s of `split`, each in its prompt format."""
         from mashup_core.data.targets import TargetSpec
 
         return [TargetSpec.from_dict({**t, "split": split}) for t in self.targets]
@@ -115,10 +131,14 @@ class WorkspaceConfig:
                         "include_snapshots": self.library.include_snapshots},
             "targets": [_without_none({**t, "name_or_path": _portable(t["name_or_path"], root)
                                        if t.get("kind") == "file" else t["name_or_path"],
-                                       **({"data": _portable(t["data"], root)} if t.get("data") else {})})
+                                       **({"data": _portable(t["data"], root)} if t.get("data") else {}),
+                                       "prompt_format": None if t.get("prompt_format")
+                                       == self.defaults.prompt_format else t.get("prompt_format")})
                         for t in self.targets],
             "defaults": _without_none({"device": self.defaults.device,
-                                       "finetune": self.defaults.finetune, "lr": self.defaults.lr}),
+                                       "finetune": self.defaults.finetune, "lr": self.defaults.lr,
+                                       "prompt_format": None if self.defaults.prompt_format == "cloze"
+                                       else self.defaults.prompt_format}),
         }
 
     def learning_rate(self, finetune: str | None = None) -> float:
@@ -133,9 +153,11 @@ def target_name(target: dict[str, Any]) -> str:
     return str(target["name_or_path"])
 
 
-def find_target(ws: Workspace, name: str, split: str = "train", *, mapping=None, data=None):
-    """A target by name: the workspace config's (with its mapping and data), else a demo
-    task, a benchmark or a file; a `mapping` or `data` given here overrides the config's."""
+def find_target(ws: Workspace, name: str, split: str = "train", *, mapping=None, data=None,
+                prompt_format: str | None = None):
+    """A target by name: the workspace config's (with its mapping, data and prompt format), else
+    a demo task, a benchmark or a file (in the workspace's default prompt format); a `mapping`,
+    `data` or `prompt_format` given here overrides the config's."""
     from mashup_core.data.targets import TargetSpec, resolve_target
 
     config = load_config(ws)
@@ -143,10 +165,14 @@ def find_target(ws: Workspace, name: str, split: str = "train", *, mapping=None,
         if name == target_name(entry):
             spec = TargetSpec.from_dict({**entry, "split": split})
             return replace(spec, mapping=mapping or spec.mapping,
-                           data=str(data) if data is not None else spec.data)
+                           data=str(data) if data is not None else spec.data,
+                           prompt_format=prompt_format or spec.prompt_format)
     if data is not None:
-        return resolve_target(name, ws, split, mapping, data=data)
-    return resolve_target(name, ws, split, mapping)
+        spec = resolve_target(name, ws, split, mapping, data=data)
+    else:
+        spec = resolve_target(name, ws, split, mapping)
+    return replace(spec, prompt_format=prompt_format or (config.defaults.prompt_format if config
+                                                         else spec.prompt_format))
 
 
 def config_path(ws: Workspace) -> Path:
@@ -199,7 +225,7 @@ def parse_config(data: dict[str, Any], root: Path, where: str = CONFIG_FILE) -> 
         raise ConfigError(f"{where}: target {', '.join(dup)} is listed twice")
 
     d = data.get("defaults", {})
-    _known(d, {"device", "finetune", "lr"}, f"{where} [defaults]")
+    _known(d, {"device", "finetune", "lr", "prompt_format"}, f"{where} [defaults]")
     lr = d.get("lr")
     if lr is not None and (isinstance(lr, bool) or not isinstance(lr, int | float) or lr <= 0):
         raise ConfigError(f"{where}: [defaults] lr must be a positive number, got {lr!r}")
@@ -208,7 +234,9 @@ def parse_config(data: dict[str, Any], root: Path, where: str = CONFIG_FILE) -> 
         raise ConfigError(f"{where}: [defaults] device {device!r} is not auto, cpu, mps, cuda or cuda:N")
     defaults = Defaults(device, _choice(d.get("finetune", "lora"), FINETUNE_MODES,
                                         f"{where} [defaults] finetune"),
-                        float(lr) if lr is not None else None)
+                        float(lr) if lr is not None else None,
+                        _choice(d.get("prompt_format", "cloze"), prompt_format_names(),
+                                f"{where} [defaults] prompt_format"))
     return WorkspaceConfig(BaseModel(model, dtype, trust), library, targets, defaults)
 
 
@@ -229,6 +257,7 @@ def _target(entry: Any, root: Path, where: str) -> dict[str, Any]:
         raise ConfigError(f"{where}: {exc}") from exc
     out = spec.to_dict()
     out.pop("split")
+    out["prompt_format"] = entry.get("prompt_format")  # kept as given (None: the default's)
     return _without_none(out)
 
 
@@ -251,7 +280,7 @@ def init_workspace(
     ws: Workspace, base: str, sources: list[str] | tuple[str, ...] = (),
     targets: list[dict[str, Any]] | tuple[dict[str, Any], ...] = (), *, dtype: str = "auto",
     trust_remote_code: bool = False, device: str = "auto", finetune: str = "lora",
-    lr: float | None = None, force: bool = False,
+    lr: float | None = None, prompt_format: str = "cloze", force: bool = False,
 ) -> WorkspaceConfig:
     """Create a workspace for a user's base model and checkpoint folders (`mashup init`)."""
     if config_path(ws).exists() and not force:
@@ -261,7 +290,8 @@ def init_workspace(
                      "trust_remote_code": trust_remote_code},
             "library": {"sources": [_abs_if_local(s) for s in sources]},
             "targets": [dict(t) for t in targets],
-            "defaults": _without_none({"device": device, "finetune": finetune, "lr": lr})}
+            "defaults": _without_none({"device": device, "finetune": finetune, "lr": lr,
+                                       "prompt_format": prompt_format})}
     config = parse_config(data, ws.root, where="mashup init")
     save_config(ws, config)
     return config
@@ -302,6 +332,34 @@ def add_target(ws: Workspace, spec) -> WorkspaceConfig:
     config = replace(config, targets=(*kept, entry))
     save_config(ws, config)
     return config
+
+
+def set_prompt_format(ws: Workspace, prompt_format: str, target: str | None = None) -> WorkspaceConfig:
+    """Set the workspace's default prompt format, or one target's (`mashup config --prompt-format`)."""
+    config = require_config(ws)
+    _choice(prompt_format, prompt_format_names(), "prompt format")
+    if target is None:  # the targets that followed the default follow the new one
+        old = config.defaults.prompt_format
+        config = WorkspaceConfig(
+            config.base, config.library,
+            tuple({**t, "prompt_format": None} if t.get("prompt_format", "cloze") == old else t
+                  for t in config.targets),
+            replace(config.defaults, prompt_format=prompt_format))
+    else:
+        names = [target_name(t) for t in config.targets]
+        if target not in names:
+            raise ConfigError(f"no target {target!r} in {config_path(ws)} ({', '.join(names) or 'none'}); "
+                              "add it first (`mashup config --add-target`)")
+        config = replace(config, targets=tuple({**t, "prompt_format": prompt_format}
+                                               if target_name(t) == target else t for t in config.targets))
+    save_config(ws, config)
+    return config
+
+
+def prompt_format_names() -> tuple[str, ...]:
+    from mashup_core.data.prompts import PROMPT_FORMATS
+
+    return tuple(PROMPT_FORMATS)
 
 
 def require_config(ws: Workspace) -> WorkspaceConfig:

@@ -210,7 +210,10 @@ def test_every_benchmark_has_a_hand_written_row():
 def test_benchmark_schema_adapters(case):
     ex = benchmark_row_to_example(case["benchmark"], case["row"])
     assert (ex.prompt, list(ex.choices), ex.gold) == (case["prompt"], case["choices"], case["gold"])
-    assert ex.meta == {"benchmark": case["benchmark"]}
+    # Labels other than A, B, ... (ARC's 1-4) are kept: the chat prompt format lists them.
+    labels = case["row"]["choices"].get("label") if isinstance(case["row"].get("choices"), dict) else None
+    own = {"labels": labels} if labels and labels != list("ABCDE"[: len(labels)]) else {}
+    assert ex.meta == {"benchmark": case["benchmark"], **own}
 
 
 @pytest.mark.parametrize("options, expected", [
@@ -380,7 +383,8 @@ def test_benchmark_from_a_local_folder_gives_what_the_converter_gives(tmp_path, 
     for split, rows in splits.items():
         examples = load_target(TargetSpec("benchmark", name, split, data=str(tmp_path / "export")))
         assert examples == _converted(name, rows)
-        assert [e.meta for e in examples] == [{"benchmark": name}] * len(rows)
+        assert [e.meta for e in examples] == [e.meta for e in _converted(name, rows)]
+        assert all(e.meta["benchmark"] == name for e in examples)
 
 
 SINGLE_FILES: dict[str, Callable[[Path, list[dict]], None]] = {

@@ -27,7 +27,20 @@ def add_target_options(parser: argparse.ArgumentParser, *, required: bool = True
     parser.add_argument("--data", metavar="DIR_OR_FILE",
                         help="a benchmark's examples from local files in its Hub schema "
                         "(JSONL, JSON, CSV or Parquet), instead of the Hub")
+    add_prompt_format_argument(parser, help="how the target's rows are shown: " + FORMATS_HELP
+                               + " (default: the target's in mashup.toml, else [defaults] prompt_format)")
     add_mapping_arguments(parser)
+
+
+FORMATS_HELP = ("cloze (lm-eval's rows, the default) or chat (a chat turn in the base model's "
+                 "chat template listing lettered choices; the answer is the letter)")
+
+
+def add_prompt_format_argument(parser: argparse.ArgumentParser, *, help: str,
+                               dest: str = "prompt_format") -> None:
+    from mashup_core.data.prompts import PROMPT_FORMATS
+
+    parser.add_argument("--prompt-format", dest=dest, choices=list(PROMPT_FORMATS), help=help)
 
 
 def add_mapping_arguments(parser: argparse.ArgumentParser) -> None:
@@ -60,7 +73,8 @@ def target_spec(args: argparse.Namespace, ws, split: str = "train", name: str | 
     from mashup_core.config import find_target
 
     return find_target(ws, name if name is not None else args.target, split,
-                       mapping=mapping_from_args(args), data=getattr(args, "data", None))
+                       mapping=mapping_from_args(args), data=getattr(args, "data", None),
+                       prompt_format=getattr(args, "prompt_format", None))
 
 
 def model_config(args: argparse.Namespace, ws):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import csv
+import functools
 import io
 import json
 import os
@@ -441,7 +442,11 @@ def _labelled(row: dict[str, Any], prompt: str) -> MCExample:
     key = str(_get(row, "answerKey")).strip()
     if key not in labels:
         raise _FieldProblem("answerKey", f"{key!r} is not one of the labels {labels}")
-    return MCExample(prompt, _cloze(texts), labels.index(key))
+    labels = [str(label).strip() for label in labels]
+    # Labels other than A, B, C, ... (some ARC rows number theirs 1-4) are kept for the chat
+    # prompt format, which lists the choices with the benchmark's own labels.
+    own = {"labels": labels} if labels != list(string.ascii_uppercase[: len(labels)]) else {}
+    return MCExample(prompt, _cloze(texts), labels.index(key), meta=own)
 
 
 def _arc_row(row: dict[str, Any]) -> MCExample:
@@ -611,7 +616,7 @@ def benchmark_row_to_example(name: str, row: dict[str, Any], where: str = "") ->
         raise DatasetError(f"{bench.title}{where}: field '{exc.name}': {exc}") from exc
     except (AttributeError, TypeError) as exc:
         raise DatasetError(f"{bench.title}{where}: row does not have the {bench.path} schema ({exc})") from exc
-    return MCExample(example.prompt, example.choices, example.gold, {"benchmark": bench.name})
+    return MCExample(example.prompt, example.choices, example.gold, {**example.meta, "benchmark": bench.name})
 
 
 def load_benchmark(name: str, split: str, n: int | None = None, seed: int | None = 0) -> list[MCExample]:
@@ -761,7 +766,8 @@ class TargetSpec:
     For a file target, `name_or_path` is the file, or a folder holding `<split>.jsonl` (or
     .json/.csv/.tsv/.parquet, or the Hub's layouts: see `split_files`); `mapping` says where its
     fields are. A benchmark with `data` (a file or folder, kept absolute) reads that export of
-    the dataset in the benchmark's own schema instead of the Hub.
+    the dataset in the benchmark's own schema instead of the Hub. `prompt_format` is how its
+    rows are shown (`data.prompts`: cloze, the rows as they are, or chat).
     """
 
     kind: str  # 'demo' | 'file' | 'benchmark'
@@ -769,6 +775,7 @@ class TargetSpec:
     split: str = "train"
     mapping: FieldMapping | None = None
     data: str | None = None
+    prompt_format: str = "cloze"
 
     def __post_init__(self) -> None:
         if self.kind not in TARGET_LOADERS:
@@ -787,11 +794,16 @@ class TargetSpec:
                                    "own schema; a field mapping is only for a file target")
             # Absolute, so that a run started from another folder reads the same files.
             object.__setattr__(self, "data", os.path.abspath(os.path.expanduser(str(self.data))))
+        from mashup_core.data.prompts import check_format
+
+        object.__setattr__(self, "prompt_format", check_format(self.prompt_format))  # None: cloze
 
     @property
     def label(self) -> str:
         name = Path(self.name_or_path).name if self.kind == "file" else self.name_or_path
-        return f"{name} ({self.split}, local)" if self.data else f"{name} ({self.split})"
+        notes = [self.split, *(["local"] if self.data else []),
+                 *([self.prompt_format] if self.prompt_format != "cloze" else [])]
+        return f"{name} ({', '.join(notes)})"
 
     def with_split(self, split: str) -> TargetSpec:
         return replace(self, split=split)
@@ -803,6 +815,8 @@ class TargetSpec:
         # keeps the identity (and the finished runs) it had before this field existed.
         if self.data is not None:
             out["data"] = self.data
+        if self.prompt_format != "cloze":  # likewise: a cloze target keeps its identity
+            out["prompt_format"] = self.prompt_format
         return out
 
     @classmethod
@@ -897,9 +911,38 @@ TARGET_LOADERS: dict[str, Callable[[TargetSpec, Workspace], list[MCExample]]] = 
 }
 
 
-def load_target(spec: TargetSpec, ws: Workspace | None = None) -> list[MCExample]:
-    """All examples of the target's split (sample them with `sample_examples`)."""
-    return TARGET_LOADERS[spec.kind](spec, ws or Workspace.resolve())
+def load_target(spec: TargetSpec, ws: Workspace | None = None, tokenizer=None) -> list[MCExample]:
+    """All examples of the target's split in its prompt format (sample them with
+    `sample_examples`). The one place rows are formatted, so scoring, training and evaluation
+    see the same text; a format that needs a tokenizer uses `tokenizer`, else the workspace
+    base's (`base_tokenizer`)."""
+    from mashup_core.data.prompts import PROMPT_FORMATS, check_format, format_examples
+
+    ws = ws or Workspace.resolve()
+    examples = TARGET_LOADERS[spec.kind](spec, ws)
+    name = check_format(spec.prompt_format)
+    if tokenizer is None and PROMPT_FORMATS[name].needs_tokenizer:
+        tokenizer = base_tokenizer(ws)
+    return format_examples(examples, name, tokenizer)
+
+
+def base_tokenizer(ws: Workspace):
+    """The tokenizer of the workspace's base model (its config's, or the demo world's), loaded
+    once per process while its files stay the same."""
+    from mashup_core.config import resolve_config
+
+    base = resolve_config(ws).base
+    path = Path(base.model)
+    stamp = tuple((p.name, p.stat().st_mtime_ns) for p in sorted(path.glob("tokenizer*")) if p.is_file()) \
+        if path.is_dir() else ()
+    return _tokenizer(base.model, base.trust_remote_code, stamp)
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer(model: str, trust_remote_code: bool, stamp: tuple):
+    from mashup_core.models.loading import load_tokenizer
+
+    return load_tokenizer(model, trust_remote_code=trust_remote_code)
 
 
 def resolve_target(

@@ -161,8 +161,8 @@ def _train(ws: Workspace, rd: Path, spec: RunSpec, device, log, stop: _Stop, pro
                            trust_remote_code=trust)
     update_status(rd, base_model=str(base_path))  # what the weights sit on (jobs.promote reads it)
     target = spec.target_spec(ws=ws)
-    train_examples = load_target(target.with_split("train"), ws)
-    validation = load_target(target.with_split("validation"), ws)
+    train_examples = load_target(target.with_split("train"), ws, tokenizer)  # in its prompt format
+    validation = load_target(target.with_split("validation"), ws, tokenizer)
     train_examples = sample_examples(train_examples, spec.train_limit or None, spec.seed)
     validation = sample_examples(validation, spec.eval_limit or None, spec.seed)
     timings["load_s"] = time.perf_counter() - started
