@@ -68,6 +68,16 @@ def _lrs(table) -> list[float]:
     return sorted({float(lr) for lr in runs["lr"].dropna()})
 
 
+def lr_text(lr: float) -> str:
+    """1.6e-4, 5e-5: a learning rate as a short tick label."""
+    mantissa, exponent = f"{lr:.1e}".split("e")
+    return f"{float(mantissa):g}e{int(exponent)}"
+
+
+def _lr_axis(fig: go.Figure, lrs: list[float], **extra) -> None:
+    fig.update_xaxes(type="log", tickvals=lrs, ticktext=[lr_text(lr) for lr in lrs], **extra)
+
+
 def _error(values: pd.Series) -> dict:
     array = [0.0 if pd.isna(v) else float(v) for v in values]
     return {"type": "data", "array": array, "visible": any(array)}
@@ -170,7 +180,7 @@ def accuracy_vs_lr_figure(table, setting: Mapping | None = None) -> ReportFigure
                                       views.COLORS["mashup"], None)):
         mean = rows[rows["target"] == MEAN]
         _line(fig, mean["lr"], mean, label, color, mean=True, dash=dash)
-    fig.update_xaxes(title="learning rate", type="log", tickvals=_lrs(table), tickformat=".1e")
+    _lr_axis(fig, _lrs(table), title="learning rate")
     fig.update_yaxes(title="validation accuracy after training")
     return ReportFigure(name, title, views._layout(fig, height=380),
                         caption="Mean over targets at each lr; bars = std over seeds of that mean.")
@@ -197,8 +207,13 @@ def accuracy_vs_lr_per_target_figure(table, setting: Mapping | None = None,
             mine = rows[rows["target"] == target]
             _line(fig, mine["lr"], mine, label, color, mean=True, dash=dash, showlegend=i == 0,
                   **where)
-    fig.update_xaxes(type="log", tickvals=_lrs(table), tickformat=".0e")
-    return ReportFigure(name, title, views._layout(fig, height=60 + 230 * rows_n),
+    _lr_axis(fig, _lrs(table))
+    fig.update_yaxes(matches="y")  # one accuracy scale, so targets compare at a glance
+    return ReportFigure(name, title, views._layout(fig, height=90 + 230 * rows_n,
+                                                   margin={"l": 10, "r": 10, "t": 80, "b": 10},
+                                                   legend={"orientation": "h", "y": 0.99,
+                                                           "yanchor": "top", "x": 0,
+                                                           "yref": "container"}),
                         caption="Validation accuracy after training at each lr; bars = std over seeds.")
 
 
