@@ -25,7 +25,9 @@ PAGES = [
     st.Page("pages/library.py", title="Library", icon=":material/inventory_2:"),
     st.Page("pages/target.py", title="Target", icon=":material/target:"),
     st.Page("pages/relevance.py", title="Relevance", icon=":material/leaderboard:"),
+    st.Page("pages/relevance_map.py", title="Relevance map", icon=":material/grid_on:"),
     st.Page("pages/merge.py", title="Merge methods", icon=":material/merge:"),
+    st.Page("pages/recycle.py", title="Recycle", icon=":material/recycling:"),
     st.Page("pages/launch.py", title="Launch", icon=":material/rocket_launch:"),
     st.Page("pages/convergence.py", title="Convergence", icon=":material/show_chart:"),
 ]
@@ -48,5 +50,6 @@ with st.sidebar:
             chosen = _ui.target(_ui.workspace(), state.config)
             st.caption(f"**Target:** {chosen.label} · n = {chosen.n}" if chosen else
                        "**Target:** none yet (add one on the Target page)")
+    _ui.teaching_toggle()
 
 page.run()

@@ -26,6 +26,11 @@ NAVIGATION_KEY = "_navigation"  # set by app.py once its st.navigation has run
 WANTED_PAGE_KEY = "_wanted_page"  # the page to show once app.py has taken over
 TOKEN_KEY = "access_token"  # this session's access token, once it matched
 TOKEN_INPUT_KEY = "access_token_input"  # the sidebar's password field
+TEACH_KEY = "teach"  # the sidebar's teaching-mode toggle (and the link's ?teach=1)
+_SEEN = "_url_seen_"  # + a param name: the value this session last read from or wrote to the URL
+_KEPT = "_url_kept_"  # + a widget key: its value, kept across pages (widget state is not)
+_NOTICES = "_url_notices"  # what a link asked for that this workspace does not have
+PAGE_SIZE = 50  # tables longer than this get a filter box and pages
 
 
 @contextmanager
@@ -128,6 +133,8 @@ def open_workspace(page_file: str):
     if state.config is None:
         setup_screen(ws, state)
         st.stop()
+    target(ws, state.config)  # a link's ?target= is read (and the chosen one written) here
+    teaching()  # ... and its ?teach=1
     return ws, state.config
 
 
@@ -268,15 +275,62 @@ class Target:
 
 
 def target(ws: Workspace, config) -> Target | None:
-    """The chosen target; the workspace's default until one is chosen on the Target page."""
+    """The chosen target: the link's (`?target=`), else the session's, else the workspace's
+    default. A workspace target is written back to the URL, so the link opens it again."""
+    adopt_url_target(ws, config)
     chosen = st.session_state.get("target")
-    if chosen is not None and chosen.root in ("", str(ws.root)):
-        return chosen
-    entry = views.default_target_entry(ws, config)
-    if entry is None:
-        return None
-    return Target(views.target_spec_dict(entry), DEFAULT_N, views.target_label(entry), str(ws.root))
+    if chosen is None or chosen.root not in ("", str(ws.root)):
+        entry = views.default_target_entry(ws, config)
+        chosen = None if entry is None else Target(views.target_spec_dict(entry), DEFAULT_N,
+                                                   views.target_label(entry), str(ws.root))
+    _write_target_params(config, chosen)
+    return chosen
 
+
+def _workspace_target_name(config, spec: dict) -> str | None:
+    """The name a workspace target has in mashup.toml (and in links); None for another one."""
+    from mashup_core.config import target_name
+
+    for entry in config.targets:
+        if views.target_spec_dict(entry) == spec:
+            return target_name(entry)
+    return None
+
+
+def target_for(ws: Workspace, config, name: str, n: int = DEFAULT_N) -> Target | None:
+    """The workspace target named `name` (as mashup.toml names it), or None."""
+    from mashup_core.config import target_name
+
+    for entry in config.targets:
+        if target_name(entry) == name:
+            return Target(views.target_spec_dict(entry), n, views.target_label(entry), str(ws.root))
+    return None
+
+
+def adopt_url_target(ws: Workspace, config) -> None:
+    """A link's `?target=NAME&n=N` becomes the session's target when it names one of the
+    workspace's targets; an unknown one leaves a notice (shown by `url_notices`)."""
+    name = st.query_params.get("target")
+    n = _int_param("n")
+    current = st.session_state.get("target")
+    if not name or (name, n) == st.session_state.get(_SEEN + "target"):
+        return
+    st.session_state[_SEEN + "target"] = (name, n)
+    found = target_for(ws, config, name, n or (current.n if current else DEFAULT_N))
+    if found is None:
+        known = ", ".join(config.target_names()) or "none yet"
+        _notice(f"The link names target **{name}**, which this workspace does not have "
+                f"(its targets: {known}); showing the current one instead.")
+        return
+    if found != current:
+        st.session_state["target"] = found
+
+
+def _write_target_params(config, chosen: Target | None) -> None:
+    name = _workspace_target_name(config, chosen.spec) if chosen else None
+    set_params(target=name, n=chosen.n if name else None)
+    if name:
+        st.session_state[_SEEN + "target"] = (name, chosen.n)
 
 def require_target(ws: Workspace, config) -> Target:
     """The chosen target, or a note saying where to add one (and the page stops)."""
@@ -289,8 +343,11 @@ def require_target(ws: Workspace, config) -> Target:
     return chosen
 
 
-def set_target(value: Target) -> None:
+def set_target(value: Target, config=None) -> None:
+    """Keep `value` for every page, and in the URL when it is one of the workspace's targets."""
     st.session_state["target"] = value
+    if config is not None:
+        _write_target_params(config, value)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
@@ -320,3 +377,188 @@ def library(ws: Workspace):
 def page_header(title: str, lead: str) -> None:
     st.title(title)
     st.markdown(lead)
+    for notice in st.session_state.pop(_NOTICES, []):
+        st.warning(notice, icon=":material/link_off:")
+
+
+# --- shareable views: the choices live in the URL's query string ------------------------------
+#
+# A page reads a choice from the link when the link changed (opened, shared, the browser's back
+# button), checks it against the workspace (an unknown value leaves a notice, never an error),
+# and writes the choice back when the user changes it, so the address bar is always a link to
+# the view on screen. The target (`target`, `n`) and teaching mode (`teach`) are kept on every
+# page; a page's own choices (`study`, `runs`, `pair`, `tab`, ...) through `url_widget`.
+
+
+def _notice(text: str) -> None:
+    notices = st.session_state.setdefault(_NOTICES, [])
+    if text not in notices:
+        notices.append(text)
+
+
+def _int_param(name: str) -> int | None:
+    try:
+        value = int(st.query_params.get(name, ""))
+    except ValueError:
+        return None
+    return value if value > 0 else None
+
+
+def set_params(**values: Any) -> None:
+    """Write these query parameters (None removes one); an unchanged one is left alone, so the
+    browser's history gets an entry only for a real change."""
+    for name, value in values.items():
+        if value is None or value == [] or value == "":
+            if name in st.query_params:
+                del st.query_params[name]
+            st.session_state.pop(_SEEN + name, None)
+            continue
+        text = [str(v) for v in value] if isinstance(value, list | tuple) else str(value)
+        now = st.query_params.get_all(name) if isinstance(text, list) else st.query_params.get(name)
+        if now != text:
+            st.query_params[name] = text
+
+
+def url_widget(widget, label: str, options, *, param: str, key: str, default: Any = None,
+               what: str = "choice", multi: bool = False, format_func=str, **kwargs: Any) -> Any:
+    """A selectbox / radio / segmented_control / multiselect whose value is in the URL as
+    `?param=...` (a multiselect's as one entry per value): read from a new link, checked
+    against `options` (unknown values leave a notice), kept across pages, written back."""
+    options = list(options)
+    by_text = {str(o): o for o in options}
+    fallback = [o for o in (default or []) if o in options] if multi else (
+        default if default in options else (options[0] if options else None))
+
+    def valid(value: Any) -> bool:
+        if multi:
+            return isinstance(value, list) and all(v in options for v in value)
+        return value in options
+
+    raw = st.query_params.get_all(param)
+    if raw and raw != st.session_state.get(_SEEN + param):  # a new link, or back in history
+        st.session_state[_SEEN + param] = raw
+        good = [by_text[v] for v in raw if v in by_text]
+        if bad := [v for v in raw if v not in by_text]:  # said here: the header is drawn
+            st.warning(f"The link's {what} **{', '.join(bad)}** is not in this workspace; "
+                       + ("showing the others." if good and multi else "showing the default."),
+                       icon=":material/link_off:")
+        if good:
+            st.session_state[key] = good if multi else good[0]
+    if not valid(st.session_state.get(key)):
+        kept = st.session_state.get(_KEPT + key)
+        st.session_state[key] = kept if valid(kept) else fallback
+    value = widget(label, options, key=key, format_func=format_func, **kwargs)
+    if value is None and not multi:  # a segmented control clicked off: its default
+        value = fallback
+    st.session_state[_KEPT + key] = value
+    text = [str(v) for v in value] if multi else ([] if value is None else [str(value)])
+    set_params(**{param: text if multi else (text[0] if text else None)})
+    st.session_state[_SEEN + param] = text
+    return value
+
+
+def url_tabs(labels: list[str], *, param: str = "tab", key: str) -> tuple[Any, ...]:
+    """st.tabs whose open tab is in the URL (`?tab=Loss`), read from a link, written back."""
+    raw = st.query_params.get(param)
+    if raw and [raw] != st.session_state.get(_SEEN + param) and raw in labels:
+        st.session_state[key] = raw
+    st.session_state[_SEEN + param] = [raw] if raw else []
+    if st.session_state.get(key) not in labels:
+        kept = st.session_state.get(_KEPT + key)
+        st.session_state[key] = kept if kept in labels else labels[0]
+    tabs = st.tabs(labels, key=key, on_change="rerun")
+    chosen = st.session_state.get(key) or labels[0]
+    st.session_state[_KEPT + key] = chosen
+    set_params(**{param: None if chosen == labels[0] else chosen})
+    if chosen != labels[0]:
+        st.session_state[_SEEN + param] = [chosen]
+    return tuple(tabs)
+
+
+# --- teaching mode and the guided walk -------------------------------------------------------
+
+WALK = [  # the pages in method order: (file, title, what to look at there)
+    ("pages/overview.py", "Overview", "the method in one picture"),
+    ("pages/library.py", "Library", "the checkpoints, and which task helps which"),
+    ("pages/target.py", "Target", "what to adapt to, and what guessing would score"),
+    ("pages/relevance.py", "Relevance", "which checkpoints fit the target"),
+    ("pages/relevance_map.py", "Relevance map", "which part of the library helps which target"),
+    ("pages/merge.py", "Merge methods", "which merge method and k win across targets"),
+    ("pages/launch.py", "Launch", "finetune from the merge and from scratch"),
+    ("pages/convergence.py", "Convergence", "how much sooner the mashup run gets there"),
+]
+
+
+def teaching_toggle() -> bool:
+    """The sidebar's switch (off by default; a link's ?teach=1 turns it on)."""
+    teaching()  # a new link's ?teach= is read into the toggle's state first
+    on = st.toggle("Teaching mode", key=TEACH_KEY,
+                   help="adds, beside each chart, what to notice in this study's numbers, and a "
+                   "next step at the bottom of each page")
+    st.session_state[_KEPT + TEACH_KEY] = on
+    set_params(teach=1 if on else None)
+    return on
+
+
+def teaching() -> bool:
+    """Is teaching mode on for this session? (The sidebar's toggle, or the link's ?teach=1.)"""
+    raw = st.query_params.get(TEACH_KEY)
+    if raw is not None and [raw] != st.session_state.get(_SEEN + TEACH_KEY):
+        st.session_state[_SEEN + TEACH_KEY] = [raw]
+        st.session_state[_KEPT + TEACH_KEY] = raw not in ("0", "", "false", "off")
+        st.session_state[TEACH_KEY] = st.session_state[_KEPT + TEACH_KEY]
+    on = bool(st.session_state.get(_KEPT + TEACH_KEY, False))
+    set_params(teach=1 if on else None)
+    if on:
+        st.session_state[_SEEN + TEACH_KEY] = ["1"]
+    return on
+
+
+def teach(notes: list[str]) -> None:
+    """In teaching mode: what to notice, computed from the chart's own numbers."""
+    if notes and teaching():
+        st.info("**What to notice here**\n\n" + "\n".join(f"- {n}" for n in notes),
+                icon=":material/school:")
+
+
+def next_step(page_file: str) -> None:
+    """In teaching mode, a link to the next page in method order (the guided walk)."""
+    if not teaching():
+        return
+    files = [f for f, *_ in WALK if (Path(__file__).parent.parent / f).exists()]
+    here = f"pages/{Path(page_file).name}"
+    if here not in files or here == files[-1]:
+        if here == files[-1]:
+            st.success("That is the whole method: from the library to a run that gets there "
+                       "sooner. Change the target in the sidebar and walk it again.",
+                       icon=":material/flag:")
+        return
+    nxt = files[files.index(here) + 1]
+    _, title, what = next(w for w in WALK if w[0] == nxt)
+    st.divider()
+    st.page_link(nxt, label=f"**Next step: {title}** — {what}", icon=":material/arrow_forward:")
+
+
+# --- long tables -----------------------------------------------------------------------------
+
+
+def paged_table(frame, *, key: str, search: list[str] | None = None, page_size: int = PAGE_SIZE,
+                **kwargs: Any) -> None:
+    """st.dataframe, with a filter box and pages once the table is longer than `page_size`
+    rows (a library of 200 or 50 runs is not dumped in one grid)."""
+    if len(frame) <= page_size:
+        st.dataframe(frame, **kwargs)
+        return
+    columns = search or [c for c in frame.columns if frame[c].dtype == object]
+    query = st.text_input(f"Filter the {len(frame)} rows", key=f"{key}-filter",
+                          placeholder=f"text in {', '.join(columns)}").strip().lower()
+    if query:
+        hit = frame[columns].astype(str).apply(lambda col: col.str.lower().str.contains(
+            query, regex=False)).any(axis=1)
+        frame = frame[hit]
+    pages = max(1, -(-len(frame) // page_size))
+    page = st.pagination(pages, key=f"{key}-page") if pages > 1 else 1
+    page = min(page, pages)
+    st.dataframe(frame.iloc[(page - 1) * page_size : page * page_size], **kwargs)
+    st.caption(f"{len(frame)} row(s){' match' if query else ''}; page {page} of {pages}, "
+               f"{page_size} a page.")

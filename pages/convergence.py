@@ -3,6 +3,7 @@
 import streamlit as st
 
 from mashup_core import views
+from mashup_core.views import teaching
 from mashup_core.workspace import Workspace
 from pages import _ui
 
@@ -30,7 +31,8 @@ with _ui.shown_errors():
     names = {r["id"]: f"{r['kind']} · {r['target']} · {r['status']} · {r['id']}" for r in rows}
     latest = next((r for r in rows if r["kind"] == "mashup"), rows[0])
     default = [latest["id"]] + ([latest["baseline_id"]] if latest.get("baseline_id") in names else [])
-    picked = st.multiselect("Runs", list(names), default=default, format_func=names.get,
+    picked = _ui.url_widget(st.multiselect, "Runs", list(names), param="runs", key="conv_runs",
+                            default=default, multi=True, what="run", format_func=names.get,
                             help="a mashup run's baseline is added for the comparison")
     if not picked:
         st.info("Pick at least one run to plot.", icon=":material/info:")
@@ -53,13 +55,14 @@ with _ui.shown_errors():
     axis = st.segmented_control("x axis", list(views.AXES), default="step",
                                 format_func={"step": "training step",
                                              "seconds": "wall-clock"}.get) or "step"
-    acc_tab, loss_tab = st.tabs(["Accuracy", "Loss"])
+    acc_tab, loss_tab = _ui.url_tabs(["Accuracy", "Loss"], param="tab", key="conv_tab")
     with acc_tab:
         st.plotly_chart(views.curves_figure(curves, axis, "acc", comparison.parity[axis]),
                         key="acc_curve")
         st.caption("Validation accuracy; orange = from the merge, dashed blue = from scratch. The "
                    "star is where the mashup run first reaches the scratch run's final accuracy "
                    "(parity); wall-clock excludes the one-off scoring and merging.")
+        _ui.teach(teaching.curves_notes(curves) + teaching.parity_notes(comparison.table))
     with loss_tab:
         metric = st.radio("Loss", ["loss", "nll"], horizontal=True,
                           format_func={"loss": "training loss", "nll": "validation answer NLL"}.get)
@@ -100,3 +103,4 @@ with _ui.shown_errors():
                            file_name="parity.csv", mime="text/csv", icon=":material/download:")
     for note in comparison.notes:
         st.warning(note, icon=":material/warning:")
+_ui.next_step(__file__)

@@ -7,6 +7,7 @@ from mashup_core.config import FINETUNE_MODES
 from mashup_core.errors import MashupError
 from mashup_core.merging.lora import MERGE_METHODS
 from mashup_core.merging.weights import WEIGHT_STRATEGIES
+from mashup_core.views import teaching
 from mashup_core.workspace import Workspace
 from pages import _ui
 
@@ -110,7 +111,7 @@ else:
                 eval_limit=int(eval_limit), train_limit=int(train_limit),
                 checkpoint_every=max(int(eval_every), 20),
             )
-            st.session_state["watch"] = pair.group
+            st.session_state["watch"] = st.session_state["watch_pair"] = pair.group
             note = " (an identical finished baseline is reused)" if pair.reused_baseline else ""
             st.success(f"Launched pair {pair.group}: mashup {pair.mashup_id}, "
                        f"scratch {pair.baseline_id}{note}.", icon=":material/check_circle:")
@@ -133,8 +134,9 @@ def monitor(root: str) -> None:
         watch = groups[0] if groups else None
     if groups:
         targets = {r["group_id"]: r["target"] for r in rows}
-        watch = st.selectbox("Watch pair", groups, index=groups.index(watch),
-                             format_func=lambda g: f"{targets[g]} · {g}")
+        watch = _ui.url_widget(st.selectbox, "Watch pair", groups, param="pair", key="watch_pair",
+                               default=watch, what="pair of runs",
+                               format_func=lambda g: f"{targets[g]} · {g}")
         st.session_state["watch"] = watch
     members = [r for r in rows if r["group_id"] == watch] if watch else rows[:4]
     if watch:  # a reused baseline belongs to an older group: follow the pair link
@@ -164,10 +166,13 @@ def monitor(root: str) -> None:
         st.plotly_chart(views.curves_figure(curves), key="live_curve")
         st.caption("Validation accuracy as the runs train (refreshes every 2 s): orange = from the "
                    "merge, dashed blue = from scratch. Step 0 is the starting point itself.")
+        _ui.teach(teaching.curves_notes(curves))
     elif any(views.run_progress(r).active for r in records):
         st.caption("Loading, scoring and merging before the first evaluation…")
     with st.expander(f"All runs ({len(rows)})"):
-        st.dataframe(views.runs_frame(rows), hide_index=True, width="stretch")
+        _ui.paged_table(views.runs_frame(rows), key="runs", search=["id", "kind", "target",
+                                                                    "status", "pair"],
+                        hide_index=True, width="stretch")
     st.page_link("pages/convergence.py", label="Compare finished runs on Convergence",
                  icon=":material/show_chart:")
 
@@ -175,3 +180,4 @@ def monitor(root: str) -> None:
 st.subheader("Runs")
 with _ui.shown_errors():
     monitor(str(ws.root))
+_ui.next_step(__file__)

@@ -4,6 +4,7 @@
 import streamlit as st
 
 from mashup_core import views
+from mashup_core.views import teaching
 from pages import _ui
 
 ws, config = _ui.open_workspace(__file__)
@@ -19,8 +20,10 @@ with _ui.shown_errors():
     frame = views.library_frame(scan, ws.manifest(), config.sources, ws)
     ok, rejected = len(scan.checkpoints), len(scan.rejected)
     st.markdown(f"**{ok}** usable checkpoints" + (f", **{rejected}** rejected" if rejected else ""))
-    st.dataframe(
-        frame, hide_index=True, width="stretch",
+    _ui.paged_table(
+        frame, key="library", search=["name", "source task", "status", "source"]
+        if "source task" in frame else ["name", "status", "source"],
+        hide_index=True, width="stretch",
         column_config={
             "own-task accuracy": st.column_config.ProgressColumn(
                 "own-task accuracy", min_value=0.0, max_value=1.0, format="%.2f",
@@ -34,6 +37,7 @@ with _ui.shown_errors():
     )
     st.caption("One row per checkpoint found. Snapshots are intermediate saves of the same "
                "training run; a rejected row says why and what to do.")
+    _ui.teach(teaching.library_notes(frame))
     for r in scan.rejected:
         st.error(f"**{r.name}** rejected: {r.reason}", icon=":material/block:")
 
@@ -67,3 +71,8 @@ if ws.manifest() is not None:  # the transfer report is the demo build's own mea
     with _ui.shown_errors():
         st.plotly_chart(views.transfer_heatmap(ws.manifest()), key="transfer")
         st.caption(views.transfer_caption(ws))
+        chosen = _ui.target(ws, config)
+        _ui.teach(teaching.transfer_notes(ws.manifest().get("report", {}),
+                                          chosen.spec["name_or_path"] if chosen else None))
+
+_ui.next_step(__file__)

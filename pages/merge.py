@@ -6,6 +6,7 @@ import streamlit as st
 
 from mashup_core import views
 from mashup_core.study.job import launch_study, study_job
+from mashup_core.views import teaching
 from pages import _ui
 
 ws, config = _ui.open_workspace(__file__)
@@ -87,7 +88,8 @@ if not studies:
 with _ui.shown_errors():
     names = [d.name for d in studies]
     current = st.session_state.get("study_id")
-    name = st.selectbox("Study", names, index=names.index(current) if current in names else 0)
+    name = _ui.url_widget(st.selectbox, "Study", names, param="study", key="study_choice",
+                          default=current if current in names else names[0], what="study")
     st.session_state["study_id"] = name
     study_dir = ws.studies_dir / name
     job_status(study_dir)
@@ -96,13 +98,16 @@ with _ui.shown_errors():
     st.caption(f"{table.finished}/{table.planned} cells · targets {', '.join(spec.tasks)} · "
                f"n = {', '.join(map(str, spec.ns))} · scorer {', '.join(spec.scorers)} · weights {', '.join(spec.weightings)}")
 
-    trained = spec.train and st.segmented_control(
-        "Accuracy", ["merged (zero-shot)", "after finetuning"],
-        default="merged (zero-shot)") == "after finetuning"
+    trained = spec.train and _ui.url_widget(
+        st.segmented_control, "Accuracy", ["merged", "finetuned"], param="tab", key="merge_tab",
+        default="merged", what="view", format_func={"merged": "merged (zero-shot)",
+                                                    "finetuned": "after finetuning"}.get,
+    ) == "finetuned"
     event = st.plotly_chart(views.rank_heatmap(table, trained), key="ranks", on_select="rerun",
                             selection_mode="points")
     st.caption("Mean rank across targets: 1 = the best merge on every target (green). Hover a "
                "cell for its per-target accuracies; click it (or pick it below) for the detail.")
+    _ui.teach(teaching.merge_notes(table, trained))
 
     ranks = table.trained_mean_rank if trained else table.mean_rank
     points = (event.selection.points if event and event.selection else []) or []
@@ -126,3 +131,4 @@ with _ui.shown_errors():
         st.dataframe(views.cell_frame(table, label, k, trained), hide_index=True, width="stretch")
 
 study_form(studies)
+_ui.next_step(__file__)

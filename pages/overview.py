@@ -4,6 +4,7 @@ import streamlit as st
 
 from mashup_core import views
 from mashup_core.errors import MashupError
+from mashup_core.views import teaching
 from pages import _ui
 
 ws, config = _ui.open_workspace(__file__)
@@ -32,6 +33,7 @@ cols[2].metric("Runs", summary.runs, help="finetuning runs in this workspace")
 cols[3].metric("Studies", summary.studies, help="leave-one-out merge-method studies")
 world = f" · {summary.profile} demo world" if summary.profile else ""
 st.caption(f"Workspace `{summary.root}` · base model `{summary.base}`{world}")
+_ui.teach(teaching.overview_notes(summary))
 if not summary.checkpoints:
     st.warning("No usable checkpoint in the library yet: add a source on the Library page.",
                icon=":material/warning:")
@@ -44,6 +46,8 @@ steps = [
      "the workspace's targets, a benchmark or your own file"),
     ("pages/relevance.py", "Relevance", ":material/leaderboard:",
      "which checkpoints fit the target"),
+    ("pages/relevance_map.py", "Relevance map", ":material/grid_on:",
+     "which part of the library helps which target"),
     ("pages/merge.py", "Merge methods", ":material/merge:",
      "which merge method and k win across targets"),
     ("pages/launch.py", "Launch", ":material/rocket_launch:",
@@ -53,5 +57,7 @@ steps = [
 ]
 left, right = st.columns(2)
 for i, (path, label, icon, what) in enumerate(steps):
-    with left if i < 3 else right:
+    with left if i < 4 else right:
         st.page_link(path, label=f"**{label}** — {what}", icon=icon)
+
+_ui.next_step(__file__)

@@ -7,6 +7,7 @@ import streamlit as st
 
 from mashup_core import access, views
 from mashup_core.data.targets import list_demo_tasks
+from mashup_core.views import teaching
 from pages import _ui
 
 ws, config = _ui.open_workspace(__file__)
@@ -36,8 +37,9 @@ def choose(spec: dict, label: str, examples: list) -> None:
                         help="how many train examples score each checkpoint (the paper: 256)")
     chosen = _ui.Target(spec, int(n), label, str(ws.root))
     if chosen != current:
-        _ui.set_target(chosen)
+        _ui.set_target(chosen, config)  # and in the URL, when it is a workspace target
         st.rerun()  # the sidebar, drawn before this page, shows the new choice
+    _ui.teach(teaching.target_notes(examples, int(n)))
     st.success(f"Target: **{label}**, n = {n}. Next: see which checkpoints fit it.",
                icon=":material/check_circle:")
     addable = spec not in configured.values() and _ui.can_write()
@@ -131,3 +133,5 @@ else:
                 spec = views.target_spec_dict({"kind": "file", "name_or_path": str(path),
                                                "mapping": mapping})
                 choose(spec, views.target_label(spec), _ui.target_examples(ws, spec))
+
+_ui.next_step(__file__)

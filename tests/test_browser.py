@@ -5,6 +5,7 @@ waits for its curve; saves a screenshot of each page under test-artifacts/screen
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -30,6 +31,7 @@ SHOTS = ROOT / "test-artifacts" / "screenshots"
 PAGES = {  # screenshot name -> (sidebar link, the page's heading)
     "overview": ("Overview", "Mashup Explorer"), "library": ("Library", "Checkpoint library"),
     "target": ("Target", "Target task"), "relevance": ("Relevance", "Relevance"),
+    "relevance_map": ("Relevance map", "Relevance map"),
     "merge": ("Merge methods", "Merge methods"), "launch": ("Launch", "Launch a run"),
     "convergence": ("Convergence", "Convergence"),
 }
@@ -213,3 +215,54 @@ def test_a_user_workspace_without_a_demo_world(user_server):
         expect(page.get_by_role("textbox", name="Base model")).to_have_value(str(user_world["base"]))
         assert page.get_by_role("button", name="Launch mashup + scratch").count() == 1
         page.screenshot(path=str(SHOTS / "user-launch.png"), full_page=True)
+
+
+@pytest.fixture
+def scale_server(tiny_world, tmp_path):
+    """The app on a workspace at a lab's size (tests/scale_world.py: 200 adapters, 50 finished
+    runs, 3 studies, scores cached)."""
+    from scale_world import make_scale_workspace
+
+    ws = make_scale_workspace(tiny_world, tmp_path / "scale-ws")
+    with _serve(ws.root, tmp_path) as url:
+        yield url, ws
+
+
+def _picked_runs(page) -> list[str]:
+    box = page.get_by_test_id("stMultiSelect").filter(has_text="Runs")
+    return box.locator("[data-baseweb=tag]").all_inner_texts()
+
+
+def test_a_shared_link_opens_the_same_target_and_runs(scale_server):
+    """One visitor picks a target and runs; the address bar, opened by a colleague in another
+    browser context (no shared session), shows the same target and runs."""
+    url, ws = scale_server
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 2000})
+            page.goto(f"{url}/target")
+            page.get_by_role("heading", name="Target task", level=1).wait_for(timeout=120_000)
+            settle(page)
+            page.get_by_test_id("stSelectbox").filter(has_text="Target").click()
+            page.get_by_role("option", name="sort (demo task)").click()
+            settle(page)
+            open_page(page, "convergence")
+            expect(page).to_have_url(re.compile(r"target=sort.*runs=|runs=.*target=sort"))
+            runs = _picked_runs(page)
+            assert runs, "the page picked the latest pair"
+            shared = page.url
+
+            colleague = browser.new_context(viewport={"width": 1400, "height": 2000}).new_page()
+            colleague.goto(shared)
+            colleague.get_by_role("heading", name="Convergence", level=1).wait_for(timeout=120_000)
+            settle(colleague)
+            expect(colleague.get_by_test_id("stSidebar")).to_contain_text(
+                "Target: sort (demo task)")
+            assert _picked_runs(colleague) == runs
+            assert colleague.get_by_test_id("stPlotlyChart").count() >= 1
+            colleague.screenshot(path=str(SHOTS / "shared-link.png"), full_page=True)
+        finally:
+            browser.close()

@@ -15,23 +15,27 @@ from mashup_core.views.workspace import local_path
 from mashup_core.workspace import Workspace
 
 
-def relevance_table(ws: Workspace, target: dict[str, Any], n: int):
+def relevance_table(ws: Workspace, target: dict[str, Any], n: int, *, cached_only: bool = False,
+                    scan=None):
     """Every usable checkpoint of the library scored on the target's first `n` train examples,
-    on the config's base model (cached on disk by `score_library_cached`)."""
+    on the config's base model (cached on disk by `score_library_cached`). `cached_only`: read
+    the cache, never score or write (`NotCachedError` when it is not there): what a read-only
+    page does. `scan`: the library scan, when the caller has it already."""
     from mashup_core.config import resolve_config, target_name
     from mashup_core.data.targets import TargetSpec, load_target
     from mashup_core.selection.scoring import score_library_cached
     from mashup_core.views.library import library_scan
 
     config = resolve_config(ws)
-    scan = library_scan(ws)
+    scan = scan if scan is not None else library_scan(ws)
     if not scan.checkpoints:
         raise MashupError("the library has no usable checkpoint to score: add a source on the "
                           "Library page (the rejected ones say why)")
     spec = TargetSpec.from_dict({"split": "train", **target})
     examples = load_target(spec.with_split("train"), ws)
     return score_library_cached(ws, scan.checkpoints, examples, n=n, base_path=config.base_model,
-                                target=target_name(target), progress=False)
+                                target=target_name(target), progress=False,
+                                cached_only=cached_only)
 
 
 def launch_pair_for(
