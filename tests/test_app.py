@@ -28,7 +28,8 @@ from streamlit.testing.v1 import AppTest  # noqa: E402
 from streamlit.testing.v1.util import patch_config_options  # noqa: E402
 
 APP = Path(__file__).resolve().parent.parent / "app.py"
-PAGES = ["overview", "library", "target", "relevance", "merge", "launch", "convergence"]
+PAGES = ["overview", "library", "target", "relevance", "relevance_map", "merge", "launch",
+         "convergence"]
 
 
 def render(page: str | None = None, timeout: float = 120) -> AppTest:
@@ -129,7 +130,7 @@ def test_overview_shows_the_method_counts_and_links(shared):
     assert any(c.value == f"**Target:** {chosen} (demo task) · n = 64" for c in at.sidebar.caption)
     assert [m.label for m in at.metric] == ["Checkpoints", "Targets", "Runs", "Studies"]
     assert at.metric[0].value == "16" and at.metric[1].value == "8"
-    assert len(at.get("page_link")) == 6
+    assert len(at.get("page_link")) == 7
     (diagram,) = figures(at)
     titles = [a.text for a in diagram.layout.annotations if a.text]
     assert any("Score" in t for t in titles) and any("Merge" in t for t in titles)
@@ -704,3 +705,193 @@ def test_a_token_unlocks_write_actions(private, tmp_path, monkeypatch):
     with access.granted(token):  # what the page does around a write action
         add_source(private, str(tmp_path))
     assert str(tmp_path) in load_config(private).sources
+
+
+# --- shareable views: the query string -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def story_world(tiny_world, tmp_path_factory) -> Workspace:
+    """A copy of the tiny world with a finished two-target study written in the study's own
+    file shapes (tests/scale_world.py), for the link and teaching tests."""
+    import random
+
+    from scale_world import write_study
+
+    ws = Workspace(tmp_path_factory.mktemp("story") / "ws")
+    shutil.copytree(tiny_world.root, ws.root)
+    write_study(ws, "loo-test", ("min", "sort"), ("linear", "ties"), (1, 2), random.Random(0))
+    return ws
+
+
+@pytest.fixture
+def story(story_world, monkeypatch) -> Workspace:
+    monkeypatch.setenv("MASHUP_WORKSPACE", str(story_world.root))
+    return story_world
+
+
+def test_a_link_opens_its_target_and_a_change_writes_the_link(story):
+    at = AppTest.from_file(str(APP), default_timeout=120)
+    at.query_params["target"], at.query_params["n"] = "sort", "16"
+    at.run()
+    check(at)
+    assert (chosen_target(at).label, chosen_target(at).n) == ("sort (demo task)", 16)
+    assert any(c.value == "**Target:** sort (demo task) · n = 16" for c in at.sidebar.caption)
+    at.switch_page("pages/relevance.py").run()
+    check(at)
+    assert "**16**" in at.markdown[0].value and "sort" in at.markdown[0].value
+
+    at.switch_page("pages/target.py").run()
+    check(at)
+    by_label(at.selectbox, "Target").set_value("min (demo task)").run()
+    check(at)
+    assert chosen_target(at).label == "min (demo task)"
+    assert (at.query_params["target"], at.query_params["n"]) == ("min", "16")
+
+
+def test_an_unknown_target_in_the_link_is_a_notice(story):
+    at = AppTest.from_file(str(APP), default_timeout=120)
+    at.query_params["target"] = "no-such-task"
+    at.run()
+    check(at)
+    assert "The link names target **no-such-task**" in texts(at.warning)
+    default = world_story(story).default_target
+    assert chosen_target(at) is None or chosen_target(at).label == f"{default} (demo task)"
+    assert at.query_params["target"] == default, "the link now names the target on screen"
+
+
+def test_the_study_and_the_view_live_in_the_link(story):
+    at = AppTest.from_file(str(APP), default_timeout=120)
+    at.run()
+    at.query_params["study"] = "loo-test"
+    at.switch_page("pages/merge.py").run()
+    check(at)
+    assert by_label(at.selectbox, "Study").value == "loo-test"
+    assert at.query_params["study"] == "loo-test"
+
+    at = AppTest.from_file(str(APP), default_timeout=120)
+    at.run()
+    at.query_params["study"] = "gone-study"
+    at.switch_page("pages/merge.py").run()
+    check(at)
+    assert "**gone-study** is not in this workspace" in texts(at.warning)
+    assert at.query_params["study"] == "loo-test"
+
+
+# --- teaching mode ---------------------------------------------------------------------------
+
+
+def notes(at: AppTest) -> str:
+    return "\n".join(i.value for i in at.info if "What to notice" in i.value)
+
+
+def test_teaching_mode_notes_are_this_workspaces_numbers(story):
+    from mashup_core.study.report import study_table
+
+    at = AppTest.from_file(str(APP), default_timeout=120)
+    at.query_params["teach"] = "1"
+    at.run()
+    check(at)
+    assert at.toggle(key="teach").value is True
+    summary = views.workspace_summary(story, load_config(story) or _demo_config(story), 16)
+    assert f"This study has {summary.checkpoints} checkpoint(s)" in notes(at)
+    assert f"and {summary.targets} target(s)" in notes(at)
+    assert "Next step: Library" in " ".join(link.proto.label for link in at.get("page_link"))
+
+    target = chosen_target(at).spec["name_or_path"] if chosen_target(at) else \
+        world_story(story).default_target
+    best = world_story(story).best[target]
+    at.switch_page("pages/library.py").run()
+    check(at)
+    assert (f"{target}'s best donor is {best.donor} (acc {best.donor_acc:.2f} vs base "
+            f"{best.base_acc:.2f})") in notes(at)
+    assert at.query_params["teach"] == "1", "teaching mode stays in the link"
+
+    table = study_table(story.studies_dir / "loo-test")
+    ranks = table.mean_rank.stack().dropna()
+    (label, k), rank = ranks.idxmin(), ranks.min()
+    at.switch_page("pages/merge.py").run()
+    check(at)
+    assert f"{label}, k={k} ranks best here (mean rank {rank:.2f} over 2 target(s))" in notes(at)
+    accs = table.accuracies(label, int(k))
+    assert f"It averages {np.mean(list(accs.values())):.2f} accuracy" in notes(at)
+    assert "Next step: Launch" in " ".join(link.proto.label for link in at.get("page_link"))
+
+
+def test_teaching_mode_is_off_by_default(story):
+    at = render()
+    assert at.toggle(key="teach").value is False
+    for page in ("library", "target", "merge"):
+        at.switch_page(f"pages/{page}.py").run()
+        check(at)
+        assert not notes(at), page
+        assert not any("Next step" in link.proto.label for link in at.get("page_link")), page
+    assert "teach" not in at.query_params
+
+
+def _demo_config(ws):
+    from mashup_core.config import demo_config
+
+    return demo_config(ws)
+
+
+# --- the relevance map -----------------------------------------------------------------------
+
+MAP_N = 8  # a small n keeps scoring quick; the link's ?n= sets it
+MAP_TARGETS = ("min", "sort", "count")
+
+
+def test_relevance_map_cells_are_the_cached_scores(story):
+    from mashup_core.views import relevance_map as rmap
+
+    specs = rmap.map_targets(load_config(story) or _demo_config(story))
+    tables = {t: views.relevance_table(story, specs[t], MAP_N) for t in MAP_TARGETS}
+    at = AppTest.from_file(str(APP), default_timeout=120)
+    at.query_params.update({"target": "min", "n": str(MAP_N), "values": "raw", "order": "name"})
+    at.run()
+    at.switch_page("pages/relevance_map.py").run()
+    check(at)
+    (heatmap,) = figures(at)
+    cells = heatmap.data[0]
+    assert set(cells.x) == set(MAP_TARGETS) and len(cells.y) == 16
+    for i, name in enumerate(cells.y):
+        for j, target in enumerate(cells.x):
+            assert cells.z[i][j] == pytest.approx(tables[target].row(name).acc, abs=1e-12)
+    missing = [t for t in specs if t not in MAP_TARGETS]
+    assert all(t in texts(at.info) for t in missing), "what is not scored yet is named"
+    assert by_label(at.button, f"Score {len(missing)} target(s)")
+
+    at.segmented_control(key="map_values").set_value("gain").run()
+    check(at)
+    cells = figures(at)[0].data[0]
+    for i, name in enumerate(cells.y):
+        for j, target in enumerate(cells.x):
+            gain = tables[target].row(name).acc - tables[target].base.acc
+            assert cells.z[i][j] == pytest.approx(gain, abs=1e-12)
+    assert at.query_params["values"] == "gain" or "values" not in at.query_params
+
+
+def test_relevance_map_read_only_shows_the_cache_and_writes_nothing(story, monkeypatch):
+    monkeypatch.setenv("MASHUP_READ_ONLY", "1")
+    before = sorted(p.name for p in (story.cache_dir / "scores").iterdir())
+    at = AppTest.from_file(str(APP), default_timeout=120)
+    at.query_params.update({"target": "min", "n": "5"})  # an n nothing was scored at
+    at.run()
+    at.switch_page("pages/relevance_map.py").run()
+    check(at)
+    assert "only shows scores already computed" in texts(at.info)
+    assert not [b for b in button_labels(at) if b.startswith("Score")]
+    assert sorted(p.name for p in (story.cache_dir / "scores").iterdir()) == before
+
+
+def test_relevance_map_scores_the_missing_targets_on_request(private):
+    at = AppTest.from_file(str(APP), default_timeout=300)
+    at.query_params.update({"target": "min", "n": "4"})
+    at.run()
+    at.switch_page("pages/relevance_map.py").run()
+    check(at)
+    assert not figures(at), "nothing scored yet: no map, no waiting"
+    by_label(at.button, "Score 8 target(s)").click().run()
+    check(at)
+    (heatmap,) = figures(at)
+    assert len(set(heatmap.data[0].x)) == 8 and len(heatmap.data[0].y) == 16
