@@ -40,6 +40,10 @@ class ScoringError(MashupError):
     """Scoring cannot run or a selection cannot be made; the message says what to change."""
 
 
+class NotCachedError(ScoringError):
+    """`score_library_cached(cached_only=True)` found no cached table: nothing was scored."""
+
+
 @dataclass(frozen=True)
 class Scorer:
     name: str  # also the `ScoreRow` field that holds its value
@@ -386,12 +390,14 @@ def score_library_cached(
     include_full: bool = False,
     device: str | None = None,
     refresh: bool = False,
+    cached_only: bool = False,
 ) -> ScoreTable:
     """`score_library` on `sample_examples(examples, n, seed)`, remembered in the workspace.
 
     The key covers the checkpoints' files (size, mtime), the sampled examples' content, n,
     seed, the scorers and the base model, so a changed input is never served stale. An
-    unreadable cache file is ignored and rewritten.
+    unreadable cache file is ignored and rewritten. `cached_only`: never score (nor write);
+    raise `NotCachedError` when the table is not cached (a read-only page, a quick look).
     """
     import torch
 
@@ -411,6 +417,9 @@ def score_library_cached(
     if not refresh and (table := _read_cached(path)) is not None:
         table.target = target
         return table
+    if cached_only:
+        raise NotCachedError(f"{target or 'this target'}: not scored yet on n={n} "
+                             f"({len(checkpoints)} checkpoints)")
     from mashup_core.jobs.slot import accelerator_slot
 
     # On a GPU, scoring queues with runs and studies for the card (cached scores never wait).
