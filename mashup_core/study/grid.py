@@ -52,6 +52,7 @@ def run_study(
     resolve_config(ws)  # a workspace without a base says how to get one, before any work
     for target in spec.tasks:  # every target and its evaluation split load, before any work
         load_study_split(ws, target, spec.eval_split, 1)
+    spec.validate()  # the grid's names and numbers, before reading the library
     library = study_library(ws, spec.finetune)
     if spec.finetune == "full" and not library:
         raise StudyError("finetune full: the library holds no full-model checkpoints (a full "
