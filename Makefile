@@ -24,8 +24,11 @@ $(STAMP): pyproject.toml
 	   || (cat $(VENV)/install.log; exit 1)
 	@touch $(STAMP)
 
+# The world, a leave-one-out study and a mashup + scratch pair are computed by one background
+# job (reused when there; `mashup demo status`); the dashboard serves at once and shows each
+# as it lands.
 demo: $(STAMP)
-	$(BIN)/mashup demo build --workspace $(WORKSPACE) --profile $(PROFILE)
+	$(BIN)/mashup demo start --workspace $(WORKSPACE) --profile $(PROFILE)
 	$(MAKE) --no-print-directory serve
 
 # Beyond loopback: `make serve ADDRESS=0.0.0.0 READ_ONLY=1`, or with MASHUP_TOKEN set.
