@@ -122,7 +122,7 @@ with _ui.shown_errors():
             if clicked := rviews.clicked_point(event):
                 st.session_state["recycle_point"] = clicked
             st.caption("Each point is a merge; the red line joins the non-dominated ones (no "
-                       "other merge is better on every target). Click one for its weights.")
+                       "other merge is better on both targets). Click one for its weights.")
         elif len(chosen_targets) == 1:
             st.dataframe(rviews.points_frame(front), hide_index=True, width="stretch")
         else:

@@ -24,7 +24,7 @@ from mashup_core.merging.recycle import (
 )
 from mashup_core.workspace import Workspace
 
-TARGETS = ("sort", "min")
+TARGETS = ("sort", "min", "dmax")
 HELD_OUT = "dsort"
 CHECKPOINTS = ("sort", "min", "dsort", "tail")
 BUDGET = 12
@@ -258,19 +258,121 @@ def test_the_page_draws_the_saved_front(recycled, monkeypatch):
     at.run()
     at.switch_page("pages/recycle.py").run()
     assert not at.exception, [e.message for e in at.exception]
-    figures = [pio.from_json(chart.proto.spec) for chart in at.get("plotly_chart")]
-    scatter = figures[0]
-    traces = {t.name: t for t in scatter.data}
-    assert {"base model", "single checkpoints", "equal weights", "front (non-dominated)"} <= set(traces)
-    drawn_front = list(traces["front (non-dominated)"].customdata)
-    assert sorted(drawn_front) == sorted(p["id"] for p in front["points"] if p["front"])
-    singles = traces["single checkpoints"]
     by_id = {p["id"]: p for p in front["points"]}
-    for pid, x, y in zip(singles.customdata, singles.x, singles.y, strict=True):
-        assert (x, y) == (by_id[pid]["per_target"]["sort"], by_id[pid]["per_target"]["min"])
-    held = figures[1]  # the held-out target beside it
-    assert "dsort" in held.layout.yaxis.title.text
-    weight_score = figures[2]
+
+    # three targets: parallel coordinates, one line per reference merge and front merge
+    parallel, held, weight_score = figures(at)
+    dims = {d.label: list(d["values"]) for d in parallel.data[0].dimensions}
+    drawn = [p for p in front["points"] if p["front"] or p["kind"] != "searched"]
+    for t in TARGETS:
+        assert dims[t] == [p["per_target"][t] for p in drawn]
+    assert dims[f"held-out: {HELD_OUT}"] == [p["held_out"] for p in drawn]
+    assert HELD_OUT in held.layout.yaxis.title.text  # the held-out target beside it
     assert list(weight_score.data[0].text) == list(CHECKPOINTS)
     assert "Spearman" in weight_score.layout.title.text
     assert any("Equal weights" in m.label for m in at.metric)
+
+    # two of them: the scatter, with the front drawn as a line
+    at.segmented_control[0].set_value("two targets").run()
+    assert not at.exception, [e.message for e in at.exception]
+    scatter = figures(at)[0]
+    traces = {t.name: t for t in scatter.data}
+    assert {"base model", "single checkpoints", "equal weights", "front (non-dominated)"} <= set(traces)
+    assert traces["front (non-dominated)"].mode == "lines+markers"
+    singles = traces["single checkpoints"]
+    for pid, x, y in zip(singles.customdata, singles.x, singles.y, strict=True):
+        assert (x, y) == (by_id[pid]["per_target"]["sort"], by_id[pid]["per_target"]["min"])
+    # the line joins the merges no other merge beats on both drawn targets
+    line = traces["front (non-dominated)"]
+    pairs = [[p["per_target"]["sort"], p["per_target"]["min"]] for p in front["points"]]
+    assert sorted(line.customdata) == sorted(front["points"][i]["id"] for i in pareto_front(pairs))
+
+    # choosing a merge shows its weights; the button writes it into the library
+    single = next(p for p in front["points"] if p["kind"] == "single")
+    at.selectbox(key="recycle_point").set_value(single["id"]).run()
+    weights = at.dataframe[0].value
+    assert list(weights["weight"]) == single["weights"]
+    at.text_input(key=f"recycle-name-{single['id']}").set_value("from-the-page").run()
+    next(b for b in at.button if b.label.startswith("Write this merge")).click().run()
+    assert not at.exception and (ws.library_dir / "from-the-page" / "adapter_config.json").exists()
+    assert "from-the-page" in at.success[0].value
+
+
+def figures(at) -> list:
+    return [pio.from_json(chart.proto.spec) for chart in at.get("plotly_chart")]
+
+
+def test_a_search_launched_in_the_background_is_saved(world_copy):
+    from waiting import poll
+
+    req = RecycleRequest(targets=("sort", "min"), checkpoints=("sort", "min"), budget=4, n=4)
+    front_id = recycle.launch_recycle(world_copy, req)
+    state = poll(lambda: recycle.recycle_job(world_copy, front_id).get("state") in ("done", "failed")
+                 and recycle.recycle_job(world_copy, front_id), timeout=180, every=0.5)
+    assert state["state"] == "done", state
+    saved = recycle.load_front(world_copy, front_id)
+    assert saved["evaluations"] == 4 and saved["targets"] == ["sort", "min"]
+    with pytest.raises(RecycleError, match="given twice"):  # refused before anything starts
+        recycle.launch_recycle(world_copy, RecycleRequest(targets=("sort", "sort")))
+
+
+@pytest.mark.browser
+def test_the_page_in_a_browser(recycled, tmp_path):
+    """The page served for real (tests/test_browser.py's server and Chromium): the figures'
+    data read back from Plotly in the page; screenshots under test-artifacts/screenshots/."""
+    from test_browser import SHOTS, _browser, _serve, settle
+
+    ws, front, _, _ = recycled
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with _serve(ws.root, tmp_path) as url, _browser() as page:
+        page.goto(f"{url}/recycle")
+        page.get_by_role("heading", name="Recycle", level=1).wait_for(timeout=180_000)
+        settle(page)
+        assert page.get_by_test_id("stException").count() == 0
+        page.locator(".js-plotly-plot").first.wait_for(timeout=60_000)
+        dims = page.evaluate("() => document.querySelector('.js-plotly-plot').data[0]"
+                             ".dimensions.map(d => [d.label, Array.from(d.values)])")
+        drawn = [p for p in front["points"] if p["front"] or p["kind"] != "searched"]
+        assert dict(dims)["sort"] == [p["per_target"]["sort"] for p in drawn]
+        page.screenshot(path=str(SHOTS / "recycle.png"), full_page=True)
+
+        page.get_by_test_id("stButtonGroup").get_by_text("two targets", exact=True).click()
+        settle(page)
+        traces = page.evaluate("() => document.querySelector('.js-plotly-plot').data"
+                               ".map(t => [t.name, Array.from(t.customdata || [])])")
+        drawn_front = dict(traces)["front (non-dominated)"]
+        pairs = [[p["per_target"]["sort"], p["per_target"]["min"]] for p in front["points"]]
+        assert sorted(drawn_front) == sorted(front["points"][i]["id"] for i in pareto_front(pairs))
+        page.screenshot(path=str(SHOTS / "recycle-two-targets.png"), full_page=True)
+
+
+def test_the_page_starts_a_search_in_a_world_without_one(world_copy, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+    from waiting import poll
+
+    monkeypatch.setenv("MASHUP_WORKSPACE", str(world_copy.root))
+    at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "app.py"),
+                           default_timeout=120)
+    at.run()
+    at.switch_page("pages/recycle.py").run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert "No recycle search in this workspace yet" in at.info[0].value
+    at.multiselect[0].set_value(["sort", "min"])
+    at.selectbox[0].set_value("dsort")
+    at.text_input[0].set_value("weighted:0.5,0.5x")  # a bad objective: a message, nothing starts
+    at.button[0].click().run()
+    assert "comma-separated numbers" in at.error[0].value
+    assert not recycle.job_dir(world_copy).exists()
+    at.text_input[0].set_value("min")
+    for label, value in (("Budget (evaluations)", 4), ("Front: preference searches", 0),
+                         ("Rows per target", 4)):
+        next(w for w in at.number_input if w.label == label).set_value(value)
+    at.multiselect[1].set_value(["sort", "min"])
+    at.button[0].click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    front_id = at.session_state["recycle_job"]
+    poll(lambda: recycle.recycle_job(world_copy, front_id).get("state") in ("done", "failed"),
+         timeout=180, every=0.5)
+    saved = recycle.load_front(world_copy, front_id)
+    assert (saved["targets"], saved["held_out_target"], saved["objective"]) == (["sort", "min"], "dsort", "min")
+    assert saved["checkpoints"] == ["sort", "min"] and saved["evaluations"] == 4

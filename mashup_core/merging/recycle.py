@@ -353,9 +353,12 @@ def recycle_front(base_model, tokenizer, factors: Sequence, targets: Mapping[str
             if tuple(p["weights"]) in seen:
                 continue
             seen.add(tuple(p["weights"]))
-            points.append({"kind": "searched", "label": f"run {r} #{k}", "weights": p["weights"],
+            label = f"{scalars[0].text} search #{k}" if r == 0 else f"preference {r} #{k}"
+            points.append({"kind": "searched", "label": label, "weights": p["weights"],
                            "per_target": p["per_target"], "run": r})
-    best_keys = {tuple(r.weights): i for i, r in enumerate(results)}
+    best_keys: dict[tuple[float, ...], int] = {}
+    for i, r in enumerate(results):  # a point best in several searches names the first
+        best_keys.setdefault(tuple(r.weights), i)
     for i, p in enumerate(points):
         p["id"] = f"p{i}"
         p["objective"] = scalar([p["per_target"][t] for t in names])

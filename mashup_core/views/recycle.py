@@ -11,7 +11,7 @@ from typing import Any
 import pandas as pd
 import plotly.graph_objects as go
 
-from mashup_core.merging.recycle import weight_vs_own_score
+from mashup_core.merging.recycle import pareto_front, weight_vs_own_score
 
 KIND_STYLE = {  # kind → (legend name, colour, marker symbol, size)
     "searched": ("searched merges", "#B8C4D6", "circle", 7),
@@ -35,7 +35,7 @@ def point_label(point: dict[str, Any]) -> str:
 
 def front_scatter(front: dict[str, Any], x: str, y: str) -> go.Figure:
     """Per-target accuracy of two targets: base, each single checkpoint, the equal merge, the
-    searched merges, and the front (the non-dominated merges of all targets) as a line."""
+    searched merges, and the front (the merges non-dominated on these two) as a line."""
     points = front["points"]
     fig = go.Figure()
     for kind in ("searched", "single", "base", "equal"):
@@ -50,8 +50,10 @@ def front_scatter(front: dict[str, Any], x: str, y: str) -> go.Figure:
             marker={"color": color, "symbol": symbol, "size": size, "line": {"width": 1, "color": "white"}},
             hovertemplate="%{text}<br>" + f"{x} %{{x:.3f}}<br>{y} %{{y:.3f}}<extra></extra>",
         ))
-    on_front = sorted((p for p in points if p["front"]),
-                      key=lambda p: (p["per_target"][x], -p["per_target"][y]))
+    # The merges no other beats on both drawn targets (with more targets searched, the
+    # stored front's other members lie inside this plane's front).
+    flat = pareto_front([[p["per_target"][x], p["per_target"][y]] for p in points])
+    on_front = sorted((points[i] for i in flat), key=lambda p: (p["per_target"][x], -p["per_target"][y]))
     fig.add_trace(go.Scatter(
         x=[p["per_target"][x] for p in on_front], y=[p["per_target"][y] for p in on_front],
         mode="lines+markers", name="front (non-dominated)", customdata=[p["id"] for p in on_front],
