@@ -19,7 +19,7 @@ from waiting import poll
 
 from mashup_core.jobs.processes import process_alive
 from mashup_core.study.engine import PROGRESS_FILE, plan_order, run_tasks, tasks_to_run
-from mashup_core.study.spec import CELLS_FILE, read_cells
+from mashup_core.study.spec import CELLS_FILE, cell_key, read_cells
 
 TESTS = Path(__file__).resolve().parent
 ray = pytest.importorskip("ray")
@@ -125,3 +125,66 @@ def test_a_killed_driver_resumes_without_recomputing(tmp_path, toy_path):
     assert not [n for n in again if key(n) in before and n not in needed_inputs]
     assert set(lines_per_key(study).values()) == {1} and len(lines_per_key(study)) == 13
     assert read_cells(study) == inline_records(tmp_path, lambda d: fan(d, width=6, seconds=0))
+
+
+# --- a real tiny study (issue 11: 2 targets × 2 lr × 1 seed on the tiny world) ---------------
+
+REAL = {"tasks": ("min", "sort"), "methods": ("linear",), "ks": (1,), "ns": (8,), "eval_limit": 8,
+        "train": True, "train_steps": 2, "eval_every": 1, "train_batch_size": 4,
+        "lrs": (1e-3, 3e-3), "seeds": (0,)}
+
+
+def numbers(study_dir: Path) -> dict[str, dict]:
+    """What a cell found, without its timings: accuracies, curves' steps and accuracies, and
+    the selection (same code, same seeds, one thread per task: equal on one machine)."""
+    kept = {}
+    for k, record in read_cells(study_dir).items():
+        kept[k] = {f: record.get(f) for f in ("acc", "init_acc", "selected", "weights")}
+        kept[k]["curve"] = [point[:2] for point in record.get("curve", [])]
+    return kept
+
+
+def kill_node(cluster, node) -> None:
+    """The node's machine goes down: its workers (which could still hand in a result for a
+    moment after their raylet dies) and then its Ray processes."""
+    import psutil
+
+    raylet = node.all_processes["raylet"][0].process.pid
+    for child in psutil.Process(raylet).children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()
+    cluster.remove_node(node, allow_graceful=False)
+
+
+def test_a_real_study_on_a_cluster_that_loses_a_node_matches_a_local_run(world_copy):
+    from ray.cluster_utils import Cluster
+
+    from mashup_core.study.grid import run_study
+    from mashup_core.study.spec import StudySpec
+
+    spec = StudySpec(**REAL)
+    local = run_study(world_copy, spec, "local", progress=False, engine="ray")
+    assert len(numbers(local)) == 2 * (1 + 1 + 2 + 2)  # per target: base, merge, 2 scratch, 2 train
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    worker = cluster.add_node(num_cpus=2)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, include_dashboard=False, log_to_driver=False)
+    killed = []
+
+    def kill_after_the_first_cell(record: dict) -> None:
+        if not killed:
+            killed.append(record)
+            kill_node(cluster, worker)
+
+    try:
+        on_cluster = run_study(world_copy, spec, "cluster", progress=False, engine="ray",
+                               on_cell=kill_after_the_first_cell)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    assert killed
+    keys = [cell_key(json.loads(line)) for line in
+            (on_cluster / CELLS_FILE).read_text().splitlines()]
+    assert sorted(keys) == sorted(numbers(local))  # every cell, each once
+    assert numbers(on_cluster) == numbers(local)
