@@ -372,3 +372,35 @@ def test_old_format_study_still_reports(tmp_path):
 def test_markdown_table_escapes_pipes():
     text = markdown_table(pd.DataFrame({"x": ["a|b"], "y": [None]}))
     assert text.splitlines() == ["| x | y |", "|---|---|", "| a\\|b | – |"]
+
+
+# --- a real tiny study --------------------------------------------------------------------------
+
+
+def test_report_of_a_real_tiny_study(world_copy, capsys):
+    """Trained for real (tiny world, 2 lrs × 1 seed, 4 steps), reported through the CLI."""
+    from mashup_core.cli import main
+    from mashup_core.compare.parity import training_to_parity
+    from mashup_core.study.grid import run_study
+    from mashup_core.study.spec import read_cells
+
+    spec = StudySpec(tasks=("min",), methods=("linear",), ks=(1,), ns=(32,), eval_limit=16,
+                     lrs=(1e-4, 1e-3), train=True, train_steps=4, eval_every=2,
+                     train_batch_size=8)
+    study = run_study(world_copy, spec, "tiny-report", progress=False, engine="inline")
+    cells = list(read_cells(study).values())
+    assert main(["study", "report", "tiny-report", "--workspace", str(world_copy.root)]) == 0
+    assert "results.md" in capsys.readouterr().out
+    report = study / "report"
+    row = pd.read_csv(report / "results.csv").set_index("target").loc["min"]
+    by_kind = {kind: [c for c in cells if c["kind"] == kind] for kind in ("scratch", "train")}
+    for side, kind in (("scratch", "scratch"), ("mashup", "train")):
+        runs = sorted(by_kind[kind], key=lambda c: (-c["acc"], c["lr"]))  # best, then smaller lr
+        assert row[f"{side}_lr"] == runs[0]["lr"] and row[f"{side}_acc"] == pytest.approx(runs[0]["acc"])
+    scratch = next(c for c in by_kind["scratch"] if c["lr"] == row["scratch_lr"])
+    mashup = next(c for c in by_kind["train"] if c["lr"] == row["mashup_lr"])
+    expected = training_to_parity([p[:2] for p in scratch["curve"]], [p[:2] for p in mashup["curve"]])
+    assert row["parity"] == pytest.approx(expected)
+    assert row["wallclock"] > 0
+    html = (report / "report.html").read_text()
+    assert html.count("Plotly.newPlot") == 4  # Fig. 3 ×2, Fig. 4, Fig. 5 (one n: no Fig. 2)
