@@ -1,21 +1,28 @@
-"""P1: scoring a LoRA library on a target, ours vs the straightforward way; prints JSON.
+"""P1: scoring a LoRA library on a target, ours vs lm-eval's HFLM (and a naive loop); JSON.
 
-    .venv/bin/python benchmarks/bench_selection.py [--n 64] [--adapters 8] [--device cpu]
+    .venv/bin/python benchmarks/bench_selection.py [--n 64] [--adapters 8] [--no-naive]
 
 Builds a ~20M-parameter Llama from a config (random init, saved with save_pretrained) and
 random rank-8 all-linear LoRA adapters (B non-zero, so each changes the model), then scores
 every adapter and the base by answer accuracy on n four-choice `tail` examples:
-- ours: `score_library` -- the base loaded once, every adapter on one PeftModel, prompts
-  batched and run once per example with the KV cache shared across the choices;
-- naive: per checkpoint, reload base + adapter from disk, one forward per example x choice.
-Both include loading the base from disk. The scores must agree (accuracy equal, per-choice
-log-likelihoods within 1e-4) or the script exits with status 1.
+- ours: `score_library` -- the base loaded once, the adapters in memory-sized groups on one
+  PeftModel (mixed-adapter batches where a forward spans adapters), each prompt run once per
+  adapter with its KV cache shared across the choices, length-bucketed batches;
+- HFLM: what a user runs with lm-eval, `HFLM(pretrained=BASE, peft=ADAPTER, batch_size=32)` per
+  checkpoint (and once without, for the base), `loglikelihood` on the same (context,
+  continuation) requests (`bench_gpu.hflm_loglikelihoods`, fp32 on the CPU);
+- naive (second line): per checkpoint, reload base + adapter, one forward per example x choice.
+All include loading from disk. Ours must agree with the naive loop (accuracy equal, per-choice
+log-likelihoods within 1e-4) or the script exits with status 1; agreement with HFLM is
+reported (lm-eval moves a prompt's trailing spaces into the answer, so strings ending in
+spaces may tokenise differently there).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import tempfile
 import time
@@ -23,6 +30,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from bench_gpu import hflm_loglikelihoods  # benchmarks/ is on sys.path when run as a script
 from peft import LoraConfig, PeftModel, get_peft_model
 
 from mashup_core.demo import synthetic
@@ -81,12 +89,20 @@ def accuracy(rows: list[list[float]], examples) -> float:
                for r, ex in zip(rows, examples, strict=True)) / len(examples)
 
 
+def _max_diff(theirs: dict[str, list[list[float]]], table) -> float:
+    return max(abs(a - b) for name, rows in theirs.items()
+               for row, ours_row in zip(rows, table.choice_scores[name].logprobs, strict=True)
+               for a, b in zip(row, ours_row, strict=True))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=64)
     parser.add_argument("--adapters", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--no-naive", action="store_true", help="skip the one-sequence loop")
     args = parser.parse_args()
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)
     examples = synthetic.generate_splits("tail", {"train": args.n}, seed=0)["train"]
     with tempfile.TemporaryDirectory() as tmp:
         base_dir, library_dir, n_params = build(Path(tmp), args.adapters)
@@ -98,17 +114,20 @@ def main() -> int:
                               batch_size=args.batch_size, progress=False)
         ours_s = time.perf_counter() - t0
 
-        t0 = time.perf_counter()
-        naive = naive_scores(base_dir, checkpoints, examples)
-        naive_s = time.perf_counter() - t0
+        hflm, hflm_s = {}, 0.0
+        for name, path in [("(base model)", None), *((c.name, c.path) for c in checkpoints)]:
+            hflm[name], seconds = hflm_loglikelihoods(base_dir, path, examples, device="cpu",
+                                                      dtype="float32", batch_size=32)
+            hflm_s += seconds
 
-    max_diff = max(abs(a - b)
-                   for name, rows in naive.items()
-                   for row, ours_row in zip(rows, table.choice_scores[name].logprobs, strict=True)
-                   for a, b in zip(row, ours_row, strict=True))
-    acc_equal = all(accuracy(naive[name], examples) == table.row(name).acc for name in naive)
-    agree = acc_equal and max_diff <= 1e-4
-    print(json.dumps({
+        naive, naive_s = None, None
+        if not args.no_naive:
+            t0 = time.perf_counter()
+            naive = naive_scores(base_dir, checkpoints, examples)
+            naive_s = time.perf_counter() - t0
+
+    hflm_acc_equal = all(accuracy(hflm[name], examples) == table.row(name).acc for name in hflm)
+    result = {
         "benchmark": "P1_selection_scoring",
         "model_parameters": n_params,
         "model": {"hidden": SPEC.hidden_size, "layers": SPEC.num_layers, "heads": SPEC.num_heads,
@@ -116,11 +135,20 @@ def main() -> int:
         "adapters": len(checkpoints), "lora": "r=8, all-linear, random A and B",
         "n_examples": args.n, "choices": len(examples[0].choices), "task": "tail",
         "device": "cpu", "torch_threads": torch.get_num_threads(),
-        "ours_seconds": round(ours_s, 2), "naive_seconds": round(naive_s, 2),
-        "ratio_ours_over_naive": round(ours_s / naive_s, 3),
-        "accuracy_equal": acc_equal, "max_abs_logprob_diff": max_diff,
-        "accuracies": {name: table.row(name).acc for name in naive},
-    }, indent=2))
+        "ours_seconds": round(ours_s, 2), "hflm_per_adapter_seconds": round(hflm_s, 2),
+        "ratio_ours_over_hflm": round(ours_s / hflm_s, 3),
+        "hflm_accuracy_equal": hflm_acc_equal, "hflm_max_abs_logprob_diff": _max_diff(hflm, table),
+        "accuracies": {name: table.row(name).acc for name in hflm},
+    }
+    agree = True
+    if naive is not None:
+        max_diff = _max_diff(naive, table)
+        acc_equal = all(accuracy(naive[name], examples) == table.row(name).acc for name in naive)
+        agree = acc_equal and max_diff <= 1e-4
+        result.update({"naive_seconds": round(naive_s, 2),
+                       "ratio_ours_over_naive": round(ours_s / naive_s, 3),
+                       "naive_accuracy_equal": acc_equal, "naive_max_abs_logprob_diff": max_diff})
+    print(json.dumps(result, indent=2))
     return 0 if agree else 1
 
 

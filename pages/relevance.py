@@ -3,7 +3,10 @@
 import streamlit as st
 
 from mashup_core import views
+from mashup_core.selection.halving import SELECTIONS
 from mashup_core.selection.scoring import explain_choice, sweep_from_table
+from mashup_core.views import teaching
+from mashup_core.views.halving import halving_figure
 from mashup_core.workspace import Workspace
 from pages import _ui
 
@@ -19,6 +22,52 @@ def score(root: str, spec: dict, n: int, stamp: tuple):
     """The score table (`scoring` also caches it on disk, so a restart does not rescore)."""
     return views.relevance_table(Workspace.resolve(root), spec, n)
 
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def halving(root: str, spec: dict, n: int, settings: dict, stamp: tuple):
+    """Successive halving's rounds (cached on disk too, like the scores)."""
+    from mashup_core.selection.halving import halving_for_target
+
+    return halving_for_target(Workspace.resolve(root), spec, n, **settings)
+
+
+strategy = st.radio(
+    "Selection", list(SELECTIONS), format_func={"full": "score all on n",
+                                                "halving": "successive halving"}.get,
+    horizontal=True, key="selection_strategy",
+    help="; ".join(f"{name}: {text}" for name, text in SELECTIONS.items())
+    + ". Halving scores a large library for a fraction of the cost; the ranking charts below "
+    "need every checkpoint scored, so they show with the full strategy only.")
+if strategy == "halving":
+    with _ui.shown_errors():
+        cols = st.columns(4)
+        scorer = cols[0].selectbox("rank by", ["nll", "acc", "acc_norm"], key="halving_scorer")
+        k_h = cols[1].number_input("k", min_value=1, value=2, step=1, key="halving_k")
+        eta = cols[2].number_input("eta (keep 1/eta a round)", min_value=1.5, max_value=8.0,
+                                   value=2.0, step=0.5, key="halving_eta")
+        min_n = cols[3].number_input("first round's n", min_value=1, max_value=chosen.n,
+                                     value=min(8, chosen.n), step=1, key="halving_min_n")
+        own = chosen.spec["kind"] == "demo"
+        exclude_task = chosen.spec["name_or_path"] if own and st.toggle(
+            f"Leave out checkpoints trained on {chosen.spec['name_or_path']}", value=True,
+            key="halving_exclude") else None
+        settings = {"scorer": scorer, "k": int(k_h), "eta": float(eta), "min_n": int(min_n),
+                    "exclude_task": exclude_task}
+        with st.spinner(f"Successive halving over {len(_ui.library(ws))} checkpoints…"):
+            result = halving(str(ws.root), chosen.spec, chosen.n, settings,
+                             (views.library_stamp(ws), views.target_stamp(chosen.spec, ws)))
+        st.session_state["selection"] = {"k": int(k_h), "exclude_task": exclude_task,
+                                         "strategy": "halving", "selected": result.selected}
+        st.plotly_chart(halving_figure(result), key="halving")
+        st.caption(f"Each column is a round: the bar counts the checkpoints scored on the first n "
+                   f"examples, crosses are the ones dropped there, stars the top {result.k}. "
+                   f"{result.cost:,} example-forwards, {result.cost_ratio:.2f}x scoring all "
+                   f"{len(result.rounds[0].alive)} on all {result.n} ({result.full_cost:,}).")
+        why, warnings = views.explanation_parts(explain_choice(result.table, scorer, int(k_h)))
+        st.info(why, icon=":material/lightbulb:")
+        for warning in warnings:
+            st.warning(warning, icon=":material/warning:")
+    st.stop()
 
 with _ui.shown_errors():
     with st.spinner(f"Scoring {len(_ui.library(ws))} checkpoints on {chosen.n} examples…"):
@@ -50,6 +99,7 @@ with _ui.shown_errors():
             why, warnings = views.explanation_parts(
                 explain_choice(table, scorer, int(k), exclude_task=exclude_task))
             st.info(why, icon=":material/lightbulb:")
+            _ui.teach(teaching.relevance_notes(table, scorer, top))
             for warning in warnings:
                 st.warning(warning, icon=":material/warning:")
 
@@ -62,7 +112,10 @@ with _ui.shown_errors():
                    "is how often a fresh sample of n picks the same best checkpoint.")
 
     with st.expander("All scores"):
-        st.dataframe(views.scores_frame(table), hide_index=True, width="stretch")
+        _ui.paged_table(views.scores_frame(table), key="scores", search=["name", "source_task"],
+                        hide_index=True, width="stretch")
         if table.skipped:
             for name, reason in table.skipped.items():
                 st.warning(f"{name} not scored: {reason}")
+
+_ui.next_step(__file__)

@@ -23,6 +23,7 @@ def _sizes(text: str) -> list[int]:
 
 
 def register(sub, parent: argparse.ArgumentParser) -> None:
+    from mashup_core.selection.halving import SELECTIONS
     from mashup_core.selection.scoring import SCORERS
 
     score = sub.add_parser(
@@ -48,6 +49,15 @@ def register(sub, parent: argparse.ArgumentParser) -> None:
     score.add_argument("--sweep", type=_sizes, metavar="N1,N2,...",
                        help="also rank on each of these sample sizes and report how stable the "
                        "ranking is (Kendall tau vs the largest; one scoring pass in all)")
+    score.add_argument("--selection", default="full", choices=list(SELECTIONS),
+                       help="full: every checkpoint on all n examples; halving: successive "
+                       "halving, every checkpoint on --min-n examples, the best 1/eta of them on "
+                       "eta times more, ... up to n (large libraries; default: full)")
+    score.add_argument("--eta", type=float, default=2.0,
+                       help="halving: keep 1/eta of the checkpoints per round and grow n by eta "
+                       "(default 2)")
+    score.add_argument("--min-n", type=int, default=8,
+                       help="halving: examples of the first round (default 8)")
     score.add_argument("--batch-size", type=int, default=32)
     score.add_argument("--refresh", action="store_true", help="ignore cached scores")
     score.set_defaults(func=_score)
@@ -84,6 +94,8 @@ def _score(args) -> int:
                            + "".join(f"\n  {r.name}: {r.reason}" for r in scan.rejected))
     scorers = list(SCORERS) if args.scorer == "all" else [args.scorer]
     exclude_task = None if args.include_own else task
+    if args.selection == "halving":
+        return _halving(args, ws, config, scan, examples, label, exclude_task)
     scored_n = max([args.n, *(args.sweep or [])])
     full = score_library_cached(ws, scan.checkpoints, examples, n=scored_n, seed=args.seed,
                                 target=label, base_path=config.base_model, batch_size=args.batch_size,
@@ -114,6 +126,54 @@ def _score(args) -> int:
         text.append(f"(scores from the cache in {ws.cache_dir / 'scores'}; --refresh to recompute)")
     emit(args, result, "\n".join(text))
     return 0
+
+
+def _halving(args, ws, config, scan, examples, label, exclude_task) -> int:
+    from mashup_core.cli import emit
+    from mashup_core.selection.halving import successive_halving_cached
+    from mashup_core.selection.scoring import ScoringError, explain_choice
+
+    if args.scorer == "all":
+        raise ScoringError("--selection halving ranks by one scorer: pass --scorer nll, acc or "
+                           "acc_norm")
+    if args.sweep:
+        raise ScoringError("--sweep needs every checkpoint scored on all n: use --selection full")
+    result = successive_halving_cached(
+        ws, scan.checkpoints, examples, n=args.n, seed=args.seed, base_path=config.base_model,
+        target=label, scorer=args.scorer, k=args.k, eta=args.eta, min_n=args.min_n,
+        exclude_task=exclude_task, batch_size=args.batch_size, progress=not args.no_progress,
+        refresh=args.refresh)
+    explanation = explain_choice(result.table, args.scorer, args.k)
+    data = result.to_dict()
+    data["table"].pop("per_example")
+    out = {
+        "workspace": str(ws.root), "target": label, "n": result.n, "seed": args.seed,
+        "k": args.k, "scorers": [args.scorer], "exclude_task": exclude_task,
+        "selection": "halving", "selected": {args.scorer: result.selected},
+        "explanation": explanation, "halving": data, "from_cache": result.from_cache,
+        "rejected": [r.to_dict() for r in scan.rejected],
+    }
+    text = [_render(result.table, args.scorer, result.selected, None), "",
+            _render_halving(result), f"top {args.k} by {args.scorer}: {', '.join(result.selected)}",
+            "", explanation]
+    if result.excluded:
+        text.append(f"(left out, trained on {exclude_task}: {', '.join(result.excluded)})")
+    if result.from_cache:
+        text.append(f"(from the cache in {ws.cache_dir / 'halving'}; --refresh to recompute)")
+    emit(args, out, "\n".join(text))
+    return 0
+
+
+def _render_halving(result) -> str:
+    lines = [f"Successive halving (eta {result.eta:g}, by {result.scorer}): "
+             f"{result.cost} example-forwards, {result.cost_ratio:.2f}x full scoring's "
+             f"{result.full_cost}",
+             f"  {'n':>5} {'alive':>6} {'kept':>5} {'cost':>7}  dropped (best first)"]
+    for r in result.rounds:
+        dropped = ", ".join(r.dropped[:6]) + (f", ... (+{len(r.dropped) - 6})" if len(r.dropped) > 6
+                                              else "")
+        lines.append(f"  {r.n:>5} {len(r.alive):>6} {len(r.kept):>5} {r.cost:>7}  {dropped or '-'}")
+    return "\n".join(lines)
 
 
 def _render(table, scorer: str, selected: list[str], exclude_task: str | None) -> str:

@@ -5,9 +5,10 @@ and merges the best few. The paper's text ranks by answer loss, the reference co
 accuracy; both come from one `choice_loglikelihoods` pass per checkpoint, so every scorer in
 `SCORERS` costs one pass in all.
 
-The base model is loaded once by the caller. Each adapter in turn is attached to one `PeftModel`,
-measured and deleted, so memory holds one adapter however large the library; at the end the
-PEFT layers are unloaded, so the caller gets its bare base model back. Per-example results are
+The base model is loaded once by the caller. Adapters are attached to one `PeftModel` in groups
+sized by memory, every adapter of a group (and the base) scored in the same forwards with PEFT's
+mixed-adapter batches, then deleted, so memory holds one group however large the library; at
+the end the PEFT layers are unloaded, so the caller gets its bare base model back. Per-example results are
 kept, so smaller sample sizes (the n-sweep of the paper's Fig. 2) are computed from prefixes of
 one scored sample, without running the model again.
 """
@@ -19,6 +20,7 @@ import json
 import math
 import random
 import time
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -26,7 +28,13 @@ from typing import TYPE_CHECKING, Any
 
 from mashup_core.data.targets import MCExample, sample_examples
 from mashup_core.errors import MashupError
-from mashup_core.selection.loglik import ChoiceScores, choice_loglikelihoods, mc_result
+from mashup_core.selection.loglik import (
+    ChoiceScores,
+    choice_loglikelihoods,
+    encode_examples,
+    library_loglikelihoods,
+    mc_result,
+)
 from mashup_core.workspace import Workspace, write_json_atomic
 
 if TYPE_CHECKING:  # one Checkpoint type: the library's (scoring reads name, path, source_task, kind)
@@ -228,12 +236,15 @@ def _per_example(examples: Sequence[MCExample], scores: ChoiceScores) -> dict[st
 
 def _measure(model, tokenizer, examples, batch_size, name, source_task, kind, started, table):
     scores = choice_loglikelihoods(model, tokenizer, examples, batch_size)
+    return _row(examples, scores, name, source_task, kind, time.perf_counter() - started, table)
+
+
+def _row(examples, scores: ChoiceScores, name, source_task, kind, seconds, table) -> ScoreRow:
     result = mc_result(examples, scores)
-    row = ScoreRow(name, source_task, result.acc, result.acc_norm, result.nll, result.n,
-                   time.perf_counter() - started, kind)
     table.per_example[name] = _per_example(examples, scores)
     table.choice_scores[name] = scores
-    return row
+    return ScoreRow(name, source_task, result.acc, result.acc_norm, result.nll, result.n,
+                    seconds, kind)
 
 
 def _attach(peft_model, base_model, path: Path, adapter: str):
@@ -263,6 +274,38 @@ def _attach(peft_model, base_model, path: Path, adapter: str):
     return peft_model
 
 
+# Adapters held at once while scoring a library: their weights may take this share of the
+# base model's parameter bytes (at least MIN_GROUP_BYTES). 200 rank-16 adapters of a 7B model
+# are ~17 GB in fp32; at a quarter of a bf16 7B (~3.6 GB) a group holds ~40 rank-8 ones.
+GROUP_FRACTION = 0.25
+MIN_GROUP_BYTES = 256 * 1024**2
+# And at most this many: PEFT's bookkeeping (injecting an adapter, switching, deleting) walks
+# every adapter module held, so a group of G costs O(G^2) of it (200 tiny adapters in one
+# group spent minutes there); 16 fill a GPU's batches and keep that cost small.
+MAX_GROUP = 16
+
+
+def _adapter_bytes(path: Path) -> int:
+    """Upper bound on an adapter's loaded size: its weight files, x2 (PEFT loads half-precision
+    adapters in fp32)."""
+    path = Path(path)
+    files = [path] if path.is_file() else [*path.glob("*.safetensors"), *path.glob("*.bin")]
+    return 2 * sum(f.stat().st_size for f in files if f.is_file())
+
+
+def group_budget(base_model) -> int:
+    """Bytes of adapter weights `score_library` holds at once for `base_model`."""
+    params = sum(p.numel() * p.element_size() for p in base_model.parameters())
+    return max(MIN_GROUP_BYTES, int(GROUP_FRACTION * params))
+
+
+def _mixable(peft_model, adapter: str) -> bool:
+    """Whether PEFT can run this adapter in a mixed-adapter batch (plain LoRA, not DoRA)."""
+    config = peft_model.peft_config[adapter]
+    return str(getattr(config, "peft_type", "")).endswith("LORA") and not getattr(
+        config, "use_dora", False)
+
+
 def score_library(
     base_model,
     tokenizer,
@@ -273,13 +316,22 @@ def score_library(
     progress: bool = True,
     target: str | None = None,
     include_full: bool = False,
+    max_group: int | None = None,
 ) -> ScoreTable:
     """Score the base model and every checkpoint on `examples` (already sampled).
 
-    LoRA checkpoints share the one base model. Full-model checkpoints (kind='full') are
-    skipped with a reason unless `include_full`, which loads each one (as slow as loading
-    the base model per checkpoint). A checkpoint that fails to load is skipped with the
-    error as its reason; the others are still scored.
+    LoRA checkpoints share the one base model and are scored in groups: the adapters of a
+    group are attached to one PeftModel and run together in PEFT's mixed-adapter batches (the
+    base's rows, "__base__", ride along in the first), each example tokenised once and its
+    prompt run once per adapter for all choices. A group holds as many adapters as fit in
+    `group_budget(base_model)` bytes, at most `max_group` (default `MAX_GROUP`); they are
+    freed once measured,
+    so memory stays bounded however large the library. A row's `seconds` is its load time
+    plus its share of its group's forwards. Adapters PEFT cannot mix (DoRA, other PEFT
+    types) are scored alone. Full-model checkpoints (kind='full') are skipped with a reason
+    unless `include_full`, which loads each one (as slow as loading the base model per
+    checkpoint). A checkpoint that fails to load is skipped with the error as its reason;
+    the others are still scored.
     """
     from tqdm.auto import tqdm
 
@@ -290,11 +342,42 @@ def score_library(
     if dupes := sorted({n for n in names if names.count(n) > 1}):
         raise ScoringError(f"checkpoint names must be unique; repeated: {', '.join(dupes)}")
     table = ScoreTable(rows=[], base=None, target=target)
+    rows: dict[str, ScoreRow] = {}
+    encoded = encode_examples(tokenizer, examples)
+    budget = group_budget(base_model)
+    cap = max(1, max_group or MAX_GROUP)
     was_training = base_model.training
     base_model.eval()
-    table.base = _measure(base_model, tokenizer, examples, batch_size, BASE_ROW, None, "base",
-                          time.perf_counter(), table)
     peft_model = None
+    group: list[tuple[str, Any, float]] = []  # (adapter, checkpoint, load seconds)
+    group_bytes = 0
+
+    def run_group() -> None:
+        nonlocal group_bytes
+        adapters = [a for a, _, _ in group]
+        with_base = table.base is None
+        run = (["__base__"] if with_base else []) + adapters
+        started = time.perf_counter()
+        try:
+            peft_model.set_adapter(adapters[0])  # rows name their adapters; PEFT wants one active
+            scores = library_loglikelihoods(peft_model, tokenizer, examples, run, batch_size,
+                                            encoded)
+            share = (time.perf_counter() - started) / len(run)
+            if with_base:
+                table.base = _row(examples, scores.pop(0), BASE_ROW, None, "base", share, table)
+            for (_, ckpt, load_s), sc in zip(group, scores, strict=True):
+                rows[ckpt.name] = _row(examples, sc, ckpt.name, getattr(ckpt, "source_task", None),
+                                       "lora", load_s + share, table)
+        finally:
+            # Freed as soon as measured: kept, 200 rank-16 adapters of a 7B model would hold
+            # ~17 GB. The PEFT layers stay for the next group.
+            with warnings.catch_warnings():  # "Adapter ckpt3 was active which is now deleted"
+                warnings.filterwarnings("ignore", message="Adapter .* was active")
+                for adapter in adapters:
+                    peft_model.delete_adapter(adapter)
+            group.clear()
+            group_bytes = 0
+
     try:
         for i, ckpt in enumerate(tqdm(checkpoints, desc="score checkpoints", disable=not progress)):
             source_task, kind = getattr(ckpt, "source_task", None), getattr(ckpt, "kind", "lora")
@@ -305,28 +388,43 @@ def score_library(
                         "full-model checkpoint: scoring it means loading a whole model; "
                         "pass include_full=True (slower) to score it")
                     continue
-                table.rows.append(_score_full(ckpt, base_model, tokenizer, examples, batch_size,
-                                              started, table))
+                rows[ckpt.name] = _score_full(ckpt, base_model, tokenizer, examples, batch_size,
+                                              started, table)
                 continue
+            size = _adapter_bytes(ckpt.path)
+            if group and (len(group) >= cap or group_bytes + size > budget):
+                run_group()
             adapter = f"ckpt{i}"  # library names may hold characters a module name cannot
             try:
                 peft_model = _attach(peft_model, base_model, ckpt.path, adapter)
             except Exception as exc:  # one broken checkpoint must not stop the rest
                 table.skipped[ckpt.name] = f"cannot load the adapter at {ckpt.path}: {exc}"
                 continue
-            peft_model.set_adapter(adapter)
             peft_model.eval()
-            try:
-                table.rows.append(_measure(peft_model, tokenizer, examples, batch_size, ckpt.name,
-                                           source_task, kind, started, table))
-            finally:
-                # Freed as soon as its row is measured: kept, 200 rank-16 adapters of a 7B
-                # model would hold ~17 GB. The PEFT layers stay for the next adapter.
-                peft_model.delete_adapter(adapter)
+            if not _mixable(peft_model, adapter):  # scored alone, as the active adapter
+                peft_model.set_adapter(adapter)
+                try:
+                    rows[ckpt.name] = _measure(peft_model, tokenizer, examples, batch_size,
+                                               ckpt.name, source_task, kind, started, table)
+                finally:
+                    peft_model.delete_adapter(adapter)
+                continue
+            group.append((adapter, ckpt, time.perf_counter() - started))
+            group_bytes += size
+        if group:
+            run_group()
+        if table.base is None:  # no adapter ran in a mixed batch
+            inner = peft_model.get_base_model() if peft_model is not None else base_model
+            if peft_model is not None:
+                peft_model.unload()
+                peft_model = None
+            table.base = _measure(inner, tokenizer, examples, batch_size, BASE_ROW, None, "base",
+                                  time.perf_counter(), table)
     finally:
         if peft_model is not None:
             peft_model.unload()  # hands the caller its bare base model back
         base_model.train(was_training)
+    table.rows = [rows[c.name] for c in checkpoints if c.name in rows]
     return table
 
 

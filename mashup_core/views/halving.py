@@ -1,0 +1,45 @@
+"""Successive halving drawn for the Relevance page: checkpoints alive per round, each dropped one."""
+
+from __future__ import annotations
+
+import plotly.graph_objects as go
+
+from mashup_core.selection.halving import HalvingResult
+
+
+def halving_figure(result: HalvingResult) -> go.Figure:
+    """One column per round (x: examples scored so far): a bar of the checkpoints alive, each
+    checkpoint a marker at its rank in that round; crosses are dropped there, the top k of the
+    last round are stars."""
+    from mashup_core.views import COLORS, _layout
+
+    labels = [f"n={r.n}" for r in result.rounds]
+    fig = go.Figure(go.Bar(
+        x=labels, y=[len(r.alive) for r in result.rounds], name="alive",
+        marker={"color": COLORS["other"]}, opacity=0.45,
+        customdata=[[len(r.kept), r.cost] for r in result.rounds],
+        hovertemplate="%{x}: %{y} scored, %{customdata[0]} kept, "
+                      "%{customdata[1]} example-forwards<extra></extra>"))
+    kept_x, kept_y, kept_name, drop_x, drop_y, drop_name = [], [], [], [], [], []
+    last = len(result.rounds) - 1
+    for i, r in enumerate(result.rounds):
+        for place, name in enumerate(r.alive, start=1):
+            if name in r.dropped:
+                drop_x.append(labels[i])
+                drop_y.append(place)
+                drop_name.append(name)
+            elif i == last:
+                kept_x.append(labels[i])
+                kept_y.append(place)
+                kept_name.append(name)
+    fig.add_trace(go.Scatter(
+        x=drop_x, y=drop_y, mode="markers", name="dropped", text=drop_name,
+        marker={"symbol": "x", "size": 7, "color": COLORS["base"]},
+        hovertemplate="%{text}: dropped at %{x} (rank %{y})<extra></extra>"))
+    fig.add_trace(go.Scatter(
+        x=kept_x, y=kept_y, mode="markers+text", name=f"top {result.k}", text=kept_name,
+        textposition="middle right", marker={"symbol": "star", "size": 13, "color": COLORS["chosen"]},
+        hovertemplate="%{text}: selected (rank %{y})<extra></extra>"))
+    fig.update_yaxes(title="checkpoints (rank in the round)", rangemode="tozero")
+    fig.update_xaxes(title=f"round (examples scored; keep 1/{result.eta:g} each round)")
+    return _layout(fig, height=360, bargap=0.3)
