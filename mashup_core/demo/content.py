@@ -382,11 +382,14 @@ def launch_content(ws: Workspace, profile: str = "full", seed: int = 0, *,
     if engine not in ENGINES:
         raise ContentError(f"engine {engine!r}: choose from {', '.join(ENGINES)}")
     ws.ensure_writable()
-    status = content_status(ws)
-    if status["job"]["alive"]:
-        return status
-    if status["state"] == "done" and status["profile"] in (None, profile):
-        return status
+    # Cheap checks first: the job should not wait for this process to import torch.
+    record = read_record(ws)
+    if _job_alive(record):
+        return content_status(ws)
+    if record.get("state") == "done" and record.get("profile") == profile:
+        status = content_status(ws)
+        if status["state"] == "done":
+            return status
     update_record(ws, state="starting", profile=profile, seed=seed, engine=engine,
                   started=time.time(), finished=None, error=None, pid=None, pid_start=None)
     pid = spawn_detached(["demo", "build", "--with-content", "--workspace", str(ws.root),
@@ -415,14 +418,11 @@ def content_status(ws: Workspace) -> dict[str, Any]:
     A stage recorded done but no longer intact reads pending (a start recomputes it); one
     recorded running whose job is gone reads failed, saying that a start resumes it.
     """
-    from mashup_core.jobs.processes import process_alive
 
     record = read_record(ws)
     recorded = record.get("stages") or {}
     pid = record.get("pid")
-    alive = bool(pid) and process_alive(pid, record.get("pid_start"))
-    if record.get("state") == "starting" and not pid:
-        alive = time.time() - (record.get("started") or 0) < 60  # being spawned right now
+    alive = _job_alive(record)
     job_state = record.get("state") or "pending"
     if job_state in ("running", "starting") and not alive:
         job_state = "failed"
@@ -445,13 +445,21 @@ def content_status(ws: Workspace) -> dict[str, Any]:
     else:
         state = "pending"
     return {
-        "workspace": str(ws.root), "state": state, "message": _message(state, stages),
+        "workspace": str(ws.root), "state": state, "message": _message(state, stages, alive),
         "profile": _world_profile(ws) or record.get("profile"),
         "job": {"pid": pid, "alive": alive, "state": job_state, "started": record.get("started"),
                 "finished": record.get("finished"), "error": record.get("error"),
                 "engine": record.get("engine"), "log": str(content_log_path(ws))},
         "stages": stages,
     }
+
+
+def _job_alive(record: dict) -> bool:
+    from mashup_core.jobs.processes import process_alive
+
+    if record.get("state") == "starting" and not record.get("pid"):
+        return time.time() - (record.get("started") or 0) < 60  # being spawned right now
+    return bool(record.get("pid")) and process_alive(record["pid"], record.get("pid_start"))
 
 
 def _times(rec: dict) -> dict:
@@ -543,7 +551,7 @@ def _pair_status(ws: Workspace, rec: dict, alive: bool, gone: str) -> dict:
     return {**out, "state": state, "error": error}
 
 
-def _message(state: str, stages: dict[str, dict]) -> str:
+def _message(state: str, stages: dict[str, dict], alive: bool) -> str:
     """One line for the top of a page."""
     if state == "done":
         return "The demo's study and mashup + scratch pair are ready."
@@ -557,4 +565,6 @@ def _message(state: str, stages: dict[str, dict]) -> str:
             return f"{what}{count}."
         if stage["state"] == "failed":
             return f"{what} stopped: {stage['error']}"
+    if alive:
+        return "The demo's content job is starting."
     return "The demo's study and pair are not computed yet (`mashup demo start`)."
