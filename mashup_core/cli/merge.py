@@ -261,6 +261,7 @@ def _search(args) -> int:
     emit(args, report, text)
     return 0
 
+
 def _names(text: str | None) -> tuple[str, ...]:
     return tuple(x.strip() for x in (text or "").split(",") if x.strip())
 
