@@ -272,8 +272,9 @@ def test_scoring_training_and_evaluation_see_the_same_chat_rows(chat_ws, monkeyp
     from mashup_core.jobs.runner import execute_run
     from mashup_core.jobs.spec import RunSpec
     from mashup_core.jobs.store import create_run
-    from mashup_core.study.spec import load_study_split
+    from mashup_core.study.spec import StudySpec, load_study_split, open_study
     from mashup_core.training.loop import TrainConfig
+    from mashup_core.workspace import read_json
 
     spec = find_target(chat_ws, "user")
     assert spec.prompt_format == "chat" and spec.to_dict()["prompt_format"] == "chat"
@@ -290,10 +291,16 @@ def test_scoring_training_and_evaluation_see_the_same_chat_rows(chat_ws, monkeyp
                          dtype="float32", include_full=False)
     assert key(train) != key(cloze) and key(train) == key(load_target(spec, chat_ws))
 
-    # evaluation in a study: the same loader, the same rows
+    # evaluation in a study: the same loader, the same rows; a study fixes its format at open
     validation = load_target(spec.with_split("validation"), chat_ws)
     assert [r.to_json() for r in load_study_split(chat_ws, "user", "validation")] == \
         [r.to_json() for r in validation]
+    study = StudySpec.from_dict(read_json(open_study(chat_ws, StudySpec(tasks=("user",))) / "spec.json"))
+    assert study.prompt_format == "chat"
+    assert [r.to_json() for r in load_study_split(chat_ws, "user", "validation", None, None,
+                                                  study.prompt_format)] == [r.to_json() for r in validation]
+    assert [r.prompt for r in load_study_split(chat_ws, "user", "validation", prompt_format="cloze")] == \
+        [r.prompt for r in load_target(replace(spec.with_split("validation"), prompt_format="cloze"), chat_ws)]
 
     # a training run: its spec records the format; it trains and evaluates on the chat rows
     seen = {}

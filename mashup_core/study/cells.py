@@ -43,7 +43,8 @@ def _base(ws: Workspace, device: torch.device, dtype: torch.dtype) -> tuple[Any,
     base = resolve_config(ws).base
     key = (str(base.model), str(dtype), str(device))
     if key not in _BASES:
-        _BASES.clear()  # one base per worker: a study switching device or dtype frees the old
+        if len(_BASES) >= 2:  # one for scoring on the CPU, one for training on the device
+            _BASES.pop(next(iter(_BASES)))
         tokenizer = load_tokenizer(base.model, trust_remote_code=base.trust_remote_code)
         model = load_base_model(base.model, device=device, dtype=dtype,
                                 trust_remote_code=base.trust_remote_code)
@@ -75,7 +76,8 @@ def library_for(ws: Workspace, spec: StudySpec, target: str) -> list:
 
 def validation_rows(ws: Workspace, spec: StudySpec, target: str) -> list:
     # The one sampler: a cell sees the rows a run with this target, eval_limit and seed sees.
-    return load_study_split(ws, target, spec.eval_split, spec.eval_limit or None, spec.seed)
+    return load_study_split(ws, target, spec.eval_split, spec.eval_limit or None, spec.seed,
+                            spec.prompt_format)
 
 
 def selection_key(scorer: str, weighting: str, k: int) -> str:
@@ -126,7 +128,8 @@ def select_cells(ctx: Mapping, target: str, n: int, cells: Sequence[dict]) -> di
             records.append({**cell, **mc_scores(evaluate_mc(model, tokenizer, validation)),
                             "seconds": time.perf_counter() - t0})
         started = time.perf_counter()
-        table = score_library(model, tokenizer, library, load_study_split(ws, target, "train", n),
+        sample = load_study_split(ws, target, "train", n, None, spec.prompt_format)
+        table = score_library(model, tokenizer, library, sample,
                               progress=False, target=target, include_full=spec.finetune == "full")
         scoring_s = time.perf_counter() - started
         paths = {c.name: str(c.path) for c in library}
@@ -242,7 +245,8 @@ def recycle_search(ctx: Mapping, target: str, n: int) -> dict:
     device = torch.device("cpu")
     model, tokenizer = _base(ws, device, torch.float32)
     library = library_for(ws, spec, target)
-    others = {t: load_study_split(ws, t, "train", n) for t in spec.tasks if t != target}
+    others = {t: load_study_split(ws, t, "train", n, None, spec.prompt_format)
+              for t in spec.tasks if t != target}
     with _quiet_and_slotted(ws, device, f"{study_dir.name}:recycle/{target}/n{n}"):
         started = time.perf_counter()
         result = recycle_weights(model, tokenizer, load_lora_factors([c.path for c in library]),
@@ -273,7 +277,7 @@ def train_cell(ctx: Mapping, cell: dict, selection: Mapping | None = None) -> di
     ws, spec, study_dir = _open(ctx)
     device = torch.device(ctx.get("device") or "cpu")
     base, tokenizer = _base(ws, device, training_dtype(device, spec.finetune))
-    train_rows = load_study_split(ws, cell["target"], "train")
+    train_rows = load_study_split(ws, cell["target"], "train", prompt_format=spec.prompt_format)
     validation = validation_rows(ws, spec, cell["target"])
     cfg = spec.train_config(cell["lr"], cell["seed"], len(train_rows))
     chosen, about = _chosen(cell, selection)

@@ -302,24 +302,26 @@ def final_adapters(ws: Workspace, kind: str = "lora") -> list:
     return [c for c in workspace_library(ws, include_snapshots=False).checkpoints if c.kind == kind]
 
 
-def study_target(ws: Workspace, name: str, split: str):
-    """A study's target by name (`config.find_target`), its errors as the study's."""
+def study_target(ws: Workspace, name: str, split: str, prompt_format: str | None = None):
+    """A study's target by name (`config.find_target`), its errors as the study's; in the
+    study's `prompt_format` when given (else the workspace config's)."""
     from mashup_core.config import find_target
     from mashup_core.data.targets import DatasetError
 
     try:
-        return find_target(ws, name, split)
+        return find_target(ws, name, split, prompt_format=prompt_format or None)
     except DatasetError as exc:
         raise StudyError(f"tasks: {exc}") from exc
 
 
 def load_study_split(ws: Workspace, name: str, split: str, n: int | None = None,
-                     seed: int | None = None) -> list:
-    """n examples of a target's split, by the one sampler runs and scoring use too."""
+                     seed: int | None = None, prompt_format: str | None = None) -> list:
+    """n examples of a target's split, by the one sampler runs and scoring use too, in the
+    study's prompt format."""
     from mashup_core.data.targets import DatasetError, load_target, sample_examples
 
     try:
-        return sample_examples(load_target(study_target(ws, name, split), ws), n, seed)
+        return sample_examples(load_target(study_target(ws, name, split, prompt_format), ws), n, seed)
     except DatasetError as exc:
         raise StudyError(f"tasks: {name}: {exc}") from exc
 
