@@ -50,6 +50,7 @@ def inline_records(tmp_path: Path, plan) -> dict:
     return read_cells(ref)
 
 
+@pytest.mark.slow  # the real study below covers the same in the fast suite
 def test_a_study_finishes_on_a_cluster_that_loses_a_node(tmp_path, toy_path):
     from ray.cluster_utils import Cluster
 
