@@ -334,3 +334,30 @@ def test_cloze_is_the_default_and_changes_nothing(tmp_path, chat_base):
     assert [r.to_json() for r in rows] == every  # one file: every 5th row held out
     assert all("prompt_format" not in r.meta for r in rows)
     assert sorted(PROMPT_FORMATS) == ["chat", "cloze"]
+
+
+def test_a_verbs_base_renders_its_own_chat_rows(chat_ws, plain_folder, tmp_path, monkeypatch, capsys):
+    """`mashup score --base OTHER` on a chat workspace: the rows are rendered with OTHER's chat
+    template (the model that scores them), not the workspace base's."""
+    import mashup_core.data.targets as targets
+
+    other = tmp_path / "gemma-base"
+    tok = _with_template(plain_folder, GEMMA)
+    save_base(build_base("llama", tok, seed=1), tok, other)
+    rendered: list[str] = []
+    real = targets.load_target
+
+    def spy(spec, ws=None, tokenizer=None):
+        rows = real(spec, ws, tokenizer)
+        rendered.append(rows[0].prompt)
+        return rows
+
+    monkeypatch.setattr(targets, "load_target", spy)
+    ws = ["--workspace", str(chat_ws.root)]
+    # No library here: each call loads its rows, then stops at "no usable checkpoints".
+    main(["score", *ws, "--target", "user", "--n", "4", "--no-progress"])
+    main(["score", *ws, "--target", "user", "--n", "4", "--base", str(other), "--no-progress"])
+    assert "no usable checkpoints" in capsys.readouterr().err
+    assert len(rendered) == 2
+    assert "<|start_header_id|>" in rendered[0] and "<start_of_turn>" not in rendered[0]
+    assert "<start_of_turn>" in rendered[-1] and "<|start_header_id|>" not in rendered[-1]

@@ -77,6 +77,22 @@ def target_spec(args: argparse.Namespace, ws, split: str = "train", name: str | 
                        prompt_format=getattr(args, "prompt_format", None))
 
 
+def target_rows(args: argparse.Namespace, ws, split: str = "train", name: str | None = None):
+    """(TargetSpec, all its rows): a chat format is rendered with the tokenizer of the base the
+    verb runs on (--base wins over the workspace's), not always the workspace's."""
+    from mashup_core.data.prompts import PROMPT_FORMATS
+    from mashup_core.data.targets import load_target
+
+    spec = target_spec(args, ws, split, name)
+    tokenizer = None
+    if getattr(args, "base", None) and PROMPT_FORMATS[spec.prompt_format].needs_tokenizer:
+        from mashup_core.models.loading import load_tokenizer
+
+        config = model_config(args, ws)
+        tokenizer = load_tokenizer(config.base_model, trust_remote_code=config.base.trust_remote_code)
+    return spec, load_target(spec, ws, tokenizer)
+
+
 def model_config(args: argparse.Namespace, ws):
     """The workspace config with --base/--source/--trust-remote-code applied."""
     from mashup_core.config import resolve_config

@@ -9,7 +9,7 @@ from mashup_core.cli._options import (
     add_model_options,
     add_target_options,
     model_config,
-    target_spec,
+    target_rows,
 )
 
 # Listed here so `--help` needs no torch; tests/test_merging.py checks it against the registry.
@@ -200,11 +200,11 @@ def _merge_full(args, ws, dirs: list[Path], weights: list[float], out: Path) -> 
 
 def _target_examples(args, ws):
     """A seeded sample of n train examples of the target the options name."""
-    from mashup_core.data.targets import DatasetError, load_target, sample_examples
+    from mashup_core.data.targets import DatasetError, sample_examples
 
     if args.n < 1:
         raise DatasetError(f"--n must be at least 1, got {args.n}")
-    return sample_examples(load_target(target_spec(args, ws, "train"), ws), args.n, args.seed)
+    return sample_examples(target_rows(args, ws, "train")[1], args.n, args.seed)
 
 
 def _search(args) -> int:

@@ -8,7 +8,7 @@ from mashup_core.cli._options import (
     add_model_options,
     add_target_options,
     model_config,
-    target_spec,
+    target_rows,
 )
 
 
@@ -65,11 +65,10 @@ def register(sub, parent: argparse.ArgumentParser) -> None:
 
 def _load_target(args, ws):
     """(examples, label, the task name its own checkpoints record), from the train split."""
-    from mashup_core.data.targets import load_target
     from mashup_core.training.mashup_init import source_task_of
 
-    spec = target_spec(args, ws, "train")
-    return load_target(spec, ws), spec.label, source_task_of(spec)
+    spec, rows = target_rows(args, ws, "train")
+    return rows, spec.label, source_task_of(spec)
 
 
 def _score(args) -> int:
