@@ -484,3 +484,19 @@ def user_world(tmp_path_factory) -> dict[str, Any]:
 def arch_worlds(tmp_path_factory) -> dict[str, tuple[Path, list[Path]]]:
     """arch -> (base folder, [all-linear r=8 adapter, q/v r=4 adapter]) for eight architectures."""
     return build_arch_worlds(tmp_path_factory.mktemp("arch-worlds"))
+
+
+def rows_of_mixed_lengths(folder: Path, n: int, seed: int, at: int) -> list:
+    """The user's file read through their field mapping, plus a very short three-choice prompt
+    first and a long one at position `at`+1: rows in a batch differ a lot in length, so left
+    padding and length buckets are exercised."""
+    from mashup_core.data.targets import FieldMapping, MCExample, load_file
+
+    rows = load_file(write_user_dataset(Path(folder) / "user.jsonl", n=n, seed=seed),
+                     FieldMapping(**USER_MAPPING))
+    short = MCExample("Answer:", ("yes", "no", "maybe"), 0)
+    long = MCExample(
+        "Question: A ripe banana is yellow and a ripe cherry is red. The opposite of hot is cold "
+        "and two plus three is five. What is the capital city of Norway?\nAnswer:",
+        (" Oslo", " Paris", " Lima", " Rome"), 0)
+    return [short, *rows[:at], long, *rows[at:]]

@@ -15,7 +15,13 @@ import math
 import pytest
 import torch
 from peft import PeftModel
-from realistic import ARCHITECTURES, BLOCK_LINEARS, USER_MAPPING, make_adapter, write_user_dataset
+from realistic import (
+    ARCHITECTURES,
+    BLOCK_LINEARS,
+    USER_MAPPING,
+    make_adapter,
+    rows_of_mixed_lengths,
+)
 from transformers.pytorch_utils import Conv1D
 
 from mashup_core.data.targets import FieldMapping, MCExample, load_file
@@ -40,14 +46,7 @@ LM_EVAL_MAX_DIFF: dict[str, float] = {}  # arch -> max |ours - HFLM| over base a
 def examples(tmp_path_factory) -> list[MCExample]:
     """The user's file read through their field mapping, plus one very short and one long
     prompt, so rows in a batch differ a lot in length and left padding is exercised."""
-    path = write_user_dataset(tmp_path_factory.mktemp("arch-data") / "user.jsonl", n=14, seed=1)
-    rows = load_file(path, FieldMapping(**USER_MAPPING))
-    short = MCExample("Answer:", ("yes", "no", "maybe"), 0)
-    long = MCExample(
-        "Question: A ripe banana is yellow and a ripe cherry is red. The opposite of hot is cold "
-        "and two plus three is five. What is the capital city of Norway?\nAnswer:",
-        (" Oslo", " Paris", " Lima", " Rome"), 0)
-    return [short, *rows[:6], long, *rows[6:]]
+    return rows_of_mixed_lengths(tmp_path_factory.mktemp("arch-data"), n=14, seed=1, at=6)
 
 
 def _base(base_dir):

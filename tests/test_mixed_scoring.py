@@ -12,9 +12,9 @@ from __future__ import annotations
 import pytest
 import torch
 from peft import PeftModel
-from realistic import USER_MAPPING, write_user_dataset
+from realistic import rows_of_mixed_lengths
 
-from mashup_core.data.targets import FieldMapping, MCExample, load_file, sample_examples
+from mashup_core.data.targets import MCExample, sample_examples
 from mashup_core.demo.world import load_split
 from mashup_core.models.library import demo_library, scan_library
 from mashup_core.models.loading import load_base_model, load_tokenizer
@@ -29,14 +29,7 @@ ARCHS = ["llama", "qwen2", "gpt2"]
 def examples(tmp_path_factory) -> list[MCExample]:
     """User rows plus a very short and a long prompt (left padding and buckets exercised), and
     one three-choice row (the cache is then selected per row, not repeated)."""
-    path = write_user_dataset(tmp_path_factory.mktemp("mixed-data") / "user.jsonl", n=12, seed=3)
-    rows = load_file(path, FieldMapping(**USER_MAPPING))
-    short = MCExample("Answer:", ("yes", "no", "maybe"), 0)
-    long = MCExample(
-        "Question: A ripe banana is yellow and a ripe cherry is red. The opposite of hot is cold "
-        "and two plus three is five. What is the capital city of Norway?\nAnswer:",
-        (" Oslo", " Paris", " Lima", " Rome"), 0)
-    return [short, *rows[:5], long, *rows[5:]]
+    return rows_of_mixed_lengths(tmp_path_factory.mktemp("mixed-data"), n=12, seed=3, at=5)
 
 
 def one_at_a_time(base_dir, checkpoints, examples, dtype=torch.float32, device="cpu"):

@@ -23,14 +23,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mashup_core.data.targets import MCExample, sample_examples
+from mashup_core.data.targets import MCExample
 from mashup_core.selection.scoring import (
     BASE_ROW,
     SCORERS,
     ScoreRow,
     ScoreTable,
     ScoringError,
-    cache_key,
+    base_in_slot,
+    cached_inputs,
     get_scorer,
     score_library,
 )
@@ -194,22 +195,9 @@ def successive_halving_cached(
 ) -> HalvingResult:
     """`successive_halving` on `sample_examples(examples, n, seed)`, remembered in the workspace
     (keyed like `score_library_cached`, plus the halving settings)."""
-    import torch
-
-    from mashup_core.jobs.slot import accelerator_slot
-    from mashup_core.models.loading import (
-        default_device,
-        default_dtype,
-        load_base_model,
-        load_tokenizer,
-    )
-
-    base_path = base_path or ws.base_dir
-    dev = torch.device(device) if device else default_device()
-    sample = sample_examples(examples, n, seed)
-    key = cache_key(checkpoints, sample, n=n, seed=seed, base_path=base_path, device=dev.type,
-                    dtype=str(default_dtype(dev)), include_full=False)
-    settings = {"key": key, "scorer": scorer, "k": k, "eta": eta, "min_n": min_n,
+    inputs = cached_inputs(ws, checkpoints, examples, n=n, seed=seed, base_path=base_path,
+                           device=device)
+    settings = {"key": inputs.key, "scorer": scorer, "k": k, "eta": eta, "min_n": min_n,
                 "exclude_task": exclude_task, "version": HALVING_VERSION}
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
     path = ws.cache_dir / "halving" / f"{digest[:32]}.json"
@@ -221,10 +209,8 @@ def successive_halving_cached(
             return result
         except (OSError, KeyError, TypeError, ValueError, AttributeError):
             pass  # missing or damaged: run again and overwrite
-    with accelerator_slot(ws, dev, holder=target or "score", kind="score"):
-        model = load_base_model(base_path, device=dev)
-        tokenizer = load_tokenizer(base_path)
-        result = successive_halving(model, tokenizer, checkpoints, sample, scorer=scorer, k=k,
+    with base_in_slot(ws, inputs, holder=target or "score") as (model, tokenizer):
+        result = successive_halving(model, tokenizer, checkpoints, inputs.sample, scorer=scorer, k=k,
                                     eta=eta, min_n=min_n, exclude_task=exclude_task,
                                     batch_size=batch_size, progress=progress, target=target)
     write_json_atomic(path, {"kind": "mashup-halving", "version": HALVING_VERSION,

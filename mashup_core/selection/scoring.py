@@ -15,6 +15,7 @@ one scored sample, without running the model again.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -497,38 +498,58 @@ def score_library_cached(
     unreadable cache file is ignored and rewritten. `cached_only`: never score (nor write);
     raise `NotCachedError` when the table is not cached (a read-only page, a quick look).
     """
-    import torch
-
-    from mashup_core.models.loading import (
-        default_device,
-        default_dtype,
-        load_base_model,
-        load_tokenizer,
-    )
-
-    base_path = base_path or ws.base_dir
-    dev = torch.device(device) if device else default_device()
-    sample = sample_examples(examples, n, seed)
-    key = cache_key(checkpoints, sample, n=n, seed=seed, base_path=base_path, device=dev.type,
-                    dtype=str(default_dtype(dev)), include_full=include_full)
-    path = ws.cache_dir / "scores" / f"{key[:32]}.json"
+    inputs = cached_inputs(ws, checkpoints, examples, n=n, seed=seed, base_path=base_path,
+                           device=device, include_full=include_full)
+    path = ws.cache_dir / "scores" / f"{inputs.key[:32]}.json"
     if not refresh and (table := _read_cached(path)) is not None:
         table.target = target
         return table
     if cached_only:
         raise NotCachedError(f"{target or 'this target'}: not scored yet on n={n} "
                              f"({len(checkpoints)} checkpoints)")
-    from mashup_core.jobs.slot import accelerator_slot
-
-    # On a GPU, scoring queues with runs and studies for the card (cached scores never wait).
-    with accelerator_slot(ws, dev, holder=target or "score", kind="score"):
-        model = load_base_model(base_path, device=dev)
-        tokenizer = load_tokenizer(base_path)
-        table = score_library(model, tokenizer, checkpoints, sample, batch_size=batch_size,
+    with base_in_slot(ws, inputs, holder=target or "score") as (model, tokenizer):
+        table = score_library(model, tokenizer, checkpoints, inputs.sample, batch_size=batch_size,
                               progress=progress, target=target, include_full=include_full)
-    write_json_atomic(path, {"kind": "mashup-scores", "version": CACHE_VERSION, "key": key,
+    write_json_atomic(path, {"kind": "mashup-scores", "version": CACHE_VERSION, "key": inputs.key,
                              "table": table.to_dict()})
     return table
+
+
+@dataclass
+class CachedInputs:
+    """What a cached score (or halving) is computed on, and the key it is remembered by."""
+
+    sample: list[MCExample]
+    key: str
+    device: Any  # torch.device
+    base_path: str | Path
+
+
+def cached_inputs(ws: Workspace, checkpoints: Sequence[Checkpoint], examples: Sequence[MCExample], *,
+                  n: int, seed: int | None, base_path: str | Path | None, device: str | None,
+                  include_full: bool = False) -> CachedInputs:
+    """The sampled rows and their cache key: files, rows, n, seed, base, device and dtype."""
+    import torch
+
+    from mashup_core.models.loading import default_device, default_dtype
+
+    base_path = base_path or ws.base_dir
+    dev = torch.device(device) if device else default_device()
+    sample = sample_examples(examples, n, seed)
+    key = cache_key(checkpoints, sample, n=n, seed=seed, base_path=base_path, device=dev.type,
+                    dtype=str(default_dtype(dev)), include_full=include_full)
+    return CachedInputs(sample, key, dev, base_path)
+
+
+@contextlib.contextmanager
+def base_in_slot(ws: Workspace, inputs: CachedInputs, holder: str):
+    """(model, tokenizer) of the base on the device, while holding the device's slot: on a GPU,
+    scoring queues with runs and studies for the card (cached scores never wait)."""
+    from mashup_core.jobs.slot import accelerator_slot
+    from mashup_core.models.loading import load_base_model, load_tokenizer
+
+    with accelerator_slot(ws, inputs.device, holder=holder, kind="score"):
+        yield load_base_model(inputs.base_path, device=inputs.device), load_tokenizer(inputs.base_path)
 
 
 def _read_cached(path: Path) -> ScoreTable | None:
