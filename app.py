@@ -30,6 +30,7 @@ PAGES = [
     st.Page("pages/recycle.py", title="Recycle", icon=":material/recycling:"),
     st.Page("pages/launch.py", title="Launch", icon=":material/rocket_launch:"),
     st.Page("pages/convergence.py", title="Convergence", icon=":material/show_chart:"),
+    st.Page("pages/report.py", title="Report", icon=":material/summarize:"),
 ]
 page = st.navigation(PAGES)
 st.session_state[_ui.NAVIGATION_KEY] = True

@@ -374,11 +374,114 @@ def library(ws: Workspace):
     return _scan(str(ws.root), views.library_stamp(ws))
 
 
-def page_header(title: str, lead: str) -> None:
+def page_header(title: str, lead: str, *, content_detail: bool = False) -> None:
+    """The page's title and lead, a link's notices, and the demo content's progress (while
+    `mashup demo start` computes it; a line per stage with `content_detail`)."""
     st.title(title)
     st.markdown(lead)
     for notice in st.session_state.pop(_NOTICES, []):
         st.warning(notice, icon=":material/link_off:")
+    content_line(workspace(), content_detail)
+
+
+# --- the demo's first-open content (`mashup demo start`: world -> study -> pair) -------------
+
+STAGES = {"world": "the demo world", "study": "the leave-one-out study",
+          "pair": "the mashup + scratch pair"}
+
+
+def demo_content(ws: Workspace) -> dict | None:
+    """`content_status(ws)` of a workspace whose demo content was started here; None for one
+    where it never was (a user's workspace: nothing to say)."""
+    from mashup_core.demo.content import content_path, content_status
+
+    if not content_path(ws).exists():
+        return None
+    try:
+        return content_status(ws)
+    except (MashupError, OSError, ValueError):
+        return None
+
+
+def _count(stage: dict) -> str:
+    p = stage.get("progress") or {}
+    if not p.get("total") or p.get("unit") == "world":
+        return ""
+    return f"{p.get('done', 0)} of {p['total']} {p.get('unit', '')}".rstrip()
+
+
+def computing_note(ws: Workspace, stage: str) -> bool:
+    """Where a page would say "no runs" or "no study": if the demo's content job is computing
+    that stage, say so ("computing — 12 of 48 cells") and return True."""
+    status = demo_content(ws)
+    if not status or status["state"] != "running":
+        return False
+    part = status["stages"][stage]
+    if part["state"] == "done":
+        return False
+    count = _count(part)
+    st.info(f"Computing {STAGES[stage]} in the background"
+            + (f" — {count}" if count else "") + ". This page fills in when it is ready.",
+            icon=":material/hourglass_top:")
+    return True
+
+
+@st.fragment(run_every=3)
+def content_line(ws: Workspace, detailed: bool = False) -> None:
+    """While the demo's content is computing: one line saying what is ready and what is still
+    computing (on the Overview, a line per stage), refreshed every few seconds; nothing once it
+    is done. A stage that finishes reruns the page, so its content appears."""
+    status = demo_content(ws)
+    if not status:
+        return
+    states = {name: part["state"] for name, part in status["stages"].items()}
+    seen_key = f"_content_states-{ws.root}"
+    seen = st.session_state.get(seen_key)
+    st.session_state[seen_key] = states
+    if seen is not None and seen != states:
+        st.rerun(scope="app")  # a stage finished (or started): the page's content changed
+    if status["state"] == "done":
+        return
+    if status["state"] == "failed":
+        st.warning(f"Demo content: {status['message']}", icon=":material/warning:")
+    elif status["state"] == "running":
+        ready = [STAGES[n] for n, s in states.items() if s == "done"]
+        st.info(status["message"] + (f" Ready: {', '.join(ready)}." if ready else ""),
+                icon=":material/hourglass_top:")
+    if not detailed or status["state"] == "pending":
+        return
+    for name, part in status["stages"].items():
+        count = _count(part)
+        mark = {"done": ":material/check_circle:", "running": ":material/progress_activity:",
+                "failed": ":material/error:"}.get(part["state"], ":material/schedule:")
+        st.caption(f"{mark} {STAGES[name]}: {part['state']}" + (f" ({count})" if count else "")
+                   + (f" — {part['error']}" if part.get("error") else ""))
+
+
+# --- studies ---------------------------------------------------------------------------------
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _study_table(path: str, stamp: tuple):
+    from mashup_core.study.report import study_table
+
+    return study_table(Path(path))
+
+
+def study_table(study_dir: Path):
+    """The study's `StudyTable`, cached until its files change."""
+    return _study_table(str(study_dir), views.fingerprint(study_dir))
+
+
+def choose_study(ws: Workspace, studies: list[Path], key: str) -> Path:
+    """The study picker (`?study=` in the URL), shared by the study pages: the one chosen last
+    on any of them is the default."""
+    names = [d.name for d in studies]
+    current = st.session_state.get("study_id")
+    name = url_widget(st.selectbox, "Study", names, param="study", key=key,
+                      default=current if current in names else names[0], what="study")
+    st.session_state["study_id"] = name
+    return ws.studies_dir / name
 
 
 # --- shareable views: the choices live in the URL's query string ------------------------------
@@ -486,6 +589,7 @@ WALK = [  # the pages in method order: (file, title, what to look at there)
     ("pages/merge.py", "Merge methods", "which merge method and k win across targets"),
     ("pages/launch.py", "Launch", "finetune from the merge and from scratch"),
     ("pages/convergence.py", "Convergence", "how much sooner the mashup run gets there"),
+    ("pages/report.py", "Report", "the study's results table and figures, for slides"),
 ]
 
 
@@ -530,7 +634,8 @@ def next_step(page_file: str) -> None:
     if here not in files or here == files[-1]:
         if here == files[-1]:
             st.success("That is the whole method: from the library to a run that gets there "
-                       "sooner. Change the target in the sidebar and walk it again.",
+                       "sooner, and the study that says so across targets. Change the target "
+                       "in the sidebar and walk it again.",
                        icon=":material/flag:")
         return
     nxt = files[files.index(here) + 1]

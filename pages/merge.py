@@ -1,11 +1,11 @@
 """Merge methods: which merge method and k win, across targets (a leave-one-out study)."""
 
-from pathlib import Path
+import os
 
 import streamlit as st
 
 from mashup_core import views
-from mashup_core.study.job import launch_study, study_job
+from mashup_core.study.job import cancel_study, launch_study, study_job
 from mashup_core.views import teaching
 from pages import _ui
 
@@ -14,13 +14,6 @@ _ui.page_header("Merge methods", "A leave-one-out study: each of the workspace's
                 "is the target, and the library's adapters trained on it are left out; every "
                 "(method, k) merge is evaluated on it. Cells are ranked per target, then the ranks "
                 "averaged.")
-
-
-@st.cache_data(show_spinner=False, max_entries=16)
-def load_study(path: str, stamp: tuple):
-    from mashup_core.study.report import study_table
-
-    return study_table(Path(path))
 
 
 def study_form(studies: list) -> None:
@@ -44,6 +37,10 @@ def study_form(studies: list) -> None:
         eval_limit = c5.number_input("Validation examples (0 = all)", 0, 100_000, 0)
         train = c6.toggle("Also finetune from each merge (slow)", value=False)
         extend = st.toggle("Extend the selected study", value=bool(studies), disabled=not studies)
+        address = st.text_input("Ray cluster address", value=os.environ.get("RAY_ADDRESS", ""),
+                                placeholder="empty = a local Ray instance on this machine",
+                                help="ray://HOST:10001 runs the study's cells on that cluster "
+                                "(every node needs the workspace's folder at the same path)")
         if st.form_submit_button("Run in the background", icon=":material/play_arrow:"):
             with _ui.writing():
                 # the workspace's LoRA lr, written into the study's spec when it opens
@@ -52,27 +49,57 @@ def study_form(studies: list) -> None:
                                  lrs=(config.learning_rate("lora"),))
                 spec.validate()
                 study_id = st.session_state.get("study_id") if extend and studies else None
-                study_dir = launch_study(ws, spec, study_id)
+                study_dir = launch_study(ws, spec, study_id, address=address.strip() or None)
                 st.session_state["study_id"] = study_dir.name
                 st.rerun()
 
 
 @st.fragment(run_every=3)
 def job_status(study_dir) -> None:
+    """The study's background job: starting, running (cells and tasks from the engine's
+    progress.json, per node) with a Cancel button for those who may write, or how it ended."""
     job = study_job(study_dir)
-    if job.get("state") == "running":
-        table = load_study(str(study_dir), views.fingerprint(study_dir))
-        st.progress(table.finished / max(table.planned, 1),
-                    text=f"Study running: {table.finished}/{table.planned} cells finished")
-    elif job.get("state") in ("failed", "killed"):
-        st.error(f"The study job {job['state']}: {job.get('error')}", icon=":material/error:")
-    if job and job.get("state") != st.session_state.get(f"job-{study_dir.name}"):
-        st.session_state[f"job-{study_dir.name}"] = job.get("state")
-        st.rerun()  # the heatmap below is drawn by the full page: refresh it on a change
+    state = job.get("state")
+    if state == "starting":
+        st.info("The study job is starting (connecting to Ray, loading the base model)…",
+                icon=":material/hourglass_top:")
+    elif state == "running":
+        progress = job.get("progress") or {}
+        tasks = progress.get("tasks") or {}
+        if progress.get("cells_total"):
+            done, total = progress.get("cells_done") or 0, progress["cells_total"]
+        else:  # the engine has not written its counts yet: the cells file's
+            table = _ui.study_table(study_dir)
+            done, total = table.finished, table.planned
+        where = (job.get("address") or "local Ray") if job.get("engine", "ray") == "ray" else \
+            job.get("engine")
+        st.progress(done / max(total, 1), text=f"Study running on {where}: {done}/{total} cells · "
+                    f"tasks running {tasks.get('running', 0)}, done {tasks.get('done', 0)}, "
+                    f"failed {tasks.get('failed', 0)}, pending {tasks.get('pending', 0)}")
+        if nodes := progress.get("nodes"):
+            st.caption("Per node: " + " · ".join(
+                f"{node}: " + ", ".join(f"{k} {v}" for k, v in counts.items())
+                if isinstance(counts, dict) else f"{node}: {counts}"
+                for node, counts in nodes.items()))
+        if _ui.can_write() and st.button("Cancel the study", icon=":material/stop_circle:",
+                                         key=f"cancel-{study_dir.name}"):
+            with _ui.writing():
+                cancel_study(ws, study_dir.name)
+                st.rerun(scope="app")
+    elif state in ("failed", "killed"):
+        st.error(f"The study job {state}: {job.get('error')}", icon=":material/error:")
+    elif state == "cancelled":
+        st.warning("The study job was cancelled; its finished cells are kept (run it again to "
+                   "finish the rest).", icon=":material/stop_circle:")
+    if job and state != st.session_state.get(f"job-{study_dir.name}"):
+        st.session_state[f"job-{study_dir.name}"] = state
+        st.rerun(scope="app")  # the heatmap below is drawn by the full page: refresh it
 
 
 studies = views.list_studies(ws)
 if not studies:
+    if _ui.computing_note(ws, "study"):
+        st.stop()
     if not config.targets:
         st.info("No study in this workspace, and no targets to run one over: add targets on "
                 "the Target page.", icon=":material/info:")
@@ -86,14 +113,11 @@ if not studies:
     st.stop()
 
 with _ui.shown_errors():
-    names = [d.name for d in studies]
-    current = st.session_state.get("study_id")
-    name = _ui.url_widget(st.selectbox, "Study", names, param="study", key="study_choice",
-                          default=current if current in names else names[0], what="study")
-    st.session_state["study_id"] = name
-    study_dir = ws.studies_dir / name
+    study_dir = _ui.choose_study(ws, studies, "study_choice")
     job_status(study_dir)
-    table = load_study(str(study_dir), views.fingerprint(study_dir))
+    table = _ui.study_table(study_dir)
+    if not table.finished and _ui.computing_note(ws, "study"):
+        st.stop()
     spec = table.spec
     st.caption(f"{table.finished}/{table.planned} cells · targets {', '.join(spec.tasks)} · "
                f"n = {', '.join(map(str, spec.ns))} · scorer {', '.join(spec.scorers)} · weights {', '.join(spec.weightings)}")

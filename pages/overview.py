@@ -19,6 +19,7 @@ _ui.page_header(
     "Finetuning a model on a new task? Start from a **merge of the most relevant checkpoints** "
     "you already have, instead of from scratch. Mashup Learning scores every checkpoint of a "
     "library on a few target examples, merges the best *k*, and trains from there.",
+    content_detail=True,  # while the demo's first content computes: a line per stage
 )
 st.plotly_chart(views.method_diagram(summary.checkpoints, k=2), config={"displayModeBar": False},
                 key="diagram")
@@ -54,10 +55,12 @@ steps = [
      "finetune from the merge and from scratch, live"),
     ("pages/convergence.py", "Convergence", ":material/show_chart:",
      "how much sooner the mashup run gets there"),
+    ("pages/report.py", "Report", ":material/summarize:",
+     "the study's results table and figures, exported for slides"),
 ]
 left, right = st.columns(2)
 for i, (path, label, icon, what) in enumerate(steps):
-    with left if i < 4 else right:
+    with left if i < (len(steps) + 1) // 2 else right:
         st.page_link(path, label=f"**{label}** — {what}", icon=icon)
 
 _ui.next_step(__file__)

@@ -29,7 +29,7 @@ from streamlit.testing.v1.util import patch_config_options  # noqa: E402
 
 APP = Path(__file__).resolve().parent.parent / "app.py"
 PAGES = ["overview", "library", "target", "relevance", "relevance_map", "merge", "launch",
-         "convergence"]
+         "convergence", "report"]
 
 
 def render(page: str | None = None, timeout: float = 120) -> AppTest:
@@ -130,7 +130,7 @@ def test_overview_shows_the_method_counts_and_links(shared):
     assert any(c.value == f"**Target:** {chosen} (demo task) · n = 64" for c in at.sidebar.caption)
     assert [m.label for m in at.metric] == ["Checkpoints", "Targets", "Runs", "Studies"]
     assert at.metric[0].value == "16" and at.metric[1].value == "8"
-    assert len(at.get("page_link")) == 7
+    assert len(at.get("page_link")) == 8
     (diagram,) = figures(at)
     titles = [a.text for a in diagram.layout.annotations if a.text]
     assert any("Score" in t for t in titles) and any("Merge" in t for t in titles)

@@ -216,3 +216,35 @@ def parity_notes(comparison: pd.DataFrame) -> list[str]:
         notes.append(f"Over {len(comparison)} pairs, parity averages "
                      f"{comparison['parity %'].mean():.0f}%.")
     return notes
+
+
+# --- the study's report ----------------------------------------------------------------------
+
+
+def report_notes(results: pd.DataFrame, merged: pd.DataFrame | None = None) -> list[str]:
+    """From the Report page's numbers (`views.report.results_frame`, else `merge_frame` for a
+    study without training): on how many targets the mashup side wins, and by how much."""
+    from mashup_core.compare.protocol import MEAN
+
+    if results is not None and not results.empty:
+        rows = results[results["target"] != MEAN].dropna(subset=["scratch acc", "mashup acc"])
+        if rows.empty:
+            return []
+        wins = int((rows["mashup acc"] > rows["scratch acc"]).sum())
+        delta = 100.0 * float((rows["mashup acc"] - rows["scratch acc"]).mean())
+        notes = [f"Mashup beats scratch on {wins} of {len(rows)} target(s); mean Δ "
+                 f"{delta:+.1f} pp (each side at its own best lr)."]
+        parity = rows["parity"].dropna()
+        if not parity.empty:
+            notes.append(f"It reaches scratch's final accuracy in {_pct(float(parity.mean()))} of "
+                         "scratch's steps on average (100% = never sooner).")
+        return notes
+    if merged is None or merged.empty:
+        return []
+    rows = merged[merged["target"] != MEAN].dropna(subset=["base acc", "merged acc"])
+    if rows.empty:
+        return []
+    wins = int((rows["merged acc"] > rows["base acc"]).sum())
+    delta = 100.0 * float((rows["merged acc"] - rows["base acc"]).mean())
+    return [f"The best merge beats the base model on {wins} of {len(rows)} target(s) before any "
+            f"training; mean Δ {delta:+.1f} pp. Train from it to see how much sooner it gets there."]

@@ -1,0 +1,161 @@
+"""The Report page (issue 9, item 2) on a real tiny study: 2 targets × 2 lrs, trained for a few
+steps on the tiny world. The page's table rows, figures and downloads are the core's
+(`views.report`, `study.export`); the study is in the link (?study=); teaching mode's note
+carries the study's own numbers."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from mashup_core.compare.protocol import MEAN
+from mashup_core.study.export import results_markdown
+from mashup_core.study.report import study_table
+from mashup_core.views import report, teaching
+from mashup_core.workspace import Workspace
+
+pytest.importorskip("streamlit.testing.v1")
+from streamlit.runtime.memory_media_file_storage import _calculate_file_id  # noqa: E402
+from streamlit.testing.v1 import AppTest  # noqa: E402
+from test_app import check, figures, render, values  # noqa: E402 (tests/ is on sys.path)
+
+APP = Path(__file__).resolve().parent.parent / "app.py"
+STUDY = "tiny-trained"
+LRS = (1e-4, 1e-3)
+
+
+@pytest.fixture(scope="module")
+def trained_world(tiny_world, tmp_path_factory) -> Workspace:
+    """A copy of the tiny world with a real trained study (2 targets, 2 lrs, 4 steps each) and
+    a merge-only one."""
+    from mashup_core.study.grid import run_study
+    from mashup_core.study.spec import StudySpec
+
+    ws = Workspace(tmp_path_factory.mktemp("report") / "ws")
+    shutil.copytree(tiny_world.root, ws.root)
+    run_study(ws, StudySpec(tasks=("min", "sort"), methods=("linear",), ks=(1,), ns=(16,),
+                            eval_limit=16, lrs=LRS, train=True, train_steps=4, eval_every=2,
+                            train_batch_size=8), STUDY, progress=False, engine="inline")
+    run_study(ws, StudySpec(tasks=("min", "sort"), methods=("linear",), ks=(1, 2), ns=(8,),
+                            eval_limit=8), "merge-only", progress=False, engine="inline")
+    return ws
+
+
+@pytest.fixture
+def trained(trained_world, monkeypatch) -> Workspace:
+    monkeypatch.setenv("MASHUP_WORKSPACE", str(trained_world.root))
+    return trained_world
+
+
+def open_report(study: str, teach: bool = False) -> AppTest:
+    at = AppTest.from_file(str(APP), default_timeout=120)
+    at.query_params["study"] = study
+    if teach:
+        at.query_params["teach"] = "1"
+    at.run()
+    at.switch_page("pages/report.py").run()
+    check(at)
+    return at
+
+
+def download(at: AppTest, label: str):
+    found = [b for b in at.get("download_button") if b.proto.label == label]
+    assert found, [b.proto.label for b in at.get("download_button")]
+    return found[0].proto
+
+
+def holds(button, text: str, mime: str, file_name: str) -> bool:
+    """Does this (eager) download button serve exactly `text` as `file_name`? Streamlit names
+    a file by the hash of its bytes, type and name."""
+    file_id = _calculate_file_id(text.encode("utf-8"), mime, file_name)
+    return Path(button.url).stem == file_id
+
+
+def notes(at: AppTest) -> str:
+    return "\n".join(i.value for i in at.info if "What to notice" in i.value)
+
+
+def test_the_report_shows_the_core_table_figures_and_exports(trained):
+    at = open_report(STUDY)
+    table = study_table(trained.studies_dir / STUDY)
+    best = table.best_setting("train")
+    results = report.results_frame(table, best)
+    shown = at.dataframe[0].value
+    assert list(shown["target"]) == ["min", "sort", MEAN] == list(results["target"])
+    assert list(shown["mashup acc"]) == list(report.text_frame(results)["mashup acc"])
+
+    drawn = [f for f in report.report_figures(table, best) if f.figure is not None]
+    assert [f.name for f in drawn] == ["fig3_mean_rank_merged", "fig3_mean_rank_trained",
+                                       "fig4_accuracy_vs_lr", "fig5_accuracy_vs_lr_per_target"]
+    charts = figures(at)
+    assert len(charts) == len(drawn)
+    fig4 = charts[2]
+    assert {t.name.split(" (")[0] for t in fig4.data} == {"from scratch", "mashup"}
+    for trace in fig4.data:
+        assert values(trace.x) == pytest.approx(list(LRS))
+    assert "Not drawn: needs a study with several n" in "\n".join(c.value for c in at.caption)
+
+    csv = download(at, "Table (CSV)")
+    assert holds(csv, results.to_csv(index=False), "text/csv", f"{STUDY}-results.csv")
+    assert holds(download(at, "Report (Markdown)"), results_markdown(table, STUDY),
+                 "text/markdown", f"{STUDY}-results.md")
+    html = [b for b in at.get("download_button") if b.proto.label == "HTML"]
+    assert len(html) == len(drawn) and all(b.proto.deferred_file_id for b in html)
+    assert at.query_params["study"] == STUDY
+
+
+def test_a_merge_only_study_shows_the_best_merge_against_the_base(trained):
+    at = open_report("merge-only")
+    table = study_table(trained.studies_dir / "merge-only")
+    merged = report.merge_frame(table)
+    assert list(at.dataframe[0].value["target"]) == list(merged["target"])
+    assert holds(download(at, "Table (CSV)"), merged.to_csv(index=False), "text/csv",
+                 "merge-only-results.csv")
+    captions = "\n".join(c.value for c in at.caption)
+    assert "Not drawn: needs a study that trains" in captions
+
+
+def test_the_study_in_the_link_round_trips(trained):
+    at = open_report("merge-only")
+    assert at.selectbox(key="report_study").value == "merge-only"
+    at.selectbox(key="report_study").set_value(STUDY).run()
+    check(at)
+    assert at.query_params["study"] == STUDY
+    at.switch_page("pages/merge.py").run()  # the study page shares the choice
+    check(at)
+    assert at.query_params["study"] == STUDY
+
+    at = open_report("no-such-study")
+    assert "no-such-study" in "\n".join(w.value for w in at.warning)
+    assert at.query_params["study"] in (STUDY, "merge-only")
+
+
+def test_teaching_mode_notes_carry_the_studys_numbers(trained):
+    table = study_table(trained.studies_dir / STUDY)
+    results = report.results_frame(table, table.best_setting("train"))
+    expected = teaching.report_notes(results)
+    rows = results[results["target"] != MEAN]
+    wins = int((rows["mashup acc"] > rows["scratch acc"]).sum())
+    delta = 100 * (rows["mashup acc"] - rows["scratch acc"]).mean()
+    assert expected[0].startswith(f"Mashup beats scratch on {wins} of 2 target(s); mean Δ "
+                                  f"{delta:+.1f} pp")
+
+    at = open_report(STUDY, teach=True)
+    assert expected[0] in notes(at)
+    assert not any("Next step" in link.proto.label for link in at.get("page_link")), \
+        "the Report is the walk's last page"
+
+    at = open_report(STUDY)
+    assert not notes(at)
+
+
+def test_the_report_is_on_the_overview_and_in_the_walk(trained):
+    at = render()
+    assert "report" in [link.proto.page for link in at.get("page_link")]
+    from pages import _ui
+
+    assert _ui.WALK[-1][0] == "pages/report.py", "the walk ends on the Report"
+    at = open_report(STUDY, teach=True)
+    assert "That is the whole method" in "\n".join(s.value for s in at.success)
