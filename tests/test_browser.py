@@ -33,7 +33,7 @@ PAGES = {  # screenshot name -> (sidebar link, the page's heading)
     "target": ("Target", "Target task"), "relevance": ("Relevance", "Relevance"),
     "relevance_map": ("Relevance map", "Relevance map"),
     "merge": ("Merge methods", "Merge methods"), "launch": ("Launch", "Launch a run"),
-    "convergence": ("Convergence", "Convergence"),
+    "convergence": ("Convergence", "Convergence"), "report": ("Report", "Report"),
 }
 IDLE = "[data-testid=stApp][data-test-script-state=notRunning]"
 
@@ -269,3 +269,79 @@ def test_a_shared_link_opens_the_same_target_and_runs(scale_server):
             colleague.screenshot(path=str(SHOTS / "shared-link.png"), full_page=True)
         finally:
             browser.close()
+
+
+# --- first open: `mashup demo start` on a fresh folder, the server up from the start ----------
+
+CONTENT_TIMEOUT = 300  # the tiny content alone takes well under a minute on 2 cores
+
+
+def _chart_data(page, index: int = 0) -> list[dict]:
+    """The index-th Plotly chart's traces as the browser holds them (type, name, x, z)."""
+    return page.evaluate(
+        """i => Array.from(document.querySelectorAll('.js-plotly-plot')[i].data).map(t => ({
+               type: t.type || 'scatter', name: t.name || '', x: Array.from(t.x || []),
+               z: t.z ? Array.from(t.z).map(r => Array.from(r)) : null}))""", index)
+
+
+def test_first_open_fills_every_page_while_the_server_runs(tmp_path):
+    """`mashup demo start --profile tiny` in an empty folder, the dashboard served at once:
+    the pages say what is still computing, then (content done) each shows its key content in
+    the DOM: the study's heatmap cells, the pair's curves, the report's table rows."""
+    from waiting import poll
+
+    from mashup_core.demo.content import content_status
+    from mashup_core.study.report import study_table
+    from mashup_core.workspace import Workspace
+
+    _need("Playwright", sync_playwright is not None)
+    _need(f"Chromium at {CHROMIUM}", CHROMIUM.exists())
+    ws = Workspace(tmp_path / "fresh-ws")
+    ws.root.mkdir()
+    started = subprocess.run(
+        [sys.executable, "-m", "mashup_core.cli", "demo", "start", "--profile", "tiny",
+         "--workspace", str(ws.root), "--no-progress"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert started.returncode == 0, started.stderr[-2000:]
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with _serve(ws.root, tmp_path) as url, _browser() as page:
+        page.goto(url)
+        page.get_by_role("heading", level=1).first.wait_for(timeout=120_000)
+        if content_status(ws)["state"] == "running":  # the server is up while it computes
+            expect(page.get_by_role("heading", level=1).first).to_have_text(
+                re.compile("Building the demo world|Mashup Explorer"))
+        page.screenshot(path=str(SHOTS / "first-open-computing.png"), full_page=True)
+
+        def content_done():
+            """the demo's content job to finish"""
+            status = content_status(ws)
+            assert status["state"] != "failed", status["message"]
+            return status if status["state"] == "done" else None
+
+        status = poll(content_done, timeout=CONTENT_TIMEOUT, every=1)
+        table = study_table(ws.studies_dir / status["stages"]["study"]["study_id"])
+        page.goto(url)
+        page.get_by_role("heading", name="Mashup Explorer", level=1).wait_for(timeout=120_000)
+        settle(page)
+        assert page.get_by_text("Computing").count() == 0, "done: nothing extra on the page"
+        expect(page.get_by_test_id("stMetric").filter(has_text="Studies")).to_contain_text("1")
+        expect(page.get_by_test_id("stMetric").filter(has_text="Runs")).to_contain_text("2")
+        page.screenshot(path=str(SHOTS / "first-open-overview.png"), full_page=True)
+
+        open_page(page, "merge")
+        heatmap = next(t for t in _chart_data(page) if t["type"] == "heatmap")
+        ranks = table.mean_rank
+        assert len(heatmap["z"]) == len(ranks.index)
+        assert heatmap["x"] == [f"k={k}" for k in ranks.columns]
+        page.screenshot(path=str(SHOTS / "first-open-merge.png"), full_page=True)
+
+        open_page(page, "convergence")
+        names = {t["name"].split(" · ")[0] for t in _chart_data(page)}
+        assert {"mashup", "scratch"} <= names, names
+        page.screenshot(path=str(SHOTS / "first-open-convergence.png"), full_page=True)
+
+        open_page(page, "report")
+        rows = grid_rows(page)
+        targets = [r[0] for r in rows if r]
+        assert targets == [*table.spec.tasks, "mean"], targets
+        page.screenshot(path=str(SHOTS / "first-open-report.png"), full_page=True)
