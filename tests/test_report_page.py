@@ -159,3 +159,84 @@ def test_the_report_is_on_the_overview_and_in_the_walk(trained):
     assert _ui.WALK[-1][0] == "pages/report.py", "the walk ends on the Report"
     at = open_report(STUDY, teach=True)
     assert "That is the whole method" in "\n".join(s.value for s in at.success)
+
+
+# --- first open and the study launcher: records of live background jobs ----------------------
+
+
+@pytest.fixture
+def sleeper():
+    """A live process in its own group, standing in for a background job's pid."""
+    import subprocess
+
+    proc = subprocess.Popen(["sleep", "120"], start_new_session=True)
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+def test_pages_say_what_the_demo_content_is_still_computing(world_copy, monkeypatch, sleeper):
+    from mashup_core.demo.content import content_status, study_counts, update_record
+    from mashup_core.jobs.processes import process_start
+
+    monkeypatch.setenv("MASHUP_WORKSPACE", str(world_copy.root))
+    update_record(world_copy, state="running", pid=sleeper.pid, pid_start=process_start(sleeper.pid))
+    update_record(world_copy, "world", state="done")
+    update_record(world_copy, "study", state="running")
+    status = content_status(world_copy)
+    assert status["state"] == "running" and status["stages"]["study"]["state"] == "running"
+    done, total = study_counts(world_copy)
+
+    at = render()
+    infos = "\n".join(i.value for i in at.info)
+    assert status["message"] in infos and "Ready: the demo world" in infos
+    captions = "\n".join(c.value for c in at.caption)
+    assert f"the leave-one-out study: running ({done} of {total} cells)" in captions
+    at.switch_page("pages/merge.py").run()
+    check(at)
+    infos = "\n".join(i.value for i in at.info)
+    assert f"Computing the leave-one-out study in the background — {done} of {total} cells" in infos
+    assert "No study in this workspace" not in infos
+
+    sleeper.kill()  # the job gone before the study finished: it says so, and how to resume
+    sleeper.wait()
+    at = render()
+    assert "resumes it" in "\n".join(w.value for w in at.warning)
+
+
+def test_a_user_workspace_shows_no_content_line(trained):
+    at = render()
+    assert not [i for i in at.info if "Computing" in i.value or "demo's" in i.value]
+
+
+def test_the_launcher_shows_engine_progress_and_cancels(trained, monkeypatch, sleeper):
+    from mashup_core.study.engine import PROGRESS_FILE
+    from mashup_core.study.job import STUDY_JOB, study_job
+    from mashup_core.workspace import write_json_atomic
+
+    monkeypatch.setenv("RAY_ADDRESS", "ray://head:10001")
+    study_dir = trained.studies_dir / STUDY
+    write_json_atomic(study_dir / STUDY_JOB, {"state": "running", "pid": sleeper.pid,
+                                              "engine": "ray", "address": "ray://head:10001"})
+    write_json_atomic(study_dir / PROGRESS_FILE, {
+        "state": "running", "cells_total": 12, "cells_done": 5,
+        "tasks": {"done": 3, "running": 2, "failed": 1, "pending": 4},
+        "nodes": {"10.0.0.2": {"running": 1, "done": 2}}})
+    at = AppTest.from_file(str(APP), default_timeout=120)
+    at.query_params["study"] = STUDY
+    at.run()
+    at.switch_page("pages/merge.py").run()
+    check(at)
+    text = "\n".join(bar.text for bar in at.get("progress"))
+    assert "ray://head:10001: 5/12 cells" in text and "failed 1" in text
+    [nodes] = [c.value for c in at.caption if c.value.startswith("Per node:")]
+    assert "10.0.0.2: " in nodes and "running 1" in nodes and "done 2" in nodes
+    address = [t for t in at.text_input if t.label == "Ray cluster address"]
+    assert address and address[0].value == "ray://head:10001", "RAY_ADDRESS is the default"
+
+    [cancel] = [b for b in at.button if b.label == "Cancel the study"]
+    cancel.click().run()
+    check(at)
+    assert sleeper.wait(timeout=10) != 0, "the job got SIGTERM"
+    assert study_job(study_dir)["state"] == "cancelled"
+    assert "cancelled" in "\n".join(w.value for w in at.warning)
