@@ -381,7 +381,9 @@ def page_header(title: str, lead: str, *, content_detail: bool = False) -> None:
     st.markdown(lead)
     for notice in st.session_state.pop(_NOTICES, []):
         st.warning(notice, icon=":material/link_off:")
-    content_line(workspace(), content_detail)
+    status = demo_content(workspace())
+    if status and status["state"] != "done":  # once done, no line and no polling
+        content_line(workspace(), content_detail)
 
 
 # --- the demo's first-open content (`mashup demo start`: world -> study -> pair) -------------
