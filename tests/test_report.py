@@ -320,6 +320,24 @@ def test_study_with_several_n(tmp_path):
     assert views_report.accuracy_vs_lr_figure(table).figure is not None
 
 
+def test_a_study_with_a_recycle_init_reports_both(tmp_path):
+    """Recycle cells run at k=0 and the top-k merges at k=1: the mean-rank matrix has holes
+    (NaN) where a setting never ran, and the best setting is found among the cells that did."""
+    spec = StudySpec(tasks=("a", "b"), methods=("linear",), ks=(1,), lrs=(LR1,), seeds=(0,),
+                     inits=("merged-continue", "recycle"), train=True)
+    recycle = {"scorer": "recycle", "weighting": "recycle", "k": 0, "init": "recycle"}
+    records = [scratch_cell(t, LR1, 0, 0.5) for t in ("a", "b")]
+    records += [train_cell("a", "linear", LR1, 0, 0.9), train_cell("b", "linear", LR1, 0, 0.6),
+                train_cell("a", "recycle", LR1, 0, 0.7, **recycle),
+                train_cell("b", "recycle", LR1, 0, 0.8, **recycle)]
+    table = study_table(write_study(tmp_path / "rec", spec.to_dict(), records))
+    assert table.trained_mean_rank.isna().any().any(), "the holes this test is about"
+    assert table.best_setting("train")["label"] == "linear · merged-continue"  # rank 1.5 each: grid order
+    out = write_report(tmp_path / "rec", tmp_path / "out")
+    text = out["results.md"].read_text()
+    assert "| recycle |" in text and "linear · merged-continue" in text
+
+
 def test_merge_only_study_reports_the_best_merge(tmp_path):
     spec = StudySpec(tasks=("a", "b"), methods=("linear", "ties"), ks=(1, 2), lrs=(LR1,))
     records = [{"kind": "base", "target": "a", "acc": 0.3}, {"kind": "base", "target": "b", "acc": 0.5}]

@@ -87,7 +87,8 @@ class StudyTable:
         ranks = self.mean_rank if kind == "merge" else self.trained_mean_rank
         if ranks is None or ranks.empty or ranks.isna().all().all():
             return None
-        stacked = ranks.stack()
+        # A (label, k) the grid never ran (recycle runs at k=0 only) is NaN: never the best.
+        stacked = ranks.stack().dropna()
         label, k = stacked.index[int(stacked.to_numpy().argmin())]
         rows = self.settings(kind)
         row = rows[(rows["label"] == label) & (rows["k"] == k)].iloc[0]
