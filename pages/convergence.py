@@ -23,6 +23,8 @@ with _ui.shown_errors():
     from mashup_core.jobs.store import list_runs
 
     rows = [r for r in list_runs(ws) if r["status"] != "queued"]
+    if not rows and _ui.computing_note(ws, "pair"):
+        st.stop()
     if not rows:
         st.info("No runs with results yet. Launch a mashup run and its baseline first.",
                 icon=":material/info:")
