@@ -214,3 +214,36 @@ def test_the_cli_offers_the_papers_sweep_and_the_old_flags(tiny_world):
                 "--ns", "8,16", "--epochs", "1", "--engine", "inline")
     assert (grid.lrs, grid.seeds, grid.inits, grid.ns, grid.train_epochs) == (
         (1e-3, 2e-3), (0, 1), ("merged-fold", "recycle"), (8, 16), 1.0)
+
+
+def test_a_full_finetune_study_merges_full_checkpoints_and_trains_from_the_merge(world_copy):
+    """A library of full checkpoints (each task's adapter folded into the base, saved as a
+    plain model): the study scores them, merges the chosen ones streamed, and trains the
+    merge as a full finetune."""
+    for task in ("min", "sort", "dmax"):
+        model = PeftModel.from_pretrained(load_base_model(world_copy.base_dir),
+                                          world_copy.library_dir / task).merge_and_unload()
+        out = world_copy.root / "full-library" / f"{task}-full"
+        model.save_pretrained(out)
+        (out / "mashup_meta.json").write_text(json.dumps({"source_task": task, "final": True}))
+    from mashup_core.config import add_source
+
+    add_source(world_copy, str(world_copy.root / "full-library"))
+    spec = StudySpec(**{**TWO, "methods": ("task_arithmetic",)}, finetune="full", lrs=(1e-4,),
+                     seeds=(0,), train_steps=2)
+    study_dir = run_study(world_copy, spec, "full", **INLINE)
+    cells = read_cells(study_dir)
+    assert set(cells) == {cell_key(c) for c in planned_cells(stored_spec(study_dir))}
+    tokenizer = load_tokenizer(world_copy.base_dir)
+    for target in ("min", "sort"):
+        mine = {c["kind"]: c for c in cells.values() if c["target"] == target}
+        merged, trained, scratch = mine["merge"], mine["train"], mine["scratch"]
+        assert all(name.endswith("-full") for name in merged["selected"])
+        assert trained["init"] == "merged-fold" and trained["selected"] == merged["selected"]
+        assert trained["init_acc"] == merged["acc"], "training starts from the merge itself"
+        assert scratch["init_acc"] == mine["base"]["acc"]
+        # k=1 with weight 1: the merge is the chosen checkpoint (up to W_base + (W - W_base))
+        (chosen,) = merged["selected"]
+        alone = load_base_model(world_copy.root / "full-library" / chosen)
+        acc = evaluate_mc(alone, tokenizer, validation(world_copy, target)).acc
+        assert abs(acc - merged["acc"]) <= 1 / 16
