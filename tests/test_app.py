@@ -14,6 +14,7 @@ import numpy as np
 import plotly.graph_objects as go
 import plotly.io as pio
 import pytest
+from links import link
 from realistic import USER_MAPPING, user_rows  # tests/ is on sys.path (see conftest)
 
 from mashup_core import access, views
@@ -746,7 +747,7 @@ def test_a_link_opens_its_target_and_a_change_writes_the_link(story):
     by_label(at.selectbox, "Target").set_value("min (demo task)").run()
     check(at)
     assert chosen_target(at).label == "min (demo task)"
-    assert (at.query_params["target"], at.query_params["n"]) == ("min", "16")
+    assert (link(at, "target"), link(at, "n")) == ("min", "16")
 
 
 def test_an_unknown_target_in_the_link_is_a_notice(story):
@@ -757,7 +758,7 @@ def test_an_unknown_target_in_the_link_is_a_notice(story):
     assert "The link names target **no-such-task**" in texts(at.warning)
     default = world_story(story).default_target
     assert chosen_target(at) is None or chosen_target(at).label == f"{default} (demo task)"
-    assert at.query_params["target"] == default, "the link now names the target on screen"
+    assert link(at, "target") == default, "the link now names the target on screen"
 
 
 def test_the_study_and_the_view_live_in_the_link(story):
@@ -767,7 +768,7 @@ def test_the_study_and_the_view_live_in_the_link(story):
     at.switch_page("pages/merge.py").run()
     check(at)
     assert by_label(at.selectbox, "Study").value == "loo-test"
-    assert at.query_params["study"] == "loo-test"
+    assert link(at, "study") == "loo-test"
 
     at = AppTest.from_file(str(APP), default_timeout=120)
     at.run()
@@ -775,7 +776,7 @@ def test_the_study_and_the_view_live_in_the_link(story):
     at.switch_page("pages/merge.py").run()
     check(at)
     assert "**gone-study** is not in this workspace" in texts(at.warning)
-    assert at.query_params["study"] == "loo-test"
+    assert link(at, "study") == "loo-test"
 
 
 # --- teaching mode ---------------------------------------------------------------------------
@@ -805,7 +806,7 @@ def test_teaching_mode_notes_are_this_workspaces_numbers(story):
     check(at)
     assert (f"{target}'s best donor is {best.donor} (acc {best.donor_acc:.2f} vs base "
             f"{best.base_acc:.2f})") in notes(at)
-    assert at.query_params["teach"] == "1", "teaching mode stays in the link"
+    assert link(at, "teach") == "1", "teaching mode stays in the link"
 
     table = study_table(story.studies_dir / "loo-test")
     ranks = table.mean_rank.stack().dropna()
@@ -868,7 +869,7 @@ def test_relevance_map_cells_are_the_cached_scores(story):
         for j, target in enumerate(cells.x):
             gain = tables[target].row(name).acc - tables[target].base.acc
             assert cells.z[i][j] == pytest.approx(gain, abs=1e-12)
-    assert at.query_params["values"] == "gain" or "values" not in at.query_params
+    assert link(at, "values") == "gain" or "values" not in at.query_params
 
 
 def test_relevance_map_read_only_shows_the_cache_and_writes_nothing(story, monkeypatch):

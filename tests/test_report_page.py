@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from links import link
 
 from mashup_core.compare.protocol import MEAN
 from mashup_core.study.export import results_markdown
@@ -103,7 +104,7 @@ def test_the_report_shows_the_core_table_figures_and_exports(trained):
                  "text/markdown", f"{STUDY}-results.md")
     html = [b for b in at.get("download_button") if b.proto.label == "HTML"]
     assert len(html) == len(drawn) and all(b.proto.deferred_file_id for b in html)
-    assert at.query_params["study"] == STUDY
+    assert link(at, "study") == STUDY
 
 
 def test_a_merge_only_study_shows_the_best_merge_against_the_base(trained):
@@ -122,14 +123,14 @@ def test_the_study_in_the_link_round_trips(trained):
     assert at.selectbox(key="report_study").value == "merge-only"
     at.selectbox(key="report_study").set_value(STUDY).run()
     check(at)
-    assert at.query_params["study"] == STUDY
+    assert link(at, "study") == STUDY
     at.switch_page("pages/merge.py").run()  # the study page shares the choice
     check(at)
-    assert at.query_params["study"] == STUDY
+    assert link(at, "study") == STUDY
 
     at = open_report("no-such-study")
     assert "no-such-study" in "\n".join(w.value for w in at.warning)
-    assert at.query_params["study"] in (STUDY, "merge-only")
+    assert link(at, "study") in (STUDY, "merge-only")
 
 
 def test_teaching_mode_notes_carry_the_studys_numbers(trained):
