@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_gpu.py                 # on a GPU: the three stand-ins
     .venv/bin/python benchmarks/bench_gpu.py --tiny          # anywhere: tiny shapes, a smoke run
+    .venv/bin/python benchmarks/bench_gpu.py --small         # a CPU: small models, real vocabularies
     .venv/bin/python benchmarks/bench_gpu.py --models llama --skip-train
 
 Nothing is downloaded. Each stand-in is built from a config with random weights (on the GPU
@@ -80,6 +81,19 @@ TINY = {  # the same code paths at toy size (--tiny)
     "mistral": dict(vocab_size=1024, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                     num_attention_heads=4, num_key_value_heads=2, head_dim=16,
                     sliding_window=None, tie_word_embeddings=False),
+}
+
+
+SMALL = {  # CPU-sized models with the stand-ins' real vocabularies (--small): the output head's
+    # share of the work is then as large as in the real models, or larger
+    "llama": dict(vocab_size=8192, hidden_size=256, intermediate_size=768, num_hidden_layers=4,
+                  num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=False),
+    "gemma": dict(vocab_size=262_144, hidden_size=128, intermediate_size=512, num_hidden_layers=4,
+                  num_attention_heads=2, num_key_value_heads=1, head_dim=64,
+                  query_pre_attn_scalar=64, sliding_window=64, tie_word_embeddings=True),
+    "mistral": dict(vocab_size=32_000, hidden_size=256, intermediate_size=896,
+                    num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=2,
+                    head_dim=32, sliding_window=None, tie_word_embeddings=False),
 }
 
 
@@ -170,6 +184,13 @@ def hflm_loglikelihoods(base: Path, adapter: Path | None, examples, *, device: s
     return out, seconds
 
 
+def _vocab_size(base: Path) -> int:
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(base)
+    return getattr(config.get_text_config(), "vocab_size", config.vocab_size)
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -223,7 +244,7 @@ def bench_scoring(base: Path, library: Path, examples, device: torch.device, dty
     del model
     _free(device)
 
-    theirs_s, agree, max_diff = 0.0, True, 0.0
+    theirs_s, agree, max_diff = 0.0, True, {"base": 0.0, "adapters": 0.0}
     _reset_peak(device)
     for name, path in [(BASE_ROW, None), *((c.name, c.path) for c in checkpoints)]:
         rows, seconds = hflm_loglikelihoods(base, path, examples, device=device.type,
@@ -231,8 +252,9 @@ def bench_scoring(base: Path, library: Path, examples, device: torch.device, dty
         theirs_s += seconds
         agree &= _acc(rows, examples) == table.row(name).acc
         ours_rows = table.choice_scores[name].logprobs
-        max_diff = max(max_diff, *(abs(a - b) for r, o in zip(rows, ours_rows, strict=True)
-                                   for a, b in zip(r, o, strict=True)))
+        side = "base" if path is None else "adapters"
+        max_diff[side] = max(max_diff[side], *(abs(a - b) for r, o in zip(rows, ours_rows, strict=True)
+                                               for a, b in zip(r, o, strict=True)))
     theirs_peak = _peak_gib(device)
     ours_tokens, theirs_tokens = token_counts(load_tokenizer(base), examples)
     n_ckpt = len(checkpoints) + 1
@@ -241,7 +263,12 @@ def bench_scoring(base: Path, library: Path, examples, device: torch.device, dty
         "checkpoints": n_ckpt, "rows": len(examples),
         "ours_s": round(ours_s, 2), "hflm_s": round(theirs_s, 2),
         "ratio_ours_over_hflm": round(ours_s / theirs_s, 3), "accuracies_equal": agree,
-        "max_abs_loglik_diff": round(max_diff, 4),
+        "max_abs_loglik_diff_base": round(max_diff["base"], 4),
+        # HFLM(peft=...) resizes the embeddings to len(tokenizer) when the config's vocabulary
+        # is larger (the stand-ins': a small trained BPE, a real-size vocabulary), which drops
+        # output logits from the softmax; so its adapter log-likelihoods are of another model.
+        "max_abs_loglik_diff_adapters": round(max_diff["adapters"], 4),
+        "hflm_peft_resized_vocab": len(load_tokenizer(base)) != _vocab_size(base),
         "ours_tokens_per_s": round(ours_tokens * n_ckpt / ours_s),
         "hflm_tokens_per_s": round(theirs_tokens * n_ckpt / theirs_s),
         "ours_work_pflop": round(flops / 1e15, 4),
@@ -256,7 +283,15 @@ def bench_training(base: Path, examples, device: torch.device, dtype: torch.dtyp
     from peft import LoraConfig, get_peft_model
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
-    from mashup_core.training.loop import LoraSpec, TrainConfig, add_lora, as_pairs, collate, train
+    from mashup_core.training.loop import (
+        LoraSpec,
+        TrainConfig,
+        add_lora,
+        as_pairs,
+        batch_indices,
+        collate,
+        train,
+    )
 
     pairs = as_pairs(examples)
     steps, batch = args.train_steps, 16
@@ -299,9 +334,18 @@ def bench_training(base: Path, examples, device: torch.device, dtype: torch.dtyp
     hf_model = load_base_model(base, device=device, dtype=dtype)
     hf_model = get_peft_model(hf_model, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear",
                                                    task_type="CAUSAL_LM"))
+    class InOurOrder(Trainer):
+        """Reads the rows in order: the dataset below is our batches, one after another."""
+
+        def _get_train_sampler(self, *args, **kwargs):
+            return torch.utils.data.SequentialSampler(self.train_dataset)
+
+    # The same batches as ours, step by step, so the two loss curves can be compared.
+    ours_order = [pairs[i] for step in range(steps)
+                  for i in batch_indices(len(pairs), batch, 0, step)]
     timer = Timer()
     with tempfile.TemporaryDirectory() as out_dir:
-        trainer = Trainer(
+        trainer = InOurOrder(
             model=hf_model,
             args=TrainingArguments(
                 output_dir=out_dir, per_device_train_batch_size=batch, max_steps=steps,
@@ -309,7 +353,7 @@ def bench_training(base: Path, examples, device: torch.device, dtype: torch.dtyp
                 report_to=[], save_strategy="no", bf16=device.type == "cuda",
                 use_cpu=device.type == "cpu", remove_unused_columns=False, max_grad_norm=1.0,
                 dataloader_num_workers=0, disable_tqdm=True),
-            train_dataset=pairs, data_collator=lambda rows: collate(tokenizer, rows),
+            train_dataset=ours_order, data_collator=lambda rows: collate(tokenizer, rows),
             callbacks=[timer])
         with contextlib.redirect_stdout(sys.stderr):  # it prints each log line: JSON stays clean
             trainer.train()
@@ -328,6 +372,8 @@ def bench_training(base: Path, examples, device: torch.device, dtype: torch.dtyp
         f"ours_first_{first}_s": [round(t, 3) for t in ours_times[:first]],
         f"hf_first_{first}_s": [round(t, 3) for t in timer.times[:first]],
         "ours_loss": ours_loss, "hf_loss": timer.losses,
+        "max_abs_loss_diff": round(max(abs(a - b) for a, b in zip(ours_loss, timer.losses,
+                                                                    strict=False)), 4),
         "ours_peak_gib": ours_peak, "hf_peak_gib": hf_peak,
     }
 
@@ -340,6 +386,8 @@ class _Zero:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="toy shapes (runs on a CPU)")
+    parser.add_argument("--small", action="store_true",
+                        help="CPU-sized models with the stand-ins' real vocabularies")
     parser.add_argument("--models", default="llama,gemma,mistral")
     parser.add_argument("--rows", type=int, default=None, help="default 256 (16 with --tiny)")
     parser.add_argument("--adapters", type=int, default=None, help="default 8 (2 with --tiny)")
@@ -354,20 +402,21 @@ def main() -> int:
     args = parser.parse_args()
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type != "cuda" and not args.tiny:
-        parser.error("full shapes need a GPU; use --tiny to run the same code paths on a CPU")
+    cpu_sized = args.tiny or args.small
+    if device.type != "cuda" and not cpu_sized:
+        parser.error("full shapes need a GPU; use --tiny or --small to run the same code paths "
+                     "on a CPU")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     peak = args.peak_tflops or (989.0 if device.type == "cuda" else None)
-    rows = args.rows or (16 if args.tiny else 256)
+    rows = args.rows or (16 if args.tiny else 64 if args.small else 256)
     n_adapters = args.adapters or (2 if args.tiny else 8)
-    args.train_steps = args.train_steps or (4 if args.tiny else 40)
-    examples = make_rows(rows)
-    if args.tiny:  # shorter prompts keep the smoke run quick
-        examples = make_rows(rows, words=(10, 30))
+    args.train_steps = args.train_steps or (4 if args.tiny else 12 if args.small else 40)
+    # shorter prompts keep the smoke run quick
+    examples = make_rows(rows, words=(10, 30)) if args.tiny else make_rows(rows)
     results = {}
     for key in [m.strip() for m in args.models.split(",") if m.strip()]:
         stand_in = STAND_INS[key]
-        shape = TINY[key] if args.tiny else stand_in.shape
+        shape = TINY[key] if args.tiny else SMALL[key] if args.small else stand_in.shape
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
             base = Path(tmp) / "base"
@@ -385,7 +434,7 @@ def main() -> int:
     print(json.dumps({
         "benchmark": "gpu_scale", "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "dtype": str(dtype), "tiny": args.tiny, "rows": rows, "adapters": n_adapters,
+        "dtype": str(dtype), "tiny": args.tiny, "small": args.small, "rows": rows, "adapters": n_adapters,
         "torch": torch.__version__, "peak_tflops": peak, "results": results,
     }, indent=2))
     ok = all(e.get("scoring", {}).get("accuracies_equal", True) for e in results.values())

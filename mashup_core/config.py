@@ -312,6 +312,17 @@ def add_source(ws: Workspace, source: str) -> WorkspaceConfig:
     return config
 
 
+def ensure_source(ws: Workspace, folder: Path) -> None:
+    """Make `folder` a library source unless a source already holds it: a user's workspace may
+    list only their own folders, and what the product writes into the library (a promoted run,
+    a recycled merge) must be seen by the next scan, and the next target."""
+    config = load_config(ws)
+    folder = Path(folder).resolve()
+    if config is not None and not any(folder == Path(s).resolve() or folder.is_relative_to(Path(s).resolve())
+                                      for s in config.sources if Path(s).exists()):
+        add_source(ws, str(folder))
+
+
 def remove_source(ws: Workspace, source: str) -> WorkspaceConfig:
     config = require_config(ws)
     kept = tuple(s for s in config.library.sources if s != source)

@@ -30,7 +30,17 @@ from mashup_core.models.library import scan_library
 from mashup_core.models.loading import load_base_model, load_tokenizer
 from mashup_core.selection.loglik import choice_loglikelihoods, evaluate_mc
 from mashup_core.selection.scoring import score_library
-from mashup_core.training.loop import TrainConfig, add_lora, as_pairs, init_model, train
+from mashup_core.training.loop import (
+    TrainConfig,
+    add_lora,
+    answer_batch,
+    answer_loss,
+    as_pairs,
+    collate,
+    encode_pairs,
+    init_model,
+    train,
+)
 
 # The session fixture, bound here so pytest finds it. (Imported by name, ruff reports F811 at
 # every test that takes it as an argument; an assignment is not a redefinition.)
@@ -213,6 +223,37 @@ def test_default_lora_covers_every_linear_layer_and_trains(arch, arch_worlds, ex
     assert all(math.isfinite(log.loss) for log in state.history)
     changed = [n for n, p in peft_model.named_parameters() if p.requires_grad and not torch.equal(p, before[n])]
     assert sorted(changed) == sorted(before)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_answer_loss_equals_hf_loss_and_gradients(arch, arch_worlds, examples):
+    """Our loss (left-padded rows, the output head on the answer columns only) is HF's own
+    `model(labels=...).loss` on a right-padded batch, and so are the LoRA gradients: rows of
+    very different lengths, so positions and masks are really exercised."""
+    base, _ = arch_worlds[arch]
+    tokenizer = load_tokenizer(base)
+    torch.manual_seed(0)
+    model = add_lora(_base(base))
+    pairs = as_pairs(examples)[:8]
+    lora = [p for p in model.parameters() if p.requires_grad]
+    with torch.no_grad():  # B starts at zero, which would leave A without a gradient to compare
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+
+    def loss_and_grads(loss_fn):
+        model.zero_grad(set_to_none=True)
+        loss = loss_fn()
+        loss.backward()
+        return loss.item(), [p.grad.clone() for p in lora]
+
+    hf_loss, hf_grads = loss_and_grads(lambda: model(**collate(tokenizer, pairs), use_cache=False).loss)
+    batch = answer_batch(encode_pairs(tokenizer, pairs), tokenizer.pad_token_id or 0)
+    assert batch.keep < batch.input_ids.shape[1] // 2  # the head really ran on a few columns
+    ours_loss, our_grads = loss_and_grads(lambda: answer_loss(model, batch, torch.device("cpu")) / batch.count)
+    assert ours_loss == pytest.approx(hf_loss, rel=1e-5)
+    for ours, theirs in zip(our_grads, hf_grads, strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("arch", ARCHS)

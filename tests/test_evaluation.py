@@ -123,3 +123,81 @@ def test_empty_prompt_is_scored_against_end_of_text_without_bos():
             logp = F.log_softmax(model(torch.tensor([ids])).logits[0], -1)
             expected = sum(logp[i, ids[i + 1]].item() for i in range(len(ids) - 1))
             assert got == pytest.approx(expected, abs=1e-4)
+
+
+def test_answer_tokens_shared_by_every_choice_are_read_in_the_prompts_pass():
+    """Choices sharing leading tokens (none, one, more than the cap, a choice that is a prefix of
+    another, a single choice) score exactly as one forward per prompt + answer does."""
+    import torch.nn.functional as F
+
+    from mashup_core.demo.tiny_model import TinyModelSpec, build_char_tokenizer, build_tiny_llama
+    from mashup_core.selection.loglik import (
+        MAX_SHARED_ANSWER_TOKENS,
+        choice_loglikelihoods,
+        encode_examples,
+        shared_answer_tokens,
+    )
+
+    tok = build_char_tokenizer()
+    model = build_tiny_llama(len(tok), TinyModelSpec(hidden_size=32), seed=0).eval()
+    long_shared = " " + "a" * (MAX_SHARED_ANSWER_TOKENS + 2)
+    examples = [
+        MCExample("abc", (" x", " y", " z"), 0),          # the space is shared
+        MCExample("ba", ("x", "y"), 1),                     # nothing shared
+        MCExample("cab", (" ab", " abc", " ac"), 2),        # " ab" is a prefix of " abc"
+        MCExample("a", (long_shared + "b", long_shared + "c"), 0),  # longer than the cap
+        MCExample("bca", (" cc",), 0),                      # one choice
+    ]
+    shared = [shared_answer_tokens(e.continuations) for e in encode_examples(tok, examples)]
+    assert shared == [1, 0, 2, MAX_SHARED_ANSWER_TOKENS, 2]
+    scores = choice_loglikelihoods(model, tok, examples, batch_size=8)
+    with torch.no_grad():
+        for ex, got_row in zip(examples, scores.logprobs, strict=True):
+            for choice, got in zip(ex.choices, got_row, strict=True):
+                ctx = tok(ex.prompt)["input_ids"]
+                ids = tok(ex.prompt + choice)["input_ids"]
+                logp = F.log_softmax(model(torch.tensor([ids])).logits[0], -1)
+                expected = sum(logp[i - 1, ids[i]].item() for i in range(len(ctx), len(ids)))
+                assert got == pytest.approx(expected, abs=1e-4), (ex.prompt, choice)
+
+
+def test_a_prompt_start_shared_by_every_example_runs_once_per_adapter(monkeypatch):
+    """Few-shot examples every prompt starts with run once per adapter; each adapter's scores
+    still equal one forward per prompt + answer with that adapter alone."""
+    import torch.nn.functional as F
+    from peft import LoraConfig, get_peft_model
+
+    from mashup_core.demo.tiny_model import TinyModelSpec, build_char_tokenizer, build_tiny_llama
+    from mashup_core.selection import loglik
+
+    tok = build_char_tokenizer()
+    model = build_tiny_llama(len(tok), TinyModelSpec(hidden_size=32), seed=0).eval()
+    config = LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False)
+    torch.manual_seed(1)
+    model = get_peft_model(model, config, adapter_name="a")
+    torch.manual_seed(2)
+    model.add_adapter("b", config)
+    model.eval()
+    shots = "rev:ab=ba rev:abc=cba rev:"
+    examples = [MCExample(shots + q, choices, 0) for q, choices in
+                [("ba=", ("ab", "ba")), ("cab=", ("bac", "abc", "cab")), ("c=", ("c", "cc"))]]
+    runs = []
+    real = loglik._run_shared_prompt
+    monkeypatch.setattr(loglik, "_run_shared_prompt", lambda *a: runs.append(real(*a)) or runs[-1])
+    scores = loglik.library_loglikelihoods(model, tok, examples, ["__base__", "a", "b"], batch_size=2)
+    assert runs[0] is not None and runs[0].length == len(tok(shots)["input_ids"])
+    with torch.no_grad():
+        for name, got in zip(["__base__", "a", "b"], scores, strict=True):
+            for ex, got_row in zip(examples, got.logprobs, strict=True):
+                for choice, value in zip(ex.choices, got_row, strict=True):
+                    ctx = tok(ex.prompt)["input_ids"]
+                    ids = tok(ex.prompt + choice)["input_ids"]
+                    if name == "__base__":
+                        with model.disable_adapter():
+                            logits = model(input_ids=torch.tensor([ids])).logits[0]
+                    else:
+                        model.set_adapter(name)
+                        logits = model(input_ids=torch.tensor([ids])).logits[0]
+                    logp = F.log_softmax(logits, -1)
+                    expected = sum(logp[i - 1, ids[i]].item() for i in range(len(ctx), len(ids)))
+                    assert value == pytest.approx(expected, abs=1e-4), (name, ex.prompt, choice)

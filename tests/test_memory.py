@@ -18,7 +18,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from mashup_core.data.targets import MCExample
 from mashup_core.demo.tiny_model import TinyModelSpec, build_char_tokenizer, build_tiny_llama
 from mashup_core.selection import scoring
-from mashup_core.selection.loglik import choice_loglikelihoods, evaluate_mc
+from mashup_core.selection.loglik import choice_loglikelihoods, encode_examples, evaluate_mc
 from mashup_core.training.loop import LoraSpec, TrainConfig, add_lora, train, trainable_state
 
 SPEC = TinyModelSpec(hidden_size=32, intermediate_size=64)
@@ -62,6 +62,7 @@ class NoLogitsToKeep(torch.nn.Module):
     def __init__(self, model):
         super().__init__()
         self.model = model
+        self.config = model.config
 
     def forward(self, **kwargs):
         assert "logits_to_keep" not in kwargs
@@ -71,17 +72,21 @@ class NoLogitsToKeep(torch.nn.Module):
 def test_only_the_read_logits_are_computed_and_scores_are_unchanged(tok):
     model = tiny_model(tok)
     widths = []  # positions the output head projected, per forward
-    hook = model.lm_head.register_forward_hook(lambda _m, _i, out: widths.append(out.shape[1]))
+    row_widths = []  # positions the decoder ran, per forward
+    hooks = [model.lm_head.register_forward_hook(lambda _m, _i, out: widths.append(out.shape[1])),
+             model.model.register_forward_hook(
+                 lambda _m, _i, out: row_widths.append(out.last_hidden_state.shape[1]))]
     try:
         kept = choice_loglikelihoods(model, tok, EXAMPLES + ONE_TOKEN, batch_size=4)
     finally:
-        hook.remove()
-    longest = max(len(tok(ex.prompt + c)["input_ids"]) - len(tok(ex.prompt)["input_ids"])
-                  for ex in EXAMPLES for c in ex.choices)
-    # Per batch (two of four rows; rows are length-bucketed, so which share one may vary): the
-    # prompts' last column, then every answer token but the last, only if an answer is longer
-    # than one token.
-    assert widths.count(1) >= 2 and max(widths) == longest - 1 and len(widths) <= 4
+        for hook in hooks:
+            hook.remove()
+    # One forward per batch (two of four rows), each row its prompt then every choice but its
+    # last token: the head runs on the columns that predict an answer token, no more.
+    read = [1 + sum(len(c) - 1 for c in enc.continuations)
+            for enc in encode_examples(tok, EXAMPLES + ONE_TOKEN)]
+    assert len(widths) == 2 and max(widths) == max(read) and min(widths) >= min(read)
+    assert all(w < r for w, r in zip(widths, row_widths, strict=True))  # never whole rows
 
     full = choice_loglikelihoods(NoLogitsToKeep(model), tok, EXAMPLES + ONE_TOKEN, batch_size=4)
     # Equal here bit for bit; a BLAS may sum a 1-row product in another order, hence 1e-6.

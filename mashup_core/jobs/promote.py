@@ -29,6 +29,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mashup_core.access import require_write
+from mashup_core.config import ensure_source
 from mashup_core.errors import MashupError
 from mashup_core.jobs.spec import RunSpec, SpecError
 from mashup_core.jobs.store import RunRecord, get_run
@@ -109,20 +110,8 @@ def add_run_to_library(
             raise PromoteError(f"cannot create {dest}: {exc}") from exc
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    _keep_in_library(ws, dest.parent)
+    ensure_source(ws, dest.parent)
     return dest
-
-
-def _keep_in_library(ws: Workspace, folder: Path) -> None:
-    """A user's workspace may list only their own folders as sources: the folder that now
-    holds the run becomes one too, so the next scan (and the next target) sees it."""
-    from mashup_core.config import add_source, load_config
-
-    config = load_config(ws)
-    folder = folder.resolve()
-    if config is not None and not any(folder == Path(s).resolve() or folder.is_relative_to(Path(s).resolve())
-                                      for s in config.sources if Path(s).exists()):
-        add_source(ws, str(folder))
 
 
 # --- Checks ---------------------------------------------------------------------------------------

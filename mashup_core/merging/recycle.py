@@ -552,7 +552,7 @@ def write_recycled_adapter(ws: Workspace, front_id: str, point_id: str,
     merge method the search evaluated, so it reproduces the reported accuracies) with
     mashup_meta.json saying where it came from. Returns the folder."""
     from mashup_core.access import require_write
-    from mashup_core.jobs.promote import _keep_in_library
+    from mashup_core.config import ensure_source
     from mashup_core.merging.lora import merge_adapters
 
     require_write("writing a recycled merge as an adapter")
@@ -586,7 +586,7 @@ def write_recycled_adapter(ws: Workspace, front_id: str, point_id: str,
         "per_target_accuracy": point["per_target"], "held_out_accuracy": point.get("held_out"),
         "n": front.get("n"), "created": time.time(),
     })
-    _keep_in_library(ws, dest.parent)
+    ensure_source(ws, dest.parent)
     return dest
 
 

@@ -10,14 +10,16 @@ gathering the sums on the device and copying them to the host once.
 
 from __future__ import annotations
 
-import inspect
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from mashup_core.data.targets import MCExample
 from mashup_core.errors import MashupError
+from mashup_core.models.batches import keep_last_logits, left_padded
 
 
 @dataclass
@@ -85,6 +87,7 @@ def choice_loglikelihoods(
 def library_loglikelihoods(
     model, tokenizer, examples: Sequence[MCExample], adapter_names: Sequence[str] | None,
     batch_size: int = 32, encoded: Sequence[EncodedExample] | None = None,
+    max_batch_tokens: int | None = None,
 ) -> list[ChoiceScores]:
     """Per-choice log-likelihoods of every example under each adapter of a PEFT model.
 
@@ -95,9 +98,10 @@ def library_loglikelihoods(
     it is and returns one result.
 
     Rows are (example, adapter) pairs, adapter by adapter, each adapter's examples sorted by
-    prompt then answer length (length buckets: little padding); `batch_size` counts the
-    prompt rows of one forward. Each row's prompt runs once and its cache serves every choice. The
-    sums stay on the device until one copy to the host at the end.
+    prompt then answer length (length buckets: little padding). A forward holds at most
+    `batch_size` rows and `max_batch_tokens` padded tokens (default: `default_batch_tokens`).
+    Each row's prompt runs once for all its choices. The sums stay on the device until one
+    copy to the host at the end.
     """
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -109,9 +113,11 @@ def library_loglikelihoods(
     # on its sub-batch, so fewer adapters per forward is fewer small kernels), and batches
     # still run across adapter boundaries, so no forward is left part-empty.
     rows = [(i, a) for a in range(len(names)) for i in order]
+    budget = max_batch_tokens or default_batch_tokens(device)
+    packed = packs_choices(model, max(len(e.context) + sum(map(len, e.continuations)) for e in enc))
+    prefix = _run_shared_prompt(model, enc, names, device) if packed else None
     sums: list[torch.Tensor] = []
-    for start in range(0, len(rows), max(1, batch_size)):
-        chunk = rows[start : start + max(1, batch_size)]
+    for chunk in _batches(rows, [_row_width(enc[i]) for i, _ in rows], batch_size, budget):
         row_names = None if adapter_names is None else [names[a] for _, a in chunk]
         if row_names and len(set(row_names)) == 1 and row_names[0] != "__base__":
             # One adapter: PEFT's plain path (the mixed one gathers and scatters every LoRA
@@ -119,8 +125,13 @@ def library_loglikelihoods(
             if model.active_adapter != row_names[0]:
                 model.set_adapter(row_names[0])
             row_names = None
-        sums.append(_score_batch(model, [enc[i].context for i, _ in chunk],
-                                 [enc[i].continuations for i, _ in chunk], pad, device, row_names))
+        contexts = [enc[i].context for i, _ in chunk]
+        continuations = [enc[i].continuations for i, _ in chunk]
+        if packed:
+            sums.append(_score_batch_packed(model, contexts, continuations, pad, device, row_names,
+                                            prefix, [a for _, a in chunk]))
+        else:
+            sums.append(_score_batch_cached(model, contexts, continuations, pad, device, row_names))
     flat = torch.cat(sums).cpu().tolist() if sums else []  # the one host sync
     per: list[list[list[float] | None]] = [[None] * len(enc) for _ in names]
     r = 0
@@ -132,32 +143,212 @@ def library_loglikelihoods(
                          num_bytes=[list(e.num_bytes) for e in enc]) for a in range(len(names))]
 
 
-def _score_batch(model, contexts, continuations, pad, device, adapter_names=None) -> torch.Tensor:
-    """Summed answer log-probabilities, one per (context row, choice), flat, on `device`."""
+def default_batch_tokens(device: torch.device) -> int:
+    """Padded tokens per scoring forward. A CPU is fastest with activations that stay in its
+    caches (a 7.6M-parameter Llama on 250-token prompts: 8 rows per forward 1.3 s, 64 rows
+    2.3 s); a GPU wants large forwards."""
+    return 16384 if device.type == "cuda" else 2048
+
+
+def _row_width(enc: EncodedExample) -> int:
+    """Tokens of a row: the prompt, then each choice but its last token (`_score_batch`)."""
+    return len(enc.context) + sum(max(len(c) - 1, 0) for c in enc.continuations)
+
+
+def _batches(rows: list, widths: list[int], max_rows: int, max_tokens: int) -> list[list]:
+    """Consecutive runs of `rows` of at most `max_rows` rows and `max_tokens` padded tokens
+    (a row longer than the budget goes alone)."""
+    out: list[list] = []
+    widest = 0
+    for row, width in zip(rows, widths, strict=True):
+        if out and len(out[-1]) < max(1, max_rows) and max(widest, width) * (len(out[-1]) + 1) <= max_tokens:
+            out[-1].append(row)
+            widest = max(widest, width)
+        else:
+            out.append([row])
+            widest = width
+    return out
+
+
+# Answer tokens that every choice of an example shares (the demo's character vocabulary starts
+# each answer with a space token) join the prompt's pass: read once there, not once per choice;
+# 2-token answers with a shared first token then need no second pass at all. At most this many
+# per row, as each keeps one more column of logits (1 MB per row with a 262k vocabulary).
+MAX_SHARED_ANSWER_TOKENS = 4
+
+
+def shared_answer_tokens(continuations: Sequence[Sequence[int]]) -> int:
+    """How many leading tokens all choices share, leaving each at least one of its own."""
+    limit = min(min(len(c) for c in continuations) - 1, MAX_SHARED_ANSWER_TOKENS)
+    n = 0
+    while n < limit and all(c[n] == continuations[0][n] for c in continuations):
+        n += 1
+    return n
+
+
+# A prompt start that every example shares (a task prefix, few-shot examples, a chat
+# template's system turn) runs once per adapter when it is at least this long; shorter, the
+# copies of its cache would cost more than they save.
+MIN_SHARED_PROMPT_TOKENS = 4
+
+
+@dataclass
+class SharedPrompt:
+    """The tokens every prompt starts with, run once: their cache holds one row per adapter."""
+
+    length: int
+    cache: Any
+
+    def for_rows(self, adapter_rows: Sequence[int]):
+        """A cache of the shared tokens for a batch, row r from adapter `adapter_rows[r]`."""
+        cache = copy.deepcopy(self.cache)  # the batch's forward appends to it
+        cache.batch_select_indices(torch.tensor(adapter_rows, device=_cache_device(cache)))
+        return cache
+
+
+def _cache_device(cache) -> torch.device:
+    layers = getattr(cache, "layers", None)
+    keys = layers[0].keys if layers else cache.key_cache[0]  # transformers 5 / 4.x
+    return keys.device
+
+
+def _run_shared_prompt(model, enc: Sequence[EncodedExample], names: list, device) -> SharedPrompt | None:
+    """Run the prompts' common first tokens once for every adapter in `names` (None: the model
+    as it is); None if they are fewer than MIN_SHARED_PROMPT_TOKENS."""
+    contexts = [e.context for e in enc]
+    limit = min(len(c) for c in contexts) - 1  # each prompt keeps its last token: it predicts
+    first, n = contexts[0], 0
+    while n < limit and all(c[n] == first[n] for c in contexts):
+        n += 1
+    if n < MIN_SHARED_PROMPT_TOKENS:
+        return None
+    mixed = {} if names == [None] else {"adapter_names": list(names)}
+    out = model(input_ids=torch.tensor([first[:n]] * len(names), device=device), use_cache=True,
+                **keep_last_logits(model, 1), **mixed)
+    return SharedPrompt(n, out.past_key_values)
+
+
+def packs_choices(model, width: int) -> bool:
+    """Whether a row may hold its prompt and every choice under one 4D attention mask: the
+    attention takes a custom mask (sdpa, eager) and no layer's sliding window is shorter than
+    the row (the mask would replace the model's window, which we do not rebuild)."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = getattr(inner, "config", None)
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    if getattr(config, "_attn_implementation", None) not in ("sdpa", "eager"):
+        return False
+    window = getattr(config, "sliding_window", None)
+    return window is None or window >= width
+
+
+def _score_batch_packed(model, contexts, continuations, pad, device, adapter_names=None,
+                        prompt: SharedPrompt | None = None,
+                        adapter_rows: Sequence[int] = ()) -> torch.Tensor:
+    """Summed answer log-probabilities, one per (context row, choice), flat, on `device`.
+
+    One forward per batch: each row is its prompt, then every choice's tokens but the last,
+    each choice seeing the prompt and its own earlier tokens only (a 4D mask) at the positions
+    it would have alone. Its logits are read where they predict an answer token. With a
+    `prompt` (shared by every row), its cache stands in for the rows' first tokens.
+    """
+    mixed = {} if adapter_names is None else {"adapter_names": list(adapter_names)}
+    skip = prompt.length if prompt is not None else 0
+    contexts = [ctx[skip:] for ctx in contexts]
+    shared = [shared_answer_tokens(c) for c in continuations]
+    bodies, groups, positions = [], [], []
+    # Per scored token: (row, position in the row that predicts it, token, output index).
+    row_of, pos_of, token_of, out_of = [], [], [], []
+    out = 0
+    for r, (ctx, conts, s) in enumerate(zip(contexts, continuations, shared, strict=True)):
+        prompt_ids = ctx + conts[0][:s]
+        body, group, pos = list(prompt_ids), [0] * len(prompt_ids), list(range(skip, skip + len(prompt_ids)))
+        row_predictors = []
+        for j, cont in enumerate(conts):
+            start = len(body)
+            rest = cont[s:]
+            body += rest[:-1]
+            group += [j + 1] * (len(rest) - 1)
+            pos += range(skip + len(prompt_ids), skip + len(prompt_ids) + len(rest) - 1)
+            predictors = ([len(ctx) - 1 + t for t in range(s)]  # the shared tokens, in the prompt
+                          + [len(prompt_ids) - 1] + [start + t for t in range(len(rest) - 1)])
+            row_predictors += predictors
+            row_of += [r] * len(cont)
+            token_of += cont
+            out_of += [out + j] * len(cont)
+        pos_of += [p - len(body) for p in row_predictors]  # from the row's end: rows end together
+        out += len(conts)
+        bodies.append(body)
+        groups.append(group)
+        positions.append(pos)
+    ids, mask, _ = left_padded(bodies, pad)
+    width = ids.shape[1]
+    group = torch.full(ids.shape, -1, dtype=torch.long)  # -1: padding
+    pos_ids = torch.zeros(ids.shape, dtype=torch.long)
+    for r, (g, p) in enumerate(zip(groups, positions, strict=True)):
+        group[r, width - len(g):] = torch.tensor(g)
+        pos_ids[r, width - len(p):] = torch.tensor(p)
+    # Key k is visible from query q if it comes no later and is the prompt or q's own choice;
+    # padding sees itself only, so no attention row is empty (an empty one gives NaN).
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    visible = causal & ((group[:, None, :] == 0) | (group[:, None, :] == group[:, :, None]))
+    visible &= (group[:, None, :] >= 0)
+    visible |= torch.eye(width, dtype=torch.bool)
+    cache = None
+    if prompt is not None:  # the shared tokens come first, seen by every position
+        visible = torch.cat([torch.ones(len(bodies), width, skip, dtype=torch.bool), visible], dim=2)
+        cache = prompt.for_rows(adapter_rows)
+    dtype = next(model.parameters()).dtype
+    additive = torch.zeros(visible.shape, dtype=dtype).masked_fill_(~visible, torch.finfo(dtype).min)
+    keep = max(-p for p in pos_of)  # the columns whose logits are read, at the rows' end
+    logits = model(
+        input_ids=ids.to(device), attention_mask=additive[:, None].to(device),
+        position_ids=pos_ids.to(device), past_key_values=cache, use_cache=False,
+        **keep_last_logits(model, keep), **mixed,
+    ).logits[:, -keep:].float()
+    del cache
+    row_t = torch.tensor(row_of, device=device)
+    col_t = torch.tensor(pos_of, device=device) + keep
+    picked = (logits[row_t, col_t, torch.tensor(token_of, device=device)]
+              - logits.logsumexp(-1)[row_t, col_t])
+    return torch.zeros(out, device=device).index_add_(0, torch.tensor(out_of, device=device), picked)
+
+
+def _score_batch_cached(model, contexts, continuations, pad, device, adapter_names=None) -> torch.Tensor:
+    """`_score_batch_packed` for models whose attention takes no custom mask (or has a sliding
+    window): the prompts run first, their cache is copied to every choice, then the choices'
+    tokens run."""
     mixed = {} if adapter_names is None else {"adapter_names": list(adapter_names)}
     n_ex = len(contexts)
     n_choices = [len(c) for c in continuations]
-    ctx_len = torch.tensor([len(c) for c in contexts])
-    width = int(ctx_len.max())
+    shared = [shared_answer_tokens(c) for c in continuations]
+    prompts = [ctx + conts[0][:s] for ctx, conts, s in zip(contexts, continuations, shared, strict=True)]
+    keep = 1 + max(shared)  # logit columns read from the prompts' pass
     # Left-pad prompts so every prompt ends at the same column and the cache lines up.
-    ctx_ids = torch.full((n_ex, width), pad, dtype=torch.long)
-    ctx_mask = torch.zeros((n_ex, width), dtype=torch.long)
-    for i, ids in enumerate(contexts):
-        ctx_ids[i, width - len(ids):] = torch.tensor(ids)
-        ctx_mask[i, width - len(ids):] = 1
-    ctx_pos = (ctx_mask.cumsum(-1) - 1).clamp(min=0)
-    # Every prompt ends in the last column, and only that column's logits are read: with a
-    # 262k-token vocabulary (Gemma 3) the others would dominate peak memory.
+    ctx_ids, ctx_mask, ctx_pos = left_padded(prompts, pad)
+    ctx_len = torch.tensor([len(p) for p in prompts])
+    # Every prompt ends in the last column, and only the last `keep` columns' logits are read:
+    # with a 262k-token vocabulary (Gemma 3) the others would dominate peak memory.
     first = model(
         input_ids=ctx_ids.to(device), attention_mask=ctx_mask.to(device),
-        position_ids=ctx_pos.to(device), use_cache=True, **_last_logits_only(model, 1), **mixed,
+        position_ids=ctx_pos.to(device), use_cache=True, **keep_last_logits(model, keep), **mixed,
     )
-    last_logits = first.logits[:, -1].float()  # predicts each answer's 1st token
-    last_lse = last_logits.logsumexp(-1)
+    kept = first.logits[:, -keep:].float()
+    kept_lse = kept.logsumexp(-1)
+    last_logits, last_lse = kept[:, -1], kept_lse[:, -1]  # predict each answer's next token
+    shared_logp = torch.zeros(n_ex, device=device)
+    if keep > 1:
+        # Column j of the kept ones predicts the prompt's token in column j + 1; the row's
+        # shared answer tokens are its last `shared` tokens.
+        targets = ctx_ids[:, -(keep - 1):].to(device)
+        picked = kept[:, :-1].gather(2, targets[:, :, None]).squeeze(2) - kept_lse[:, :-1]
+        is_shared = (torch.arange(keep - 1)[None, :] >= keep - 1 - torch.tensor(shared)[:, None])
+        shared_logp = (picked * is_shared.to(device)).sum(1)
+        del picked
 
-    # One row per (example, choice); answers right-padded, so padding never precedes a token.
+    # One row per (example, choice) with what follows the shared tokens; answers right-padded,
+    # so padding never precedes a token.
     repeats = torch.tensor(n_choices)
-    flat = [cont for conts in continuations for cont in conts]
+    flat = [cont[s:] for conts, s in zip(continuations, shared, strict=True) for cont in conts]
     ans_width = max(1, max(len(c) for c in flat))
     ans_ids = torch.full((len(flat), ans_width), pad, dtype=torch.long)
     ans_mask = torch.zeros((len(flat), ans_width), dtype=torch.long)
@@ -170,6 +361,7 @@ def _score_batch(model, contexts, continuations, pad, device, adapter_names=None
     # Read in place, log p = logit - logsumexp: a log-softmax copy per choice would be a
     # vocabulary per row.
     tok_logp[:, 0] = last_logits[row_example, targets[:, 0]] - last_lse[row_example]
+    del kept, last_logits
     if ans_width > 1:
         # Token t of an answer is predicted by answer token t-1, so the last column is never
         # an input that matters: run all but it (one-token answers need no second pass at all).
@@ -196,15 +388,7 @@ def _score_batch(model, contexts, continuations, pad, device, adapter_names=None
         del second
         tok_logp[:, 1:] = (logits.gather(2, targets[:, 1:, None]).squeeze(2)
                            - logits.logsumexp(-1))
-    return (tok_logp * ans_mask.to(device)).sum(1)
-
-
-def _last_logits_only(model, n: int) -> dict[str, int]:
-    """`logits_to_keep=n` for models whose forward takes it (every causal LM in transformers
-    5), so only the last n positions go through the output head; {} for any other model,
-    whose callers read the same last positions of the full logits."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT
-    return {"logits_to_keep": n} if "logits_to_keep" in inspect.signature(inner.forward).parameters else {}
+    return (tok_logp * ans_mask.to(device)).sum(1) + shared_logp[row_example]
 
 
 def mc_result(examples: Sequence[MCExample], scores: ChoiceScores) -> MCResult:
@@ -314,16 +498,10 @@ def letter_logits(
         for start in range(0, len(examples), batch_size):
             batch = examples[start : start + batch_size]
             rows = [tokenizer(fmt.prompt(ex) + suffix)["input_ids"] for ex in batch]
-            width = max(len(r) for r in rows)
-            ids = torch.full((len(rows), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(rows), width), dtype=torch.long)
-            for i, r in enumerate(rows):  # left-pad: every prompt's last token in the last column
-                ids[i, width - len(r):] = torch.tensor(r)
-                mask[i, width - len(r):] = 1
-            pos = (mask.cumsum(-1) - 1).clamp(min=0)
+            ids, mask, pos = left_padded(rows, pad)  # each prompt's last token: last column
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device),
                            position_ids=pos.to(device),
-                           **_last_logits_only(model, 1)).logits[:, -1].float()
+                           **keep_last_logits(model, 1)).logits[:, -1].float()
             picked = logits[:, letter_ids].cpu().tolist()
             out.extend(row[: len(ex.choices)] for row, ex in zip(picked, batch, strict=True))
     finally:

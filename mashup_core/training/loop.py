@@ -25,6 +25,7 @@ from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_
 
 from mashup_core.data.targets import MCExample
 from mashup_core.errors import MashupError
+from mashup_core.models.batches import keep_last_logits, left_padded
 from mashup_core.selection.loglik import evaluate_mc
 
 # The paper's LoRA: r=8, alpha=16, dropout 0, every linear layer of each block. PEFT resolves
@@ -95,26 +96,78 @@ def as_pairs(examples: Sequence[MCExample]) -> list[Pair]:
     return [(ex.prompt, ex.answer) for ex in examples]
 
 
-def collate(tokenizer, pairs: Sequence[Pair]) -> dict[str, torch.Tensor]:
-    """Right-padded batch; the loss covers the answer tokens only (prompt and padding = -100)."""
-    rows, label_rows = [], []
+@dataclass(frozen=True)
+class EncodedPair:
+    """One training row's tokens: prompt + answer (+ EOS); the first `n_prompt` are not learned."""
+
+    ids: list[int]
+    n_prompt: int
+
+
+def encode_pairs(tokenizer, pairs: Sequence[Pair]) -> list[EncodedPair]:
+    """Tokenise each pair once (a run reuses the rows for every step)."""
+    out = []
     for prompt, answer in pairs:
         prompt_ids = tokenizer(prompt)["input_ids"] if prompt else []
         full = tokenizer(prompt + answer)["input_ids"]
         if tokenizer.eos_token_id is not None:
             full = [*full, tokenizer.eos_token_id]
-        rows.append(full)
-        label_rows.append([-100] * len(prompt_ids) + full[len(prompt_ids):])
-    width = max(len(r) for r in rows)
+        out.append(EncodedPair(full, len(prompt_ids)))
+    return out
+
+
+def collate(tokenizer, pairs: Sequence[Pair]) -> dict[str, torch.Tensor]:
+    """Right-padded batch with HF-style labels, as a `Trainer` data collator gives them: the
+    loss covers the answer tokens only (prompt and padding = -100)."""
+    rows = encode_pairs(tokenizer, pairs)
+    width = max(len(r.ids) for r in rows)
     pad = tokenizer.pad_token_id or 0
     input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
     labels = torch.full((len(rows), width), -100, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, (ids, lab) in enumerate(zip(rows, label_rows, strict=True)):
-        input_ids[i, : len(ids)] = torch.tensor(ids)
-        labels[i, : len(lab)] = torch.tensor(lab)
-        mask[i, : len(ids)] = 1
+    for i, row in enumerate(rows):
+        input_ids[i, : len(row.ids)] = torch.tensor(row.ids)
+        labels[i, row.n_prompt : len(row.ids)] = torch.tensor(row.ids[row.n_prompt:])
+        mask[i, : len(row.ids)] = 1
     return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+
+
+@dataclass
+class AnswerBatch:
+    """Left-padded rows whose learned tokens all lie in the last `keep` - 1 columns."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+    targets: torch.Tensor  # the last keep - 1 columns' tokens, -100 where not learned
+    keep: int  # logit columns computed: from the one predicting the first learned token on
+    count: int  # learned tokens (each row's first token is never one: nothing predicts it)
+
+
+def answer_batch(rows: Sequence[EncodedPair], pad: int) -> AnswerBatch:
+    """The batch `answer_loss` learns from: every row ends in the last column, so the answer
+    tokens of all rows (short, whatever the prompt) sit in the last few columns."""
+    input_ids, mask, positions = left_padded([r.ids for r in rows], pad)
+    learned = [len(r.ids) - max(r.n_prompt, 1) for r in rows]
+    keep = max(learned) + 1
+    targets = torch.full((len(rows), keep - 1), -100, dtype=torch.long)
+    for i, (row, n) in enumerate(zip(rows, learned, strict=True)):
+        if n > 0:
+            targets[i, keep - 1 - n:] = torch.tensor(row.ids[-n:])
+    return AnswerBatch(input_ids, mask, positions, targets, keep, sum(max(n, 0) for n in learned))
+
+
+def answer_loss(model, batch: AnswerBatch, device: torch.device) -> torch.Tensor:
+    """Summed cross-entropy of the learned tokens, the output head run on the last `keep`
+    columns only (HF's `model(labels=...).loss` runs it on every position, then drops most).
+    Divided by `batch.count` it is that mean loss, with the same gradients."""
+    out = model(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device),
+                position_ids=batch.position_ids.to(device), use_cache=False,
+                **keep_last_logits(model, batch.keep))
+    logits = out.logits[:, -batch.keep:-1]  # column j predicts the token in column j + 1
+    return torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(), batch.targets.to(device).reshape(-1),
+        ignore_index=-100, reduction="sum")
 
 
 def epoch_steps(epochs: float, n_items: int, batch_size: int) -> int:
@@ -174,6 +227,8 @@ def train(
         raise ValueError(f"grad_accum ({cfg.grad_accum}) must be at least 1 and divide "
                          f"batch_size ({cfg.batch_size})")
     device = next(model.parameters()).device
+    rows = encode_pairs(tokenizer, pairs)  # once: each step only pads
+    pad = tokenizer.pad_token_id or 0
     state = state or new_state(model, cfg)
     if cfg.gradient_checkpointing:
         _set_checkpointing(model, True)
@@ -185,7 +240,7 @@ def train(
             started = time.perf_counter()
             # The whole batch is still one function of (seed, step); accumulation only splits it.
             idx = batch_indices(len(pairs), cfg.batch_size, cfg.seed, state.step)
-            loss = _accumulate_gradients(model, tokenizer, [pairs[i] for i in idx], cfg.grad_accum,
+            loss = _accumulate_gradients(model, [rows[i] for i in idx], cfg.grad_accum, pad,
                                          device)
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(
@@ -229,25 +284,22 @@ def _set_checkpointing(model, enable: bool) -> None:
         model.gradient_checkpointing_disable()
 
 
-def _accumulate_gradients(model, tokenizer, batch: Sequence[Pair], grad_accum: int,
+def _accumulate_gradients(model, rows: Sequence[EncodedPair], grad_accum: int, pad: int,
                           device: torch.device) -> torch.Tensor:
-    """Backward over `batch` in `grad_accum` micro-batches; returns the batch's loss.
+    """Backward over `rows` in `grad_accum` micro-batches; returns the batch's mean loss.
 
-    The model's loss is a mean over each micro-batch's answer tokens, so each is weighted by
-    its share of the batch's tokens: loss and gradients are those of the whole batch at once.
+    Each micro-batch's summed loss is divided by the whole batch's learned tokens, so loss
+    and gradients are those of the whole batch at once.
     """
-    micro = len(batch) // grad_accum
-    batches = [collate(tokenizer, batch[i : i + micro]) for i in range(0, len(batch), micro)]
-    # Tokens the loss counts: labels other than -100, after the shift to next-token targets.
-    counts = [int((b["labels"][:, 1:] != -100).sum()) for b in batches]
-    total = sum(counts)
+    micro = len(rows) // grad_accum
+    batches = [answer_batch(rows[i : i + micro], pad) for i in range(0, len(rows), micro)]
+    total = sum(b.count for b in batches)
     loss = torch.zeros((), device=device)
-    for b, count in zip(batches, counts, strict=True):
-        if count == 0:  # nothing to learn here, and its mean would be 0/0
+    for b in batches:
+        if b.count == 0:  # nothing to learn here
             continue
-        b = {k: v.to(device) for k, v in b.items()}
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=uses_bf16(device)):
-            part = model(**b, use_cache=False).loss * (count / total)
+            part = answer_loss(model, b, device) / total
         part.backward()
         loss += part.detach()
     return loss
