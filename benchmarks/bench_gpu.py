@@ -90,7 +90,7 @@ SMALL = {  # CPU-sized models with the stand-ins' real vocabularies (--small): t
                   num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=False),
     "gemma": dict(vocab_size=262_144, hidden_size=128, intermediate_size=512, num_hidden_layers=4,
                   num_attention_heads=2, num_key_value_heads=1, head_dim=64,
-                  query_pre_attn_scalar=64, sliding_window=64, tie_word_embeddings=True),
+                  query_pre_attn_scalar=64, sliding_window=512, tie_word_embeddings=True),
     "mistral": dict(vocab_size=32_000, hidden_size=256, intermediate_size=896,
                     num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=2,
                     head_dim=32, sliding_window=None, tie_word_embeddings=False),
@@ -168,8 +168,9 @@ def hflm_loglikelihoods(base: Path, adapter: Path | None, examples, *, device: s
     from lm_eval.models.huggingface import HFLM
 
     started = time.perf_counter()
-    lm = HFLM(pretrained=str(base), peft=str(adapter) if adapter else None, batch_size=batch_size,
-              device=device, dtype=dtype)
+    with _keep_vocabulary():
+        lm = HFLM(pretrained=str(base), peft=str(adapter) if adapter else None,
+                  batch_size=batch_size, device=device, dtype=dtype)
     requests = [Instance("loglikelihood", {}, (ex.prompt, choice), i)
                 for i, ex in enumerate(examples) for choice in ex.choices]
     values = [ll for ll, _ in lm.loglikelihood(requests, disable_tqdm=True)]
@@ -182,6 +183,23 @@ def hflm_loglikelihoods(base: Path, adapter: Path | None, examples, *, device: s
         out.append(values[i:i + len(ex.choices)])
         i += len(ex.choices)
     return out, seconds
+
+
+@contextlib.contextmanager
+def _keep_vocabulary():
+    """HFLM(peft=...) resizes the embeddings to len(tokenizer) whenever the config's vocabulary
+    differs (lm-eval issue #2748 shows it shrinking Qwen's). The stand-ins pair a real-size
+    vocabulary with a small trained BPE, so HFLM would score adapters on a model whose output
+    head had lost most of its rows: cheaper, and another model. A real checkpoint's tokenizer
+    covers its vocabulary, so here the resize is skipped and both sides score the same model."""
+    from transformers import PreTrainedModel
+
+    original = PreTrainedModel.resize_token_embeddings
+    PreTrainedModel.resize_token_embeddings = lambda self, *a, **k: self.get_input_embeddings()
+    try:
+        yield
+    finally:
+        PreTrainedModel.resize_token_embeddings = original
 
 
 def _vocab_size(base: Path) -> int:
@@ -264,11 +282,9 @@ def bench_scoring(base: Path, library: Path, examples, device: torch.device, dty
         "ours_s": round(ours_s, 2), "hflm_s": round(theirs_s, 2),
         "ratio_ours_over_hflm": round(ours_s / theirs_s, 3), "accuracies_equal": agree,
         "max_abs_loglik_diff_base": round(max_diff["base"], 4),
-        # HFLM(peft=...) resizes the embeddings to len(tokenizer) when the config's vocabulary
-        # is larger (the stand-ins': a small trained BPE, a real-size vocabulary), which drops
-        # output logits from the softmax; so its adapter log-likelihoods are of another model.
         "max_abs_loglik_diff_adapters": round(max_diff["adapters"], 4),
-        "hflm_peft_resized_vocab": len(load_tokenizer(base)) != _vocab_size(base),
+        # HFLM would have shrunk the output head for the adapters (`_keep_vocabulary`)
+        "hflm_resize_skipped": len(load_tokenizer(base)) != _vocab_size(base),
         "ours_tokens_per_s": round(ours_tokens * n_ckpt / ours_s),
         "hflm_tokens_per_s": round(theirs_tokens * n_ckpt / theirs_s),
         "ours_work_pflop": round(flops / 1e15, 4),

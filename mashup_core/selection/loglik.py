@@ -151,7 +151,7 @@ def default_batch_tokens(device: torch.device) -> int:
 
 
 def _row_width(enc: EncodedExample) -> int:
-    """Tokens of a row: the prompt, then each choice but its last token (`_score_batch`)."""
+    """Tokens of a row: the prompt, then each choice but its last token (`_score_batch_packed`)."""
     return len(enc.context) + sum(max(len(c) - 1, 0) for c in enc.continuations)
 
 
@@ -171,9 +171,9 @@ def _batches(rows: list, widths: list[int], max_rows: int, max_tokens: int) -> l
 
 
 # Answer tokens that every choice of an example shares (the demo's character vocabulary starts
-# each answer with a space token) join the prompt's pass: read once there, not once per choice;
-# 2-token answers with a shared first token then need no second pass at all. At most this many
-# per row, as each keeps one more column of logits (1 MB per row with a 262k vocabulary).
+# each answer with a space token) join the prompt: they run and are read once, not once per
+# choice. At most this many per row: each is one more column of logits kept (the cached path:
+# 1 MB per row with a 262k vocabulary).
 MAX_SHARED_ANSWER_TOKENS = 4
 
 
@@ -200,16 +200,16 @@ class SharedPrompt:
     cache: Any
 
     def for_rows(self, adapter_rows: Sequence[int]):
-        """A cache of the shared tokens for a batch, row r from adapter `adapter_rows[r]`."""
-        cache = copy.deepcopy(self.cache)  # the batch's forward appends to it
-        cache.batch_select_indices(torch.tensor(adapter_rows, device=_cache_device(cache)))
+        """A cache of the shared tokens for a batch, row r from adapter `adapter_rows[r]`.
+
+        Selecting rows and the batch's forward both rebind each layer's tensors rather than
+        write into them, so copies of the cache and of its layers keep ours intact; a deep
+        copy would copy every adapter's rows for each batch.
+        """
+        cache = copy.copy(self.cache)
+        cache.layers = [copy.copy(layer) for layer in self.cache.layers]
+        cache.batch_select_indices(torch.tensor(adapter_rows, device=cache.layers[0].keys.device))
         return cache
-
-
-def _cache_device(cache) -> torch.device:
-    layers = getattr(cache, "layers", None)
-    keys = layers[0].keys if layers else cache.key_cache[0]  # transformers 5 / 4.x
-    return keys.device
 
 
 def _run_shared_prompt(model, enc: Sequence[EncodedExample], names: list, device) -> SharedPrompt | None:
@@ -289,19 +289,23 @@ def _score_batch_packed(model, contexts, continuations, pad, device, adapter_nam
         pos_ids[r, width - len(p):] = torch.tensor(p)
     # Key k is visible from query q if it comes no later and is the prompt or q's own choice;
     # padding sees itself only, so no attention row is empty (an empty one gives NaN).
-    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    group = group.to(device)  # the mask is built where it is used: B x W x W is the big one
+    causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()
     visible = causal & ((group[:, None, :] == 0) | (group[:, None, :] == group[:, :, None]))
     visible &= (group[:, None, :] >= 0)
-    visible |= torch.eye(width, dtype=torch.bool)
+    visible |= torch.eye(width, dtype=torch.bool, device=device)
     cache = None
     if prompt is not None:  # the shared tokens come first, seen by every position
-        visible = torch.cat([torch.ones(len(bodies), width, skip, dtype=torch.bool), visible], dim=2)
+        seen = torch.ones(len(bodies), width, skip, dtype=torch.bool, device=device)
+        visible = torch.cat([seen, visible], dim=2)
         cache = prompt.for_rows(adapter_rows)
     dtype = next(model.parameters()).dtype
-    additive = torch.zeros(visible.shape, dtype=dtype).masked_fill_(~visible, torch.finfo(dtype).min)
+    additive = torch.zeros(visible.shape, dtype=dtype, device=device).masked_fill_(
+        ~visible, torch.finfo(dtype).min)
+    del visible
     keep = max(-p for p in pos_of)  # the columns whose logits are read, at the rows' end
     logits = model(
-        input_ids=ids.to(device), attention_mask=additive[:, None].to(device),
+        input_ids=ids.to(device), attention_mask=additive[:, None],
         position_ids=pos_ids.to(device), past_key_values=cache, use_cache=False,
         **keep_last_logits(model, keep), **mixed,
     ).logits[:, -keep:].float()
