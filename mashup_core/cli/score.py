@@ -23,7 +23,12 @@ def _sizes(text: str) -> list[int]:
 
 
 def register(sub, parent: argparse.ArgumentParser) -> None:
-    from mashup_core.selection.halving import SELECTIONS
+    from mashup_core.selection.halving import (
+        DEFAULT_ETA,
+        DEFAULT_MARGIN,
+        DEFAULT_MIN_N,
+        SELECTIONS,
+    )
     from mashup_core.selection.scoring import SCORERS
 
     score = sub.add_parser(
@@ -53,11 +58,15 @@ def register(sub, parent: argparse.ArgumentParser) -> None:
                        help="full: every checkpoint on all n examples; halving: successive "
                        "halving, every checkpoint on --min-n examples, the best 1/eta of them on "
                        "eta times more, ... up to n (large libraries; default: full)")
-    score.add_argument("--eta", type=float, default=2.0,
+    score.add_argument("--eta", type=float, default=DEFAULT_ETA,
                        help="halving: keep 1/eta of the checkpoints per round and grow n by eta "
-                       "(default 2)")
-    score.add_argument("--min-n", type=int, default=8,
-                       help="halving: examples of the first round (default 8)")
+                       "(default %(default)g)")
+    score.add_argument("--min-n", type=int, default=DEFAULT_MIN_N,
+                       help="halving: examples of the first round (default %(default)s)")
+    score.add_argument("--margin", type=float, default=DEFAULT_MARGIN,
+                       help="halving: also keep every checkpoint within this many standard "
+                       "errors of the k-th best, which a few examples cannot tell apart from it "
+                       "yet (0: only ties with the cut; default %(default)g)")
     score.add_argument("--batch-size", type=int, default=32)
     score.add_argument("--refresh", action="store_true", help="ignore cached scores")
     score.set_defaults(func=_score)
@@ -140,8 +149,8 @@ def _halving(args, ws, config, scan, examples, label, exclude_task) -> int:
     result = successive_halving_cached(
         ws, scan.checkpoints, examples, n=args.n, seed=args.seed, base_path=config.base_model,
         target=label, scorer=args.scorer, k=args.k, eta=args.eta, min_n=args.min_n,
-        exclude_task=exclude_task, batch_size=args.batch_size, progress=not args.no_progress,
-        refresh=args.refresh)
+        margin=args.margin, exclude_task=exclude_task, batch_size=args.batch_size,
+        progress=not args.no_progress, refresh=args.refresh)
     explanation = explain_choice(result.table, args.scorer, args.k)
     data = result.to_dict()
     data["table"].pop("per_example")
@@ -164,14 +173,16 @@ def _halving(args, ws, config, scan, examples, label, exclude_task) -> int:
 
 
 def _render_halving(result) -> str:
-    lines = [f"Successive halving (eta {result.eta:g}, by {result.scorer}): "
+    margin = f", margin {result.margin:g} SE" if result.margin else ""
+    lines = [f"Successive halving (eta {result.eta:g}{margin}, by {result.scorer}): "
              f"{result.cost} example-forwards, {result.cost_ratio:.2f}x full scoring's "
              f"{result.full_cost}",
-             f"  {'n':>5} {'alive':>6} {'kept':>5} {'cost':>7}  dropped (best first)"]
+             f"  {'n':>5} {'alive':>6} {'kept':>5} {'cost':>7} {'secs':>6}  dropped (best first)"]
     for r in result.rounds:
         dropped = ", ".join(r.dropped[:6]) + (f", ... (+{len(r.dropped) - 6})" if len(r.dropped) > 6
                                               else "")
-        lines.append(f"  {r.n:>5} {len(r.alive):>6} {len(r.kept):>5} {r.cost:>7}  {dropped or '-'}")
+        lines.append(f"  {r.n:>5} {len(r.alive):>6} {len(r.kept):>5} {r.cost:>7} "
+                     f"{r.seconds:>6.1f}  {dropped or '-'}")
     return "\n".join(lines)
 
 

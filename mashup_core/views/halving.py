@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import plotly.graph_objects as go
 
 from mashup_core.selection.halving import HalvingResult
@@ -9,7 +11,8 @@ from mashup_core.selection.halving import HalvingResult
 
 def halving_figure(result: HalvingResult) -> go.Figure:
     """One column per round (x: examples scored so far): a bar of the checkpoints alive, each
-    checkpoint a marker at its rank in that round; crosses are dropped there, the top k of the
+    checkpoint a marker at its rank in that round; crosses are dropped there, circles went on
+    past the 1/eta cut (tied with it, or within the margin of the k-th best), the top k of the
     last round are stars."""
     from mashup_core.views import COLORS, _layout
 
@@ -17,13 +20,19 @@ def halving_figure(result: HalvingResult) -> go.Figure:
     fig = go.Figure(go.Bar(
         x=labels, y=[len(r.alive) for r in result.rounds], name="alive",
         marker={"color": COLORS["other"]}, opacity=0.45,
-        customdata=[[len(r.kept), r.cost] for r in result.rounds],
+        customdata=[[len(r.kept), r.cost, r.seconds] for r in result.rounds],
         hovertemplate="%{x}: %{y} scored, %{customdata[0]} kept, "
-                      "%{customdata[1]} example-forwards<extra></extra>"))
+                      "%{customdata[1]} example-forwards, %{customdata[2]:.1f} s<extra></extra>"))
     kept_x, kept_y, kept_name, drop_x, drop_y, drop_name = [], [], [], [], [], []
+    grace_x, grace_y, grace_name = [], [], []
     last = len(result.rounds) - 1
     for i, r in enumerate(result.rounds):
+        cut = max(result.k, math.ceil(len(r.alive) / result.eta))
         for place, name in enumerate(r.alive, start=1):
+            if i < last and place > cut and name in r.kept:
+                grace_x.append(labels[i])
+                grace_y.append(place)
+                grace_name.append(name)
             if name in r.dropped:
                 drop_x.append(labels[i])
                 drop_y.append(place)
@@ -37,9 +46,15 @@ def halving_figure(result: HalvingResult) -> go.Figure:
         marker={"symbol": "x", "size": 7, "color": COLORS["base"]},
         hovertemplate="%{text}: dropped at %{x} (rank %{y})<extra></extra>"))
     fig.add_trace(go.Scatter(
+        x=grace_x, y=grace_y, mode="markers", name="kept past the cut", text=grace_name,
+        marker={"symbol": "circle-open", "size": 9, "color": COLORS["chosen"]},
+        hovertemplate="%{text}: rank %{y} at %{x}, below the 1/eta cut but tied with it or "
+                      "within the margin of the k-th: kept<extra></extra>"))
+    fig.add_trace(go.Scatter(
         x=kept_x, y=kept_y, mode="markers+text", name=f"top {result.k}", text=kept_name,
         textposition="middle right", marker={"symbol": "star", "size": 13, "color": COLORS["chosen"]},
         hovertemplate="%{text}: selected (rank %{y})<extra></extra>"))
     fig.update_yaxes(title="checkpoints (rank in the round)", rangemode="tozero")
-    fig.update_xaxes(title=f"round (examples scored; keep 1/{result.eta:g} each round)")
+    grace = f", and any within {result.margin:g} SE of the k-th" if result.margin else ""
+    fig.update_xaxes(title=f"round (examples scored; keep 1/{result.eta:g}{grace} each round)")
     return _layout(fig, height=360, bargap=0.3)
