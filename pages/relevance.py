@@ -3,7 +3,7 @@
 import streamlit as st
 
 from mashup_core import views
-from mashup_core.selection.halving import SELECTIONS
+from mashup_core.selection.halving import DEFAULT_ETA, DEFAULT_MARGIN, DEFAULT_MIN_N, SELECTIONS
 from mashup_core.selection.scoring import explain_choice, sweep_from_table
 from mashup_core.views import teaching
 from mashup_core.views.halving import halving_figure
@@ -40,19 +40,24 @@ strategy = st.radio(
     "need every checkpoint scored, so they show with the full strategy only.")
 if strategy == "halving":
     with _ui.shown_errors():
-        cols = st.columns(4)
+        cols = st.columns(5)
         scorer = cols[0].selectbox("rank by", ["nll", "acc", "acc_norm"], key="halving_scorer")
         k_h = cols[1].number_input("k", min_value=1, value=2, step=1, key="halving_k")
         eta = cols[2].number_input("eta (keep 1/eta a round)", min_value=1.5, max_value=8.0,
-                                   value=2.0, step=0.5, key="halving_eta")
+                                   value=DEFAULT_ETA, step=0.5, key="halving_eta")
         min_n = cols[3].number_input("first round's n", min_value=1, max_value=chosen.n,
-                                     value=min(8, chosen.n), step=1, key="halving_min_n")
+                                     value=min(DEFAULT_MIN_N, chosen.n), step=1, key="halving_min_n")
+        margin = cols[4].number_input(
+            "margin (SE)", min_value=0.0, max_value=5.0, value=DEFAULT_MARGIN, step=0.5,
+            key="halving_margin",
+            help="a checkpoint within this many paired standard errors of the k-th best goes on "
+                 "past the 1/eta cut: a few rows cannot tell it from a top-k one yet")
         own = chosen.spec["kind"] == "demo"
         exclude_task = chosen.spec["name_or_path"] if own and st.toggle(
             f"Leave out checkpoints trained on {chosen.spec['name_or_path']}", value=True,
             key="halving_exclude") else None
         settings = {"scorer": scorer, "k": int(k_h), "eta": float(eta), "min_n": int(min_n),
-                    "exclude_task": exclude_task}
+                    "margin": float(margin), "exclude_task": exclude_task}
         with st.spinner(f"Successive halving over {len(_ui.library(ws))} checkpoints…"):
             result = halving(str(ws.root), chosen.spec, chosen.n, settings,
                              (views.library_stamp(ws), views.target_stamp(chosen.spec, ws)))

@@ -14,6 +14,8 @@ from mashup_core.demo.world import load_split
 from mashup_core.models.library import demo_library, scan_library
 from mashup_core.models.loading import load_base_model, load_tokenizer
 from mashup_core.selection.halving import (
+    DEFAULT_ETA,
+    DEFAULT_MARGIN,
     HalvingResult,
     agreement,
     cost_floor,
@@ -269,6 +271,9 @@ def test_relevance_page_draws_the_halving_rounds(world_copy, monkeypatch):
     at.switch_page("pages/relevance.py").run()
     at.radio(key="selection_strategy").set_value("halving").run()
     assert not at.exception, [e.message for e in at.exception]
+    # The page starts from the core's defaults, the margin included.
+    assert at.number_input(key="halving_eta").value == DEFAULT_ETA
+    assert at.number_input(key="halving_margin").value == DEFAULT_MARGIN
     (fig,) = [pio.from_json(c.proto.spec) for c in at.get("plotly_chart")]
     bars, dropped, grace, stars = fig.data
     assert bars.type == "bar" and bars.name == "alive"
