@@ -1,11 +1,14 @@
 """Multiple-choice evaluation by answer log-likelihood, as lm-eval scores it.
 
-For each example the prompt runs once; its KV cache is copied to every choice and only the
-choice tokens run again. On four-choice tasks with long prompts this is up to 4x less work
-than scoring each prompt+choice sequence separately, with the same numbers.
-`library_loglikelihoods` does the same for every adapter of a PEFT model in one pass over the
-examples (each tokenised once, batches filled across adapters with PEFT's mixed-adapter rows),
-gathering the sums on the device and copying them to the host once.
+Each example is one row: its prompt, then every choice's tokens but the last, each choice
+seeing the prompt and its own earlier tokens only (a 4D attention mask), so the prompt runs
+once for all choices in a single forward. On four-choice tasks with long prompts this is up to
+4x less work than scoring each prompt+choice sequence separately, with the same numbers.
+Prompt tokens shared by every example run once per adapter. `library_loglikelihoods` does this
+for every adapter of a PEFT model in one pass over the examples (each tokenised once, batches
+filled across adapters with PEFT's mixed-adapter rows), gathering the sums on the device and
+copying them to the host once. Models whose attention takes no custom mask run each prompt
+first and copy its KV cache to every choice.
 """
 
 from __future__ import annotations
@@ -172,8 +175,7 @@ def _batches(rows: list, widths: list[int], max_rows: int, max_tokens: int) -> l
 
 # Answer tokens that every choice of an example shares (the demo's character vocabulary starts
 # each answer with a space token) join the prompt: they run and are read once, not once per
-# choice. At most this many per row: each is one more column of logits kept (the cached path:
-# 1 MB per row with a 262k vocabulary).
+# choice. At most this many per row, so that the logit columns kept stay few.
 MAX_SHARED_ANSWER_TOKENS = 4
 
 
@@ -324,35 +326,21 @@ def _score_batch_cached(model, contexts, continuations, pad, device, adapter_nam
     mixed = {} if adapter_names is None else {"adapter_names": list(adapter_names)}
     n_ex = len(contexts)
     n_choices = [len(c) for c in continuations]
-    shared = [shared_answer_tokens(c) for c in continuations]
-    prompts = [ctx + conts[0][:s] for ctx, conts, s in zip(contexts, continuations, shared, strict=True)]
-    keep = 1 + max(shared)  # logit columns read from the prompts' pass
     # Left-pad prompts so every prompt ends at the same column and the cache lines up.
-    ctx_ids, ctx_mask, ctx_pos = left_padded(prompts, pad)
-    ctx_len = torch.tensor([len(p) for p in prompts])
-    # Every prompt ends in the last column, and only the last `keep` columns' logits are read:
-    # with a 262k-token vocabulary (Gemma 3) the others would dominate peak memory.
+    ctx_ids, ctx_mask, ctx_pos = left_padded(contexts, pad)
+    ctx_len = torch.tensor([len(c) for c in contexts])
+    # Every prompt ends in the last column, and only that column's logits are read: with a
+    # 262k-token vocabulary (Gemma 3) the others would dominate peak memory.
     first = model(
         input_ids=ctx_ids.to(device), attention_mask=ctx_mask.to(device),
-        position_ids=ctx_pos.to(device), use_cache=True, **keep_last_logits(model, keep), **mixed,
+        position_ids=ctx_pos.to(device), use_cache=True, **keep_last_logits(model, 1), **mixed,
     )
-    kept = first.logits[:, -keep:].float()
-    kept_lse = kept.logsumexp(-1)
-    last_logits, last_lse = kept[:, -1], kept_lse[:, -1]  # predict each answer's next token
-    shared_logp = torch.zeros(n_ex, device=device)
-    if keep > 1:
-        # Column j of the kept ones predicts the prompt's token in column j + 1; the row's
-        # shared answer tokens are its last `shared` tokens.
-        targets = ctx_ids[:, -(keep - 1):].to(device)
-        picked = kept[:, :-1].gather(2, targets[:, :, None]).squeeze(2) - kept_lse[:, :-1]
-        is_shared = (torch.arange(keep - 1)[None, :] >= keep - 1 - torch.tensor(shared)[:, None])
-        shared_logp = (picked * is_shared.to(device)).sum(1)
-        del picked
+    last_logits = first.logits[:, -1].float()  # predicts each answer's 1st token
+    last_lse = last_logits.logsumexp(-1)
 
-    # One row per (example, choice) with what follows the shared tokens; answers right-padded,
-    # so padding never precedes a token.
+    # One row per (example, choice); answers right-padded, so padding never precedes a token.
     repeats = torch.tensor(n_choices)
-    flat = [cont[s:] for conts, s in zip(continuations, shared, strict=True) for cont in conts]
+    flat = [cont for conts in continuations for cont in conts]
     ans_width = max(1, max(len(c) for c in flat))
     ans_ids = torch.full((len(flat), ans_width), pad, dtype=torch.long)
     ans_mask = torch.zeros((len(flat), ans_width), dtype=torch.long)
@@ -365,7 +353,7 @@ def _score_batch_cached(model, contexts, continuations, pad, device, adapter_nam
     # Read in place, log p = logit - logsumexp: a log-softmax copy per choice would be a
     # vocabulary per row.
     tok_logp[:, 0] = last_logits[row_example, targets[:, 0]] - last_lse[row_example]
-    del kept, last_logits
+    del last_logits
     if ans_width > 1:
         # Token t of an answer is predicted by answer token t-1, so the last column is never
         # an input that matters: run all but it (one-token answers need no second pass at all).
@@ -392,7 +380,7 @@ def _score_batch_cached(model, contexts, continuations, pad, device, adapter_nam
         del second
         tok_logp[:, 1:] = (logits.gather(2, targets[:, 1:, None]).squeeze(2)
                            - logits.logsumexp(-1))
-    return (tok_logp * ans_mask.to(device)).sum(1) + shared_logp[row_example]
+    return (tok_logp * ans_mask.to(device)).sum(1)
 
 
 def mc_result(examples: Sequence[MCExample], scores: ChoiceScores) -> MCResult:
