@@ -26,10 +26,25 @@ from mashup_core.merging.full import (
     tensor_seed,
 )
 from mashup_core.merging.lora import MergeConfigError
+from mashup_core.merging.recipe import CARD_FILE, RECIPE_FILE
+from mashup_core.merging.registry import resolve_params
 from mashup_core.models.library import SHARD_INDEX, CheckpointFileError, scan_library
 
 N_INPUTS = 3
-DENSITY = {"ties": 0.5, "dare_linear": 0.6, "dare_ties": 0.4}
+DENSITY = {"ties": 0.5, "dare_linear": 0.6, "dare_ties": 0.4, "breadcrumbs": 0.6,
+           "breadcrumbs_ties": 0.6, "della": 0.5, "della_linear": 0.5}
+PARAMS = {"slerp": {"t": 0.4}, "nearswap": {"t": 0.01}, "task_arithmetic": {"lambda": 0.7},
+          "sce": {"select_topk": 0.5}, "breadcrumbs": {"gamma": 0.05}}
+PEFT_METHODS = ("task_arithmetic", "ties", "dare_linear", "dare_ties")  # as before: PEFT's maths
+
+
+def _inputs(method: str) -> int:
+    spec = FULL_MERGE_METHODS[method]
+    return spec.max_inputs or N_INPUTS
+
+
+def _weights(method: str) -> list[float] | None:
+    return None if FULL_MERGE_METHODS[method].weights is None else [0.5, 0.3, 0.7][:_inputs(method)]
 
 
 def _config(**overrides) -> LlamaConfig:
@@ -77,53 +92,63 @@ def _state(path: Path) -> dict[str, torch.Tensor]:
     return {k: v for f in sorted(path.glob("*.safetensors")) for k, v in load_file(f).items()}
 
 
-def _in_memory(base: Path, ckpts: list[Path], weights: list[float], method: str,
-               density: float | None, seed: int) -> dict[str, torch.Tensor]:
-    """The straightforward merge: every state dict loaded, PEFT's functions on whole tensors."""
+def _in_memory(base: Path, ckpts: list[Path], weights: list[float] | None, method: str,
+               density: float | None, seed: int, params: dict | None = None) -> dict[str, torch.Tensor]:
+    """The straightforward merge: every state dict loaded whole. PEFT's functions for the
+    methods this project had (their conventions are the defaults), the model average itself
+    for linear, the registry's function on whole tensors for the rest (the streaming check)."""
     base_sd, sds = _state(base), [_state(c) for c in ckpts]
+    spec = FULL_MERGE_METHODS[method]
+    values = resolve_params(spec, {**(params or {}), "density": density}, len(ckpts), weights=weights)
     out = {}
     for name, original in base_sd.items():
         base_f = original.float()
-        deltas = [sd[name].float() - base_f for sd in sds]
-        if method == "linear":
-            merged = merge_utils.task_arithmetic(deltas, torch.tensor([w / sum(weights) for w in weights]))
-        elif method == "task_arithmetic":
-            merged = merge_utils.task_arithmetic(deltas, torch.tensor(weights))
-        elif method == "ties":
-            merged = merge_utils.ties(deltas, torch.tensor(weights), density)
+        gen = torch.Generator().manual_seed(tensor_seed(seed, name)) if spec.random else None
+        if method in PEFT_METHODS:
+            deltas = [sd[name].float() - base_f for sd in sds]
+            w = torch.tensor(weights)
+            if method == "task_arithmetic":
+                merged = values["lambda"] * merge_utils.task_arithmetic(deltas, w)
+            elif method == "ties":
+                merged = merge_utils.ties(deltas, w, density)
+            else:
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(tensor_seed(seed, name))  # PEFT draws from the global RNG
+                    merged = getattr(merge_utils, method)(deltas, w, density)
+            result = base_f + merged
+        elif method == "linear":
+            result = sum(w * sd[name].float() for w, sd in zip(weights, sds, strict=True)) / sum(weights)
         else:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(tensor_seed(seed, name))
-                fn = getattr(merge_utils, method)
-                merged = fn(deltas, torch.tensor(weights), density)
-        out[name] = (base_f + merged).to(original.dtype)
+            result = spec.fn([sd[name].float() for sd in sds], base_f, values, gen)
+        out[name] = result.to(original.dtype)
     return out
 
 
 @pytest.mark.parametrize("method", list(FULL_MERGE_METHODS))
 def test_every_method_equals_the_in_memory_merge_and_loads(family, tmp_path, method):
-    weights = [0.5, 0.3, 0.7]
-    out = merge_full_checkpoints(family["ckpts"], family["base"], weights, method, tmp_path / "m",
-                                 density=DENSITY.get(method), seed=3, max_shard_bytes=30_000)
-    expected = _in_memory(family["base"], family["ckpts"], weights, method, DENSITY.get(method), 3)
+    weights, ckpts = _weights(method), family["ckpts"][:_inputs(method)]
+    out = merge_full_checkpoints(ckpts, family["base"], weights, method, tmp_path / "m",
+                                 density=DENSITY.get(method), params=PARAMS.get(method), seed=3,
+                                 max_shard_bytes=30_000)
+    expected = _in_memory(family["base"], ckpts, weights, method, DENSITY.get(method), 3,
+                          PARAMS.get(method))
     merged = _state(out)
     assert merged.keys() == expected.keys()
     for name in expected:
-        assert torch.equal(merged[name], expected[name]), name
+        if method == "linear":  # Σ w·W / Σ w in mergekit's order of operations: rounding only
+            torch.testing.assert_close(merged[name], expected[name], atol=1e-6, rtol=1e-5)
+        else:
+            assert torch.equal(merged[name], expected[name]), name
     model = AutoModelForCausalLM.from_pretrained(out)
     for name, tensor in model.state_dict().items():
-        assert torch.equal(tensor, expected[name]), name
+        assert torch.equal(tensor, merged[name]), name
     record = json.loads((out / "merge_record.json").read_text())
     assert record["method"] == method and record["weights"] == weights
     assert (out / "tokenizer_config.json").read_text() == (family["base"] / "tokenizer_config.json").read_text()
-    if method == "linear":  # the weighted average of the models themselves, up to rounding
-        sds = [_state(c) for c in family["ckpts"]]
-        for name, tensor in merged.items():
-            average = sum(w / sum(weights) * sd[name] for w, sd in zip(weights, sds, strict=True))
-            torch.testing.assert_close(tensor, average, atol=1e-6, rtol=1e-5)
-    if method.startswith("dare"):  # another seed drops other entries
-        other = merge_full_checkpoints(family["ckpts"], family["base"], weights, method,
-                                       tmp_path / "m2", density=DENSITY[method], seed=4)
+    assert (out / RECIPE_FILE).exists() and f"`{method}`" in (out / CARD_FILE).read_text()
+    if FULL_MERGE_METHODS[method].random:  # another seed drops other entries
+        other = merge_full_checkpoints(ckpts, family["base"], weights, method, tmp_path / "m2",
+                                       density=DENSITY[method], seed=4)
         assert not torch.equal(_state(other)["model.layers.0.mlp.up_proj.weight"],
                                merged["model.layers.0.mlp.up_proj.weight"])
 
@@ -136,6 +161,51 @@ def test_bf16_checkpoints_merge_in_float32_and_stay_bf16(tmp_path):
     out = merge_full_checkpoints(ckpts, base_dir, [0.6, 0.4], "task_arithmetic", tmp_path / "m")
     merged, expected = _state(out), _in_memory(base_dir, ckpts, [0.6, 0.4], "task_arithmetic", None, 0)
     assert all(merged[k].dtype == torch.bfloat16 and torch.equal(merged[k], expected[k]) for k in expected)
+
+
+def test_mixed_dtypes_are_merged_in_float32_and_written_in_the_bases_dtype(family, tmp_path):
+    """A bf16 finetune over an fp32 base (refused before): its values enter in float32,
+    exactly as an fp32 copy of it would, and the output is fp32 like the base."""
+    bf16 = _save(_finetuned(_base_model(), 5).to(torch.bfloat16), tmp_path / "bf16")
+    as_fp32 = _save(AutoModelForCausalLM.from_pretrained(bf16, dtype=torch.float32), tmp_path / "fp32")
+    ckpts = [family["ckpts"][0], bf16]
+    out = merge_full_checkpoints(ckpts, family["base"], None, "ties", tmp_path / "m", density=0.5)
+    same = merge_full_checkpoints([family["ckpts"][0], as_fp32], family["base"], None, "ties",
+                                  tmp_path / "m2", density=0.5)
+    merged = _state(out)
+    assert {t.dtype for t in merged.values()} == {torch.float32}
+    assert all(torch.equal(merged[k], t) for k, t in _state(same).items())
+
+
+def test_weights_default_to_one_each_for_task_vectors_and_to_shares_for_averages(family, tmp_path):
+    """Without weights, task arithmetic adds every task vector whole (mergekit's and the
+    paper's weight 1), which is not the average; linear averages."""
+    ta = _state(merge_full_checkpoints(family["ckpts"], family["base"], None, "task_arithmetic",
+                                       tmp_path / "ta"))
+    ones = _state(merge_full_checkpoints(family["ckpts"], family["base"], [1, 1, 1],
+                                         "task_arithmetic", tmp_path / "ones"))
+    mean = _state(merge_full_checkpoints(family["ckpts"], family["base"], None, "linear", tmp_path / "l"))
+    assert all(torch.equal(ta[k], ones[k]) for k in ta)
+    assert not torch.allclose(ta["model.norm.weight"], mean["model.norm.weight"])
+    record = json.loads((tmp_path / "ta" / "merge_record.json").read_text())
+    assert record["weights"] == [1.0, 1.0, 1.0]
+    assert json.loads((tmp_path / "l" / "merge_record.json").read_text())["effective_weights"] == \
+        pytest.approx([1 / 3] * 3)
+
+
+def test_the_written_recipe_merges_the_same_again(family, tmp_path):
+    """mergekit_config.yml holds every parameter (ours where they differ), so `--config` on it
+    gives the same tensors; the card names the inputs, the method and its paper."""
+    out = merge_full_checkpoints(family["ckpts"], family["base"], [0.5, 0.3, 0.7], "ties",
+                                 tmp_path / "m", density=0.4, params={"lambda": 0.9})
+    text = (out / RECIPE_FILE).read_text()
+    assert "normalize: count" in text and "mashup's conventions" in text
+    again, unused = full.merge_config(out / RECIPE_FILE, tmp_path / "again")
+    assert unused == []
+    first, second = _state(out), _state(again)
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    card = (out / CARD_FILE).read_text()
+    assert "arXiv 2306.01708" in card and all(str(c.resolve()) in card for c in family["ckpts"])
 
 
 def test_output_is_sharded_as_asked(family, tmp_path):
@@ -213,8 +283,20 @@ def _bad(kind: str, family: dict, tmp: Path) -> dict:
     ckpts, args = list(family["ckpts"]), {"weights": [1.0, 1.0, 1.0], "method": "task_arithmetic"}
     if kind == "shape":
         ckpts[1] = _save(_base_model(intermediate_size=48), tmp / "other")
-    elif kind == "dtype":
-        ckpts[2] = _save(_finetuned(_base_model(), 5).to(torch.bfloat16), tmp / "bf16")
+    elif kind == "base input":
+        ckpts[2] = family["base"]
+    elif kind == "unused":
+        args |= {"method": "ties", "density": 0.5, "params": {"gamma": 0.1}}
+    elif kind == "unknown param":
+        args |= {"method": "ties", "density": 0.5, "params": {"desnity": 0.1}}
+    elif kind == "della epsilon":
+        args |= {"method": "della", "density": 0.1}
+    elif kind == "random density":
+        args |= {"method": "dare_linear", "density": 0.01}
+    elif kind == "karcher weights":
+        args |= {"method": "karcher", "weights": [0.2, 0.3, 0.5]}
+    elif kind == "slerp inputs":
+        args |= {"method": "slerp", "weights": None, "params": {"t": 0.5}}
     elif kind == "missing":
         ckpts[0] = _copy(ckpts[0], tmp / "cut")
         _edit_single(ckpts[0], lambda t: t.pop("model.norm.weight"))
@@ -259,7 +341,16 @@ BAD = {
               r"model\.layers\.0\.mlp\.down_proj\.weight has shape \[32, 48\] in the checkpoint but "
               r"\[32, 64\] in the base; tensor model\.layers\.0\.mlp\.gate_proj\.weight has shape "
               r"\[48, 32\] in the checkpoint but \[64, 32\] in the base; .*; and 3 more"),
-    "dtype": (CheckpointMismatchError, r"tensor \S+ is BF16 in the checkpoint but F32 in the base"),
+    "base input": (FullMergeError, r"is the base and also an input: as an input its task vector is "
+                   r"zero.*mergekit treats a base listed among the models as the base only"),
+    "unused": (MergeConfigError, r"method 'ties' does not use gamma: they would be ignored"),
+    "unknown param": (MergeConfigError, r"unknown parameter 'desnity' \(did you mean 'density'\?\)"),
+    "della epsilon": (MergeConfigError, r"density ± epsilon must lie in \(0, 1\); density 0.1 with "
+                      r"epsilon 0.15"),
+    "random density": (MergeConfigError, r"density 0.01 keeps on average 0.32 of the 32 entries of "
+                       r"tensor \S+norm\S*: random drops would erase it; use density ≥ 0.0312"),
+    "karcher weights": (MergeConfigError, r"'karcher' weighs its inputs itself and takes no weights"),
+    "slerp inputs": (MergeConfigError, r"'slerp' takes at most 1 input\(s\), got 3"),
     "missing": (CheckpointMismatchError, r"checkpoint \S+/cut vs base \S+: the checkpoint lacks 1 "
                 r"tensor\(s\) of the base: model\.norm\.weight"),
     "extra": (CheckpointMismatchError, r"\S+/more .*has 1 tensor\(s\) the base lacks: model\.extra\.weight"),
@@ -270,11 +361,11 @@ BAD = {
     "lora": (FullMergeError, r"is a LoRA adapter, not a full checkpoint"),
     "bad index": (CheckpointFileError, r"does not match its shards: model\.norm\.weight is mapped to "
                   r"\S+, which does not hold it"),
-    "weights": (FullMergeError, r"got 2 weights for 3 checkpoints"),
-    "method": (FullMergeError, r"unknown merge method 'cat_svd' for full checkpoints; choose from "
-               r"linear, task_arithmetic, ties, dare_linear, dare_ties"),
-    "density": (MergeConfigError, r"method 'ties' needs a density"),
-    "linear zero": (FullMergeError, r"sum to 0; use 'task_arithmetic'"),
+    "weights": (MergeConfigError, r"got 2 weights for 3 inputs"),
+    "method": (MergeConfigError, r"unknown merge method 'cat_svd' for full checkpoints; choose from "
+               r"task_arithmetic, ties, .* \('cat_svd' is a method for LoRA adapters\)"),
+    "density": (MergeConfigError, r"method 'ties' needs a density in \(0, 1\], e.g. 0.5"),
+    "linear zero": (MergeConfigError, r"sum to 0; use 'task_arithmetic'"),
     "nan": (FullMergeError, r"/nan: tensor model\.norm\.weight holds NaN"),
     "out exists": (FullMergeError, r"already exists"),
 }
@@ -327,3 +418,80 @@ def test_cli_merges_full_checkpoints_and_refuses_a_mix(family, tmp_path, capsys)
     code = main(["merge", *map(str, family["ckpts"][:2]), "--base", str(family["base"]), *ws,
                  "--rank", "4", "--out", str(tmp_path / "r")])
     assert code == 2 and "--rank applies to LoRA merges" in capsys.readouterr().err
+
+
+def test_cli_merges_a_mergekit_config_and_names_what_its_method_does_not_use(family, tmp_path, capsys):
+    config = tmp_path / "merge.yml"
+    config.write_text(
+        f"merge_method: slerp\nbase_model: {family['base']}\n"
+        f"models:\n  - model: {family['base']}\n  - model: {family['ckpts'][0]}\n"
+        "    parameters: {weight: 0.3}\nparameters:\n  t: [0.0, 1.0]\ndtype: float32\n")
+    code = main(["merge", "--config", str(config), "--out", str(tmp_path / "m"),
+                 "--workspace", str(tmp_path / "ws"), "--json"])
+    assert code == 0, capsys.readouterr().err
+    report = json.loads(capsys.readouterr().out)
+    assert report["method"] == "slerp" and report["inputs"] == [str(family["ckpts"][0].resolve())]
+    assert report["notes"] == ["note: merge.yml sets weight, which this method does not use "
+                               "(mergekit ignores them too)"]
+    merged, base, other = _state(tmp_path / "m"), _state(family["base"]), _state(family["ckpts"][0])
+    # t = 0 at layer 0 and outside the layers (the base), 1 at the last layer (the other model)
+    assert torch.equal(merged["model.layers.0.mlp.up_proj.weight"], base["model.layers.0.mlp.up_proj.weight"])
+    assert torch.equal(merged["model.embed_tokens.weight"], base["model.embed_tokens.weight"])
+    torch.testing.assert_close(merged["model.layers.1.mlp.up_proj.weight"],
+                               other["model.layers.1.mlp.up_proj.weight"], rtol=0, atol=1e-6)
+    assert (tmp_path / "m" / "mergekit_config.yml").read_text() == config.read_text()
+    code = main(["merge", "--config", str(config), str(family["ckpts"][1]), "--out", str(tmp_path / "x"),
+                 "--workspace", str(tmp_path / "ws")])
+    assert code == 2 and "--config describes the whole merge; drop inputs" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    ("slices:\n  - sources: []\n", r"`slices:` \(layer slices \(frankenmerges\)\) is mergekit's layer surgery"),
+    ("merge_method: ties\nbase_model: {base}\nmodels:\n  - model: {ft}+some/lora\n",
+     r"applies a LoRA to a model \(mergekit's `model\+lora`\)"),
+    ("merge_method: ties\nbase_model: {base}\nmodels:\n  - model: {ft}\n", r"'ties' needs a weight for "
+     r"every model, and ft0 has none at"),
+    ("merge_method: ties\nmodels:\n  - model: {ft}\n", r"'ties' merges task vectors against a base"),
+    ("merge_method: tie\nmodels: []\n", r"unknown merge method 'tie' .*did you mean 'ties'"),
+    ("merge_methd: ties\n", r"unknown key 'merge_methd' \(did you mean 'merge_method'\?\)"),
+    ("merge_method: linear\nmodels:\n  - model: nobody/remote-model\n", r"is not a local folder"),
+    ("merge_method: ties\nbase_model: {base}\ntokenizer_source: union\nmodels:\n  - model: {ft}\n",
+     r"tokenizer merging"),
+    ("merge_method: ties\nbase_model: {base}\nmodels:\n  - model: {ft}\n    parameters: {{weight: 1, "
+     "density: 1.5}}\n", r"ties: density must be in \(0, 1\], got 1.5"),
+])
+def test_a_mergekit_config_that_cannot_merge_here_says_why_before_reading(family, tmp_path, monkeypatch,
+                                                                        body, message):
+    config = tmp_path / "bad.yml"
+    config.write_text(body.format(base=family["base"], ft=family["ckpts"][0]))
+    reads = []
+    monkeypatch.setattr(full, "_read_tensor", lambda info, name: reads.append(name))
+    with pytest.raises(MergeConfigError, match=message):
+        full.merge_config(config, tmp_path / "m")
+    assert reads == [] and not (tmp_path / "m").exists()
+
+
+def test_cli_names_a_seed_that_a_deterministic_method_would_ignore(family, tmp_path, capsys):
+    args = ["merge", *map(str, family["ckpts"]), "--base", str(family["base"]),
+            "--workspace", str(tmp_path / "ws"), "--out", str(tmp_path / "m")]
+    assert main([*args, "--method", "ties", "--density", "0.5", "--seed", "3"]) == 2
+    assert "method 'ties' draws no random numbers: --seed would have no effect" in capsys.readouterr().err
+    assert main([*args, "--method", "dare_ties", "--density", "0.5", "--seed", "3",
+                 "--param", "rescale=true", "--param", "normalize=false"]) == 0
+    record = json.loads((tmp_path / "m" / "merge_record.json").read_text())
+    assert record["params"] | {"seed": 3} == record["params"]
+    assert (record["params"]["rescale"], record["params"]["normalize"]) == (True, False)
+
+
+def test_cli_lists_every_method_by_family_with_its_parameters(capsys, tmp_path):
+    assert main(["merge", "--list-methods", "--workspace", str(tmp_path / "ws"), "--json"]) == 0
+    listing = json.loads(capsys.readouterr().out)
+    full_names = {m["name"] for family in listing["full"].values() for m in family}
+    assert full_names == set(FULL_MERGE_METHODS)
+    ties = next(m for family in listing["full"].values() for m in family if m["name"] == "ties")
+    density = next(p for p in ties["params"] if p["name"] == "density")
+    assert (density["default"], density["range"], density["mergekit_default"]) == ("required", "in (0, 1]", 1.0)
+    assert "arXiv 2306.01708" in ties["citation"] and ties["needs"] == ["a base"]
+    assert main(["merge", "--list-methods", "--workspace", str(tmp_path / "ws")]) == 0
+    text = capsys.readouterr().out
+    assert "[core space (Panariello et al. 2025)]" in text and "model_stock" in text

@@ -1,1 +1,2 @@
-"""Step 2 of the method, merging: LoRA-space merge methods, weight strategies and their objective."""
+"""Step 2 of the method, merging: one registry of merge methods (LoRA → LoRA and full
+checkpoints), weight strategies and their objective."""

@@ -1,27 +1,26 @@
 """Merge full-model checkpoints of one base into a new checkpoint, streamed tensor by tensor.
 
-Every checkpoint i is a finetune of the base, so each tensor has a task vector
-Δ_i = W_i − W_base (computed in float32, written back in the base's dtype). Methods:
+The methods are mergekit's family (`merging.full_methods`, registered in `merging.registry`
+as `FULL_MERGE_METHODS`): task vectors W_i − W_base (task_arithmetic, ties, dare_*,
+breadcrumbs*, della*, sce) and averages or interpolations of the models (linear, slerp,
+nuslerp, multislerp, karcher, model_stock, nearswap). Each is a pure function of one
+tensor's inputs; this module only reads, checks, streams and writes.
 
-- `linear`: the weighted average of the models, W = W_base + Σ (w_i / Σw) Δ_i = Σ (w_i/Σw) W_i.
-  The weights are normalised to sum 1, so they say each model's share, not a strength.
-- `task_arithmetic`: W = W_base + Σ w_i Δ_i with the weights as given: scales (λ of task
-  arithmetic), so 0.5, 0.5 is the average of two models but 1, 1 adds both task vectors whole.
-- `ties`, `dare_linear`, `dare_ties`: PEFT's methods (`peft.utils.merge_utils`) on the same Δ_i,
-  weights as scales, as `task_arithmetic`: TIES magnitude-prunes each Δ_i to `density` and
-  averages the entries that agree with the elected sign; DARE drops entries of each Δ_i at random
-  (keeping `density`, rescaled by 1/density), then sums (`dare_linear`) or elects signs
-  (`dare_ties`). DARE's drops are seeded per tensor from (`seed`, tensor name), so a merge is
-  reproducible and does not depend on how the files are sharded.
+Dtypes: every input tensor is computed in float32 (float64 stays float64), mixed dtypes
+included (a bf16 checkpoint over an fp32 base), and written in the base's dtype. A mergekit
+config (`merge_config`) gets mergekit's instead: its `dtype` as the compute dtype (else the
+inputs' promoted dtype), its `out_dtype` (else the compute dtype).
 
-Streaming: every input's headers (names, shapes, dtypes) are checked before any value is read.
-The output's shards are planned from the base's headers, so each shard's header is written
-first and every merged tensor goes to disk as soon as it is computed. Each input file is opened
-for one tensor and closed again (its memory map never holds a whole checkpoint resident). Peak
-memory is one tensor per input (its Δ) plus the base's and the merged tensor; each method is a
-pure function of tensors, run in row blocks so its stacked temporaries stay small. Pickled
-weights are never read. The output folder is a normal checkpoint (`from_pretrained` loads it)
-with the base's config and tokenizer files, `merge_record.json` and `mashup_meta.json`.
+Streaming: every input's headers (names, shapes, dtypes) and every parameter of every tensor
+are checked before any value is read. The output's shards are planned from the base's
+headers, so each shard's header is written first and every merged tensor goes to disk as soon
+as it is computed. Each input file is opened for one tensor and closed again. Peak memory is
+one tensor per input plus the base's and the merged tensor; the entry-wise step runs in row
+blocks. Random methods draw from a generator seeded per tensor from (`seed`, tensor name), so
+a merge is reproducible and does not depend on sharding. Pickled weights are never read. The
+output folder is a normal checkpoint (`from_pretrained` loads it) with the base's config and
+tokenizer files, `merge_record.json`, `mashup_meta.json`, the recipe as mergekit YAML
+(`mergekit_config.yml`) and a model card (`README.md`).
 """
 
 from __future__ import annotations
@@ -31,25 +30,25 @@ import math
 import shutil
 import struct
 import time
-import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from hashlib import sha256
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import torch
-from peft.utils import merge_utils
 from safetensors import safe_open
 
-from mashup_core.merging.lora import (
+from mashup_core.merging import elementwise, full_methods, recipe  # noqa: F401  (registers)
+from mashup_core.merging.lora import _replace_dir_atomically
+from mashup_core.merging.registry import (
     MergeConfigError,
-    MergeParams,
-    _replace_dir_atomically,
-    _row_blocks,
-    _task_arithmetic,
-    _ties,
-    validate_params,
+    MethodSpec,
+    check_inputs,
+    check_weights,
+    get,
+    methods,
+    resolve_params,
 )
 from mashup_core.models.library import (
     ADAPTER_CONFIG,
@@ -72,6 +71,9 @@ DTYPES: dict[str, torch.dtype] = {
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
     "U8": torch.uint8, "BOOL": torch.bool,
 }
+NAMES = {dtype: name for name, dtype in DTYPES.items()}
+FLOATS = ("F64", "F32", "F16", "BF16")
+FULL_MERGE_METHODS: dict[str, MethodSpec] = methods("full")
 
 
 class FullMergeError(MergeConfigError):
@@ -82,69 +84,8 @@ class CheckpointMismatchError(FullMergeError):
     """A checkpoint does not fit the base: tensor names, shapes or dtypes differ."""
 
 
-# --------------------------------------------------------------------------- methods
-
-Prepare = Callable[[torch.Tensor, MergeParams], torch.Tensor]  # one Δ_i, whole tensor
-Combine = Callable[[list[torch.Tensor], torch.Tensor, MergeParams], torch.Tensor]  # entry-wise
-
-
-@dataclass(frozen=True)
-class FullMergeMethod:
-    """A merge of task vectors: `prepare` each whole Δ_i (pruning needs the whole tensor), then
-    `combine` the prepared Δs entry by entry (so it may run on row blocks)."""
-
-    name: str
-    summary: str
-    combine: Combine
-    prepare: Prepare | None = None
-    normalise: bool = False  # weights divided by their sum
-    random: bool = False  # draws from the RNG (seeded per tensor)
-
-
-def _magnitude(delta: torch.Tensor, params: MergeParams) -> torch.Tensor:
-    return merge_utils.prune(delta, params.density, method="magnitude")
-
-
-def _random(delta: torch.Tensor, params: MergeParams) -> torch.Tensor:
-    return merge_utils.prune(delta, params.density, method="random", rescale=True)
-
-
-FULL_MERGE_METHODS: dict[str, FullMergeMethod] = {m.name: m for m in (
-    FullMergeMethod("linear", "weighted average of the models: W_base + Σ (w/Σw)·Δ_i",
-                    _task_arithmetic, normalise=True),
-    FullMergeMethod("task_arithmetic", "W_base + Σ w·Δ_i, weights as scales", _task_arithmetic),
-    FullMergeMethod("ties", "TIES: magnitude-prune each Δ_i, elect signs, average the agreeing",
-                    _ties, _magnitude),
-    FullMergeMethod("dare_linear", "DARE: random drops rescaled by 1/density, then Σ w·Δ_i",
-                    _task_arithmetic, _random, random=True),
-    FullMergeMethod("dare_ties", "DARE drops, then TIES sign election", _ties, _random, random=True),
-)}
-
-
-def merge_tensor(deltas: list[torch.Tensor], weights: torch.Tensor, method: FullMergeMethod,
-                 params: MergeParams, seed: int | None = None) -> torch.Tensor:
-    """The merged Δ of one tensor. `deltas` (float, whole tensors) are consumed: pruned in turn,
-    then the list is emptied and the first one's memory holds the result, so nothing but one Δ
-    per input is alive at once. `seed` seeds the global RNG DARE's drops draw from (PEFT's
-    `random_pruning` takes no generator), inside `fork_rng`: the caller's RNG is untouched."""
-    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The density .* no pruning will be performed")
-        if seed is not None:
-            torch.manual_seed(seed)
-        if method.prepare is not None:
-            for i in range(len(deltas)):
-                deltas[i] = method.prepare(deltas[i], params)
-    shape = deltas[0].shape
-    tasks = [d.reshape(shape[0], -1) if d.dim() else d.reshape(1, 1) for d in deltas]
-    deltas.clear()
-    merged = tasks[0]  # each row block is combined into a new tensor first: safe to overwrite
-    for rows in _row_blocks(merged.shape[0], merged.shape[1], len(tasks)):
-        merged[rows] = method.combine([t[rows] for t in tasks], weights, params)
-    return merged.reshape(shape)
-
-
 def tensor_seed(seed: int, name: str) -> int:
-    """DARE's seed for one tensor: a function of the merge's seed and the tensor's name only."""
+    """A random method's seed for one tensor: a function of the merge's seed and its name."""
     return int.from_bytes(sha256(f"{seed}:{name}".encode()).digest()[:7], "little")
 
 
@@ -190,7 +131,8 @@ def _read_input(path: str | Path, role: str) -> _Input:
 
 
 def _check_fits(base: _Input, ckpt: _Input) -> None:
-    """Same tensor names, shapes and dtypes as the base; the message names what differs."""
+    """Same tensor names and shapes as the base; float dtypes may differ (computed in fp32),
+    other dtypes may not. The message names what differs."""
     where = f"checkpoint {ckpt.path} vs base {base.path}"
     tied_b, tied_c = _tied(base.config), _tied(ckpt.config)
     if ckpt.config and tied_b != tied_c:
@@ -215,15 +157,17 @@ def _check_fits(base: _Input, ckpt: _Input) -> None:
         raise CheckpointMismatchError(f"{where} (another architecture or size?): "
                                       + "; ".join(_few(shapes, 3)))
     dtypes = [f"tensor {k} is {ckpt.tensors[k].dtype} in the checkpoint but {b.dtype} in the base"
-              for k, b in base.tensors.items() if ckpt.tensors[k].dtype != b.dtype]
+              for k, b in base.tensors.items() if ckpt.tensors[k].dtype != b.dtype
+              and not (ckpt.tensors[k].dtype in FLOATS and b.dtype in FLOATS)]
     if dtypes:
         raise CheckpointMismatchError(
-            f"{where}: " + "; ".join(_few(dtypes, 3)) + "; save both in one dtype "
-            "(e.g. `model.to(torch.bfloat16).save_pretrained(DIR)`)")
-    unsupported = sorted({i.dtype for i in base.tensors.values() if i.dtype not in DTYPES})
+            f"{where}: " + "; ".join(_few(dtypes, 3)) + "; only floating-point tensors may "
+            "differ in dtype (they are merged in float32)")
+    unsupported = sorted({i.dtype for i in [*base.tensors.values(), *ckpt.tensors.values()]
+                          if i.dtype not in DTYPES})
     if unsupported:
-        raise CheckpointMismatchError(f"base {base.path}: tensors of dtype {', '.join(unsupported)} "
-                                      f"cannot be merged; supported: {', '.join(DTYPES)}")
+        raise CheckpointMismatchError(f"{where}: tensors of dtype {', '.join(unsupported)} cannot "
+                                      f"be merged; supported: {', '.join(DTYPES)}")
 
 
 def _tied(config: dict[str, Any]) -> bool:
@@ -234,8 +178,8 @@ def _tied(config: dict[str, Any]) -> bool:
 # --------------------------------------------------------------------------- output
 
 
-def _nbytes(info: TensorInfo) -> int:
-    return math.prod(info.shape) * DTYPES[info.dtype].itemsize
+def _nbytes(shape: Sequence[int], dtype: str) -> int:
+    return math.prod(shape) * DTYPES[dtype].itemsize
 
 
 def plan_shards(tensors: dict[str, TensorInfo], max_shard_bytes: int) -> list[list[str]]:
@@ -244,7 +188,7 @@ def plan_shards(tensors: dict[str, TensorInfo], max_shard_bytes: int) -> list[li
     shards: list[list[str]] = []
     size = 0
     for name, info in tensors.items():
-        nbytes = _nbytes(info)
+        nbytes = _nbytes(info.shape, info.dtype)
         if not shards or (shards[-1] and size + nbytes > max_shard_bytes):
             shards.append([])
             size = 0
@@ -258,7 +202,7 @@ def _shard_header(names: list[str], tensors: dict[str, TensorInfo]) -> bytes:
     header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
     offset = 0
     for name in names:
-        end = offset + _nbytes(tensors[name])
+        end = offset + _nbytes(tensors[name].shape, tensors[name].dtype)
         header[name] = {"dtype": tensors[name].dtype, "shape": list(tensors[name].shape),
                         "data_offsets": [offset, end]}
         offset = end
@@ -277,117 +221,234 @@ def _read_tensor(info: TensorInfo, name: str) -> torch.Tensor:
         return f.get_tensor(name)
 
 
+# --------------------------------------------------------------------------- the plan
+
+
+@dataclass(frozen=True)
+class _TensorPlan:
+    """What one output tensor needs: its parameter values and dtypes, known before reading."""
+
+    values: dict[str, Any]
+    compute: torch.dtype | None  # None: not a float tensor, copied from the base as it is
+    out: str  # safetensors dtype name of the output
+
+
+def _dtype_of(name: str | None) -> torch.dtype | None:
+    return None if name is None else getattr(torch, name)
+
+
+def _plan(spec: MethodSpec, template: _Input, base: _Input | None, inputs: Sequence[_Input],
+          values_for, compute_dtype: str | None, out_dtype: str | None) -> dict[str, _TensorPlan]:
+    """Every tensor's values (checked) and dtypes. `compute_dtype`: None = float32 (float64
+    stays), "inputs" = the inputs' promoted dtype (mergekit without `dtype`), or a name.
+    `out_dtype`: None = the base's dtype, "compute" = the compute dtype, or a name."""
+    plans = {}
+    uses_base = base is not None and spec.base != "unused"
+    for name, info in template.tensors.items():
+        if info.dtype not in FLOATS:
+            plans[name] = _TensorPlan({}, None, info.dtype)
+            continue
+        stored = [DTYPES[i.tensors[name].dtype] for i in inputs]
+        if uses_base:
+            stored.append(DTYPES[base.tensors[name].dtype])
+        promoted = stored[0]
+        for dtype in stored[1:]:
+            promoted = torch.promote_types(promoted, dtype)
+        if compute_dtype is None:
+            compute = torch.promote_types(promoted, torch.float32)
+        elif compute_dtype == "inputs":
+            compute = promoted
+        else:
+            compute = _dtype_of(compute_dtype)
+        if out_dtype is None:
+            out = info.dtype  # ours: the base's
+        elif out_dtype == "compute":
+            out = NAMES[compute]  # mergekit's, without out_dtype
+        else:
+            out = NAMES[_dtype_of(out_dtype)]
+        plans[name] = _TensorPlan(values_for(name), compute, out)
+    return plans
+
+
 # --------------------------------------------------------------------------- the merge
 
 
 def merge_full_checkpoints(
     checkpoints: Sequence[str | Path],
-    base: str | Path,
-    weights: Sequence[float],
+    base: str | Path | None,
+    weights: Sequence[float] | None,
     method: str,
     out_dir: str | Path,
     *,
-    density: float | None = None,
+    density: float | Sequence[float] | None = None,
     seed: int = 0,
     max_shard_bytes: int = 2 * 1024**3,
-    majority_sign_method: str = "total",
+    majority_sign_method: str | None = None,
+    params: Mapping[str, Any] | None = None,
     overwrite: bool = False,
+    compute_dtype: str | None = None,
+    out_dtype: str | None = None,
+    config: recipe.Recipe | None = None,
 ) -> Path:
     """Merge full checkpoints of `base` into a new sharded safetensors checkpoint `out_dir`.
 
-    Everything but the values is checked first (parameters, output folder, every input's file
-    headers against the base's). The folder appears whole or not at all.
-    """
+    `params` holds the method's parameters by their (mergekit) names; `density` and
+    `majority_sign_method` are two of them, kept as arguments for older callers. `weights`
+    None takes the method's default. `config` (from `read_recipe`) gives per-tensor
+    parameters (filters, gradients) with mergekit's defaults instead. Everything but the
+    values is checked first; the folder appears whole or not at all."""
     start = time.perf_counter()
-    spec = FULL_MERGE_METHODS.get(method)
-    if spec is None:
-        raise FullMergeError(f"unknown merge method {method!r} for full checkpoints; choose from "
-                             f"{', '.join(FULL_MERGE_METHODS)}")
+    spec = get("full", method)
     if not checkpoints:
         raise FullMergeError("no checkpoints to merge")
-    if len(weights) != len(checkpoints):
-        raise FullMergeError(f"got {len(weights)} weights for {len(checkpoints)} checkpoints; "
-                             "give one weight per checkpoint")
-    _, params = validate_params(method, len(checkpoints), weights, density=density, seed=seed,
-                                majority_sign_method=majority_sign_method)
+    check_inputs(spec, len(checkpoints))
+    n = len(checkpoints)
+    given = {**(params or {}), "density": density, "majority_sign_method": majority_sign_method}
+    constant = None
+    if config is None:  # one set of values for every tensor, checked before anything is read
+        checked_weights = check_weights(spec, weights, n)
+        constant = resolve_params(spec, given, n,
+                                  weights=checked_weights if spec.weights is not None else None)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise FullMergeError(f"seed must be an integer, got {seed!r}")
     if isinstance(max_shard_bytes, bool) or not isinstance(max_shard_bytes, int) or max_shard_bytes < 1:
         raise FullMergeError(f"max_shard_bytes must be a positive integer, got {max_shard_bytes!r}")
-    effective = [float(w) for w in weights]
-    if spec.normalise:
-        total = math.fsum(effective)
-        if abs(total) < 1e-12:
-            raise FullMergeError(f"method 'linear' averages the models with weights divided by "
-                                 f"their sum, but {effective} sum to 0; use 'task_arithmetic' "
-                                 "for weights that are scales")
-        effective = [w / total for w in effective]
-    base_in = _read_input(base, "base")
-    if not (base_in.path / MODEL_CONFIG).exists():
-        raise FullMergeError(f"base {base_in.path} has no {MODEL_CONFIG} to give the merged model")
+    if spec.base == "required" and base is None:
+        raise FullMergeError(f"method '{method}' merges against a base: give the base checkpoint")
+    base_in = _read_input(base, "base") if base is not None else None
     inputs = [_read_input(c, "checkpoint") for c in checkpoints]
+    template = base_in or inputs[0]
+    if not (template.path / MODEL_CONFIG).exists():
+        raise FullMergeError(f"{template.path} has no {MODEL_CONFIG} to give the merged model")
     for ckpt in inputs:
-        _check_fits(base_in, ckpt)
+        _check_fits(template, ckpt)
+    if base_in is not None and spec.base != "unused" and base_in.path in {i.path for i in inputs}:
+        raise FullMergeError(f"{base_in.path} is the base and also an input: as an input its "
+                             "task vector is zero, which changes the merge without adding "
+                             "anything; drop it from the inputs (mergekit treats a base listed "
+                             "among the models as the base only)")
+    layers = recipe.num_hidden_layers(template.config)
+
+    def values_for(name: str) -> dict[str, Any]:
+        if config is None:
+            return constant
+        given_here, w = config.values_for(spec, name, recipe.layer_position(name, layers))
+        return resolve_params(spec, given_here, n, defaults="mergekit", weights=w)
+
+    plans = _plan(spec, template, base_in, inputs, values_for, compute_dtype, out_dtype)
+    if spec.random:
+        for name, plan in plans.items():
+            if plan.compute is not None and "density" in plan.values:
+                elementwise.check_density({name: template.tensors[name].shape},
+                                          plan.values["density"], "tensor")
     out_dir = Path(out_dir).expanduser().resolve()
-    if out_dir in {base_in.path, *(i.path for i in inputs)}:
+    if out_dir in {template.path, *(i.path for i in inputs)}:
         raise FullMergeError(f"{out_dir} is an input of the merge; choose another output folder")
     if out_dir.is_file() or (out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite):
         raise FullMergeError(f"{out_dir} already exists; choose another output folder or overwrite it")
     checked = time.perf_counter()
-    w = torch.tensor(effective, dtype=torch.float32)
-    shards = plan_shards(base_in.tensors, max_shard_bytes)
+    out_tensors = {name: TensorInfo(info.file, info.shape, plans[name].out)
+                   for name, info in template.tensors.items()}
+    shards = plan_shards(out_tensors, max_shard_bytes)
     files = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    first = next(iter(plans.values())).values if plans else {}
+    shown = constant if constant is not None else first
+    weights_out = shown.get("weight")
     record = {
-        "kind": "mashup-full-merge", "version": 1, "method": method,
-        "weights": [float(x) for x in weights], "effective_weights": effective,
-        "params": {"density": density, "seed": seed, "majority_sign_method": majority_sign_method},
-        "inputs": [str(i.path) for i in inputs], "base_model": str(base_in.path),
+        "kind": "mashup-full-merge", "version": 2, "method": method,
+        "weights": weights_out, "effective_weights": _effective(spec, weights_out),
+        "params": {k: v for k, v in shown.items() if k != "weight"} | (
+            {"seed": seed} if spec.random else {}),
+        "per_tensor_params": config is not None,
+        "inputs": [str(i.path) for i in inputs],
+        "base_model": str(base_in.path) if base_in is not None else None,
         "out_dir": str(out_dir), "shards": len(shards), "max_shard_bytes": max_shard_bytes,
+        "compute_dtype": compute_dtype or "float32", "out_dtype": out_dtype or "the base's",
     }
 
     def write(tmp: Path) -> None:
         weight_map: dict[str, str] = {}
         for names, file in zip(shards, files, strict=True):
             with open(tmp / file, "wb") as f:
-                f.write(_shard_header(names, base_in.tensors))
+                f.write(_shard_header(names, out_tensors))
                 for name in names:
-                    _write_tensor(f, _merged(name, base_in, inputs, w, spec, params))
+                    _write_tensor(f, _merged(name, template, base_in, inputs, spec, plans[name],
+                                             seed))
                     weight_map[name] = file
-        total = sum(_nbytes(i) for i in base_in.tensors.values())
+        total = sum(_nbytes(i.shape, i.dtype) for i in out_tensors.values())
         write_json_atomic(tmp / SHARD_INDEX, {"metadata": {"total_size": total}, "weight_map": weight_map})
         for pattern in BASE_FILES:
-            for src in sorted(base_in.path.glob(pattern)):
+            for src in sorted(template.path.glob(pattern)):
                 if src.is_file() and src.name not in (RECORD_FILE, META_FILE):
                     shutil.copy2(src, tmp / src.name)
-        write_json_atomic(tmp / META_FILE, {"base_model": str(base_in.path), "merged_from": record["inputs"],
-                                            "method": method})
+        write_json_atomic(tmp / META_FILE, {"base_model": str(template.path),
+                                            "merged_from": record["inputs"], "method": method})
         record["timings"] = {"check": checked - start, "merge": time.perf_counter() - checked}
         record["seconds"] = time.perf_counter() - start
         write_json_atomic(tmp / RECORD_FILE, record)
+        text = recipe.recipe_yaml(
+            spec, record["inputs"], weights_out, {k: v for k, v in shown.items() if k != "weight"},
+            base=record["base_model"], dtype=_one_dtype(p.compute for p in plans.values()),
+            out_dtype=None if out_dtype == "compute" else
+            _one_dtype(DTYPES[i.dtype] for i in out_tensors.values()),
+            given_text=config.text if config else None)
+        (tmp / recipe.RECIPE_FILE).write_text(text)
+        (tmp / recipe.CARD_FILE).write_text(recipe.model_card(
+            spec, name=out_dir.name, inputs=[{"path": p} for p in record["inputs"]],
+            weights=weights_out, values=shown, base=record["base_model"], recipe=text,
+            seconds=record["seconds"], extra={"shards": len(shards), "seed": seed}
+            if spec.random else {"shards": len(shards)}))
 
     _replace_dir_atomically(out_dir, write)
     return out_dir
 
 
-def _merged(name: str, base: _Input, inputs: Sequence[_Input], weights: torch.Tensor,
-            spec: FullMergeMethod, params: MergeParams) -> torch.Tensor:
-    """One output tensor: read the base's and each input's, merge their Δs. Alive at the peak:
-    the base's tensor and one Δ per input (all else is freed or written in place)."""
-    original = _read_tensor(base.tensors[name], name)
-    if not original.is_floating_point():  # integer buffers: the base's, as they are
-        return original
-    dtype = original.dtype
-    base_f = original.to(torch.promote_types(dtype, torch.float32))
-    del original
-    _finite(base_f, name, base.path)
-    deltas = []
+def _one_dtype(dtypes) -> str | None:
+    """The name of the one floating dtype among `dtypes` (None if none or several)."""
+    floats = {d for d in dtypes if d is not None and d.is_floating_point}
+    return str(floats.pop()).removeprefix("torch.") if len(floats) == 1 else None
+
+
+def _effective(spec: MethodSpec, weights: Sequence[float] | None) -> list[float] | None:
+    """The weights as the method applies them: shares divided by their sum."""
+    if weights is None:
+        return None
+    if spec.weights == "share" and abs(math.fsum(weights)) > 1e-12:
+        return [w / math.fsum(weights) for w in weights]
+    return list(weights)
+
+
+def merge_config(config_path: str | Path, out_dir: str | Path, *, max_shard_bytes: int = 2 * 1024**3,
+                 seed: int = 0, overwrite: bool = False) -> tuple[Path, list[str]]:
+    """Merge as a mergekit YAML says (mergekit's defaults and dtypes). Returns the output and
+    the parameter names the config sets that its method does not use (mergekit ignores them)."""
+    config = recipe.read_recipe(config_path)
+    spec = get("full", config.method)
+    out = merge_full_checkpoints(
+        config.inputs, config.base, None, config.method, out_dir, seed=seed,
+        max_shard_bytes=max_shard_bytes, overwrite=overwrite, config=config,
+        compute_dtype=config.dtype or "inputs", out_dtype=config.out_dtype or "compute")
+    return out, config.unused(spec)
+
+
+def _merged(name: str, template: _Input, base: _Input | None, inputs: Sequence[_Input],
+            spec: MethodSpec, plan: _TensorPlan, seed: int) -> torch.Tensor:
+    """One output tensor: read the base's (if the method uses it) and each input's, in the
+    compute dtype, and merge. Alive at the peak: one tensor per input and the base's."""
+    if plan.compute is None:  # integer buffers: the base's, as they are
+        return _read_tensor(template.tensors[name], name)
+    base_t = None
+    if base is not None and spec.base != "unused":
+        base_t = _read_tensor(base.tensors[name], name).to(plan.compute)
+        _finite(base_t, name, base.path)
+    tensors = []
     for ckpt in inputs:
-        delta = _read_tensor(ckpt.tensors[name], name).to(base_f.dtype)
-        delta.sub_(base_f)  # in place: the read tensor becomes its Δ, no second copy
-        _finite(delta, name, ckpt.path)
-        deltas.append(delta)
-        del delta
-    seed = tensor_seed(params.seed, name) if spec.random else None
-    merged = merge_tensor(deltas, weights.to(base_f.dtype), spec, params, seed)
-    return base_f.add_(merged).to(dtype)
+        tensor = _read_tensor(ckpt.tensors[name], name).to(plan.compute)
+        _finite(tensor, name, ckpt.path)
+        tensors.append(tensor)
+        del tensor
+    rng = torch.Generator().manual_seed(tensor_seed(seed, name)) if spec.random else None
+    return spec.fn(tensors, base_t, plan.values, rng).to(DTYPES[plan.out])
 
 
 def _finite(tensor: torch.Tensor, name: str, path: Path) -> None:
@@ -398,4 +459,3 @@ def _finite(tensor: torch.Tensor, name: str, path: Path) -> None:
 
 def _few(items: list[str], limit: int = 5) -> list[str]:
     return items[:limit] + [f"and {len(items) - limit} more"] if len(items) > limit else items
-
