@@ -21,10 +21,12 @@ from mashup_core.config import (
     find_target,
     init_workspace,
     load_config,
+    load_target,
     parse_config,
     save_config,
     set_prompt_format,
 )
+from mashup_core.data.examples import MCExample, sample_examples
 from mashup_core.data.prompts import (
     PROMPT_FORMATS,
     PromptFormatError,
@@ -32,17 +34,10 @@ from mashup_core.data.prompts import (
     describes,
     format_examples,
 )
-from mashup_core.data.targets import (
-    FieldMapping,
-    MCExample,
-    TargetSpec,
-    benchmark_row_to_example,
-    load_target,
-    sample_examples,
-)
+from mashup_core.data.targets import FieldMapping, TargetSpec, benchmark_row_to_example
 from mashup_core.demo.tiny_model import build_char_tokenizer
 from mashup_core.selection.loglik import choice_loglikelihoods, encode_pair
-from mashup_core.selection.scoring import cache_key
+from mashup_core.selection.store import sample_key
 from mashup_core.training.loop import as_pairs, collate
 from mashup_core.workspace import Workspace
 
@@ -287,8 +282,8 @@ def test_scoring_training_and_evaluation_see_the_same_chat_rows(chat_ws, monkeyp
 
     # scoring: the cache key covers the rows, so one format's scores never serve the other's
     def key(rows):
-        return cache_key([], sample_examples(rows, 8), n=8, seed=None, base_path="b", device="cpu",
-                         dtype="float32", include_full=False)
+        return sample_key(sample_examples(rows, 8), n=8, seed=None, base_path="b", device="cpu",
+                          dtype="float32")
     assert key(train) != key(cloze) and key(train) == key(load_target(spec, chat_ws))
 
     # evaluation in a study: the same loader, the same rows; a study fixes its format at open
@@ -333,13 +328,13 @@ def test_cloze_is_the_default_and_changes_nothing(tmp_path, chat_base):
     every = [r.to_json() for i, r in enumerate(load_file(data, spec.mapping)) if i % 5 != 4]
     assert [r.to_json() for r in rows] == every  # one file: every 5th row held out
     assert all("prompt_format" not in r.meta for r in rows)
-    assert sorted(PROMPT_FORMATS) == ["chat", "cloze"]
+    assert sorted(PROMPT_FORMATS) == ["chat", "cloze", "reference"]
 
 
 def test_a_verbs_base_renders_its_own_chat_rows(chat_ws, plain_folder, tmp_path, monkeypatch, capsys):
     """`mashup score --base OTHER` on a chat workspace: the rows are rendered with OTHER's chat
     template (the model that scores them), not the workspace base's."""
-    import mashup_core.data.targets as targets
+    import mashup_core.config as targets  # where a target's rows are formatted
 
     other = tmp_path / "gemma-base"
     tok = _with_template(plain_folder, GEMMA)

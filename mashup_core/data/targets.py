@@ -9,58 +9,26 @@ from __future__ import annotations
 
 import ast
 import csv
-import functools
 import io
 import json
 import os
-import random
 import re
 import string
 import tokenize
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from mashup_core.errors import MashupError
+from mashup_core.data.examples import (  # noqa: F401  (the example type, where targets are)
+    DatasetError,
+    MCExample,
+    parse_mathqa_options,
+    sample_examples,
+    sample_indices,
+    write_jsonl,
+)
 from mashup_core.workspace import Workspace
-
-
-class DatasetError(MashupError, ValueError):
-    """A dataset that cannot be used; the message names the file, line and field."""
-
-
-@dataclass(frozen=True)
-class MCExample:
-    prompt: str
-    choices: tuple[str, ...]
-    gold: int
-    meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "choices", tuple(self.choices))
-        if not self.choices:
-            raise DatasetError("an example needs at least one choice")
-        if not 0 <= self.gold < len(self.choices):
-            raise DatasetError(f"gold index {self.gold} out of range for {len(self.choices)} choices")
-
-    @property
-    def answer(self) -> str:
-        return self.choices[self.gold]
-
-    def to_json(self) -> dict[str, Any]:
-        row = asdict(self)
-        row["choices"] = list(self.choices)
-        if not row["meta"]:
-            row.pop("meta")
-        return row
-
-
-def write_jsonl(path: Path, examples: list[MCExample]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as fh:
-        for ex in examples:
-            fh.write(json.dumps(ex.to_json(), ensure_ascii=False) + "\n")
 
 
 def read_jsonl(path: Path) -> list[MCExample]:
@@ -73,31 +41,6 @@ def read_jsonl(path: Path) -> list[MCExample]:
     if not examples:
         raise DatasetError(f"{path}: no examples (the file is empty)")
     return examples
-
-
-# --- sampling --------------------------------------------------------------------------------
-
-
-def sample_indices(total: int, n: int | None, seed: int | None = None) -> list[int]:
-    """Which `n` of `total` items to use; the one sampler of scoring, runs and studies.
-
-    Without a seed: the first n (what the reference code does). With one: the first n of a
-    seeded shuffle, so samples of different n are nested prefixes of each other (a sweep over
-    n, or a study cell and a run with the same target, n and seed, see the same examples).
-    """
-    if n is not None and n < 1:
-        raise DatasetError(f"a sample needs at least one example (n={n})")
-    n = total if n is None else min(n, total)
-    if seed is None:
-        return list(range(n))
-    order = list(range(total))
-    random.Random(seed).shuffle(order)
-    return order[:n]
-
-
-def sample_examples(examples: Sequence[MCExample], n: int | None, seed: int | None = None) -> list[MCExample]:
-    """`n` examples by `sample_indices`: the first n, or a seeded, nested sample."""
-    return [examples[i] for i in sample_indices(len(examples), n, seed)]
 
 
 # --- the demo suite --------------------------------------------------------------------------
@@ -222,7 +165,8 @@ class FieldMapping:
             gold = GOLD_FORMATS[self.gold_format](value, choices)
         except ValueError as exc:
             raise DatasetError(f"{where}: field '{self.gold}': {exc}") from exc
-        return MCExample(prompt, tuple(self.target_delimiter + c for c in choices), gold)
+        return MCExample(prompt, tuple(self.target_delimiter + c for c in choices), gold,
+                         where=where)
 
     def _choices(self, row: dict[str, Any], where: str) -> tuple[str, ...]:
         if len(self.choices) > 1:
@@ -480,35 +424,6 @@ def _index(row: dict[str, Any], name: str, n: int, base: int = 0) -> int:
         raise _FieldProblem(name, str(exc)) from exc
 
 
-MATHQA_MARK = "(?:^|,)\\s*{letter}\\s*\\)"
-
-
-def parse_mathqa_options(options: str) -> list[str]:
-    """MathQA's options string, "a ) 12 , b ) 15 , c ) 1,200 , ...", as ['12', '15', '1,200', ...].
-
-    Tolerates any spacing around the letters, parentheses and commas, and values that contain
-    commas. A few rows store a Python-style list of "a ) ..." strings instead; those are joined.
-    """
-    text = options.strip()
-    if text.startswith("[") and text.endswith("]"):
-        try:
-            text = " , ".join(str(item) for item in ast.literal_eval(text))
-        except (ValueError, SyntaxError):
-            text = text[1:-1]
-    marks, pos = [], 0
-    for letter in "abcde":
-        found = re.compile(MATHQA_MARK.format(letter=letter), re.IGNORECASE).search(text, pos)
-        if found is None:
-            break
-        marks.append(found)
-        pos = found.end()
-    ends = [m.start() for m in marks[1:]] + [len(text)]
-    values = [text[m.end():end].strip(" ,'\"") for m, end in zip(marks, ends, strict=True)] if marks else []
-    if len(values) < 2 or any(not v for v in values):
-        raise ValueError(f"cannot read options like 'a ) .. , b ) ..' from {options!r}")
-    return values
-
-
 def _mathqa_row(row: dict[str, Any]) -> MCExample:
     try:
         choices = parse_mathqa_options(str(_get(row, "options")))
@@ -616,7 +531,9 @@ def benchmark_row_to_example(name: str, row: dict[str, Any], where: str = "") ->
         raise DatasetError(f"{bench.title}{where}: field '{exc.name}': {exc}") from exc
     except (AttributeError, TypeError) as exc:
         raise DatasetError(f"{bench.title}{where}: row does not have the {bench.path} schema ({exc})") from exc
-    return MCExample(example.prompt, example.choices, example.gold, {**example.meta, "benchmark": bench.name})
+    return MCExample(example.prompt, example.choices, example.gold,
+                     {**example.meta, "benchmark": bench.name}, source=dict(row),
+                     where=where.strip() or None)
 
 
 def load_benchmark(name: str, split: str, n: int | None = None, seed: int | None = 0) -> list[MCExample]:
@@ -911,38 +828,10 @@ TARGET_LOADERS: dict[str, Callable[[TargetSpec, Workspace], list[MCExample]]] = 
 }
 
 
-def load_target(spec: TargetSpec, ws: Workspace | None = None, tokenizer=None) -> list[MCExample]:
-    """All examples of the target's split in its prompt format (sample them with
-    `sample_examples`). The one place rows are formatted, so scoring, training and evaluation
-    see the same text; a format that needs a tokenizer uses `tokenizer`, else the workspace
-    base's (`base_tokenizer`)."""
-    from mashup_core.data.prompts import PROMPT_FORMATS, check_format, format_examples
-
-    ws = ws or Workspace.resolve()
-    examples = TARGET_LOADERS[spec.kind](spec, ws)
-    name = check_format(spec.prompt_format)
-    if tokenizer is None and PROMPT_FORMATS[name].needs_tokenizer:
-        tokenizer = base_tokenizer(ws)
-    return format_examples(examples, name, tokenizer)
-
-
-def base_tokenizer(ws: Workspace):
-    """The tokenizer of the workspace's base model (its config's, or the demo world's), loaded
-    once per process while its files stay the same."""
-    from mashup_core.config import resolve_config
-
-    base = resolve_config(ws).base
-    path = Path(base.model)
-    stamp = tuple((p.name, p.stat().st_mtime_ns) for p in sorted(path.glob("tokenizer*")) if p.is_file()) \
-        if path.is_dir() else ()
-    return _tokenizer(base.model, base.trust_remote_code, stamp)
-
-
-@functools.lru_cache(maxsize=4)
-def _tokenizer(model: str, trust_remote_code: bool, stamp: tuple):
-    from mashup_core.models.loading import load_tokenizer
-
-    return load_tokenizer(model, trust_remote_code=trust_remote_code)
+def read_target(spec: TargetSpec, ws: Workspace) -> list[MCExample]:
+    """Every row of the target's split as its source has it, before any prompt format
+    (`config.load_target` formats them, with the workspace base's tokenizer when needed)."""
+    return TARGET_LOADERS[spec.kind](spec, ws)
 
 
 def resolve_target(
