@@ -8,10 +8,18 @@ complete LoRA pairs, and layers and shapes that exist in the base model. A full-
 they are read (a merge, a load). The base is read from
 its config on the `meta` device, so no base weights are loaded. A bad checkpoint becomes a
 `Rejected` with its reason and the rest still load.
+
+A scan can keep what it found in a cache file (`scan_library(cache=...)`; the workspace's is
+`cache/library_scan.json`): a checkpoint folder whose files (names, sizes, mtimes) and base are
+unchanged is not read again, so a library of a thousand adapters is validated once, then
+listed in the time it takes to stat its files. A checkpoint's model card (README.md front
+matter, as Hub adapters carry it: base_model, datasets, tags) is kept in `card`; its first
+dataset is the source task when mashup_meta.json names none.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Callable, Iterator, Sequence
@@ -23,6 +31,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from mashup_core.errors import MashupError
+from mashup_core.hub import HUB_ID, hub_owner
 from mashup_core.workspace import JsonFileError, Workspace, load_json_object
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -32,7 +41,6 @@ SHARD_INDEX = "model.safetensors.index.json"
 META_FILE = "mashup_meta.json"  # our metadata beside a checkpoint (the demo world writes it)
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 HUB_PATTERNS = ["*.json", "*.safetensors"]  # never download pickles
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 SNAPSHOT_NAME = re.compile(r"-step\d+$")
 # PEFT saves a LoRA layer as `base_model.model.<module>.lora_A.weight` (and lora_B, or the
 # lora_embedding_A/B pair for embeddings): the module name is what the base model calls it.
@@ -69,6 +77,8 @@ class Checkpoint:
     hub_id: str | None = None
     weight_files: tuple[Path, ...] = ()
     notes: tuple[str, ...] = ()  # checks that could not run, e.g. base config unavailable
+    card: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)  # README front matter
+    revision: str | None = None  # the Hub snapshot it was read from
 
     @property
     def is_snapshot(self) -> bool:
@@ -87,8 +97,20 @@ class Checkpoint:
             "alpha": self.alpha, "target_modules": list(self.target_modules),
             "size_bytes": self.size_bytes, "meta": self.meta, "hub_id": self.hub_id,
             "weight_files": [str(f) for f in self.weight_files], "notes": list(self.notes),
-            "snapshot": self.is_snapshot,
+            "snapshot": self.is_snapshot, "card": self.card, "revision": self.revision,
         }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Checkpoint:
+        return cls(name=data["name"], path=Path(data["path"]), kind=data["kind"],
+                   source_task=data.get("source_task"), base_model=data.get("base_model"),
+                   rank=data.get("rank"), alpha=data.get("alpha"),
+                   target_modules=tuple(data.get("target_modules") or ()),
+                   size_bytes=data.get("size_bytes", 0), meta=data.get("meta") or {},
+                   hub_id=data.get("hub_id"),
+                   weight_files=tuple(Path(f) for f in data.get("weight_files") or ()),
+                   notes=tuple(data.get("notes") or ()), card=data.get("card") or {},
+                   revision=data.get("revision"))
 
 
 @dataclass(frozen=True)
@@ -173,6 +195,7 @@ def scan_library(
     *,
     base_model_dir: Path | str | None = None,
     include_snapshots: bool = True,
+    cache: Path | None = None,
 ) -> LibraryScan:
     """Find and validate every checkpoint under `sources` (folders or Hub ids).
 
@@ -185,12 +208,14 @@ def scan_library(
     skip = {Path(base_model_dir).resolve()} if base_model_dir is not None else set()  # not a checkpoint
     scan = LibraryScan()
     taken: dict[str, Path] = {}
+    known = _ScanCache(cache, base_model_dir)
+    found = []
     for source in sources:
         try:
-            root, hub_id = _materialize(source)
+            found += _materialize(source)
         except _Reject as exc:
             scan.rejected.append(Rejected(Path(str(source)), str(exc), str(source)))
-            continue
+    for root, hub_id, revision in found:
         for path, kind in _find_candidates(root, skip):
             rel = path.relative_to(root).as_posix()
             name = (hub_id or root.name) if rel == "." else (f"{hub_id}/{rel}" if hub_id else rel)
@@ -203,7 +228,19 @@ def scan_library(
                 if name in taken:
                     raise _Reject(f"another checkpoint is already named {name!r} ({taken[name]}); "
                                   "rename one of the folders")
-                ckpt = INSPECTORS[kind](path, name, meta, hub_id, base_for)
+                ckpt = known.get(path, name)
+                if ckpt is None:
+                    try:
+                        ckpt = INSPECTORS[kind](path, name, meta, hub_id, base_for)
+                    except _Reject as exc:
+                        known.put(path, name, None, str(exc))
+                        raise
+                    ckpt = _with_card(ckpt)
+                    if revision is not None:
+                        from dataclasses import replace
+
+                        ckpt = replace(ckpt, revision=revision)
+                    known.put(path, name, ckpt)
             except _Reject as exc:
                 scan.rejected.append(Rejected(path, str(exc), name))
                 continue
@@ -212,21 +249,93 @@ def scan_library(
                 continue
             taken[name] = path
             scan.checkpoints.append(ckpt)
+    known.save()
     return scan
 
 
-def workspace_library(ws: Workspace, *, include_snapshots: bool | None = None,
-                      base: str | None = None, sources: Sequence[str] | None = None) -> LibraryScan:
-    """The workspace's library (its config's sources, checked against its base model);
-    `base` and `sources` override the config, as the CLI's flags do."""
-    from mashup_core.config import resolve_config
+def _stamp(folder: Path) -> list:
+    """The files of a checkpoint folder (not its subfolders): name, size, mtime."""
+    return sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir()
+                  if p.is_file())
 
-    config = resolve_config(ws, base=base, sources=list(sources) if sources else None)
-    if not config.sources:
-        raise LibraryError(f"the workspace {ws.root} lists no checkpoint sources; add one with "
-                           "`mashup config --add-source DIR` (or --source DIR)")
-    snapshots = config.library.include_snapshots if include_snapshots is None else include_snapshots
-    return scan_library(config.sources, base_model_dir=config.base_model, include_snapshots=snapshots)
+
+class _ScanCache:
+    """What earlier scans found per checkpoint folder, valid while its files and the base's
+    config are unchanged (a checkpoint or a rejection, with its reason)."""
+
+    def __init__(self, path: Path | None, base: Path | str | None):
+        self.path = Path(path) if path is not None else None
+        base_config = Path(base) / MODEL_CONFIG if base is not None else None
+        self.base = [str(base), _stamp(Path(base)) if base_config is not None and base_config.exists() else None]
+        self.entries: dict[str, dict] = {}
+        self.changed = False
+        if self.path is not None and self.path.exists():
+            try:
+                data = json.loads(self.path.read_text(encoding="utf-8"))
+                if data.get("version") == SCAN_CACHE_VERSION and data.get("base") == json.loads(json.dumps(self.base)):
+                    self.entries = data.get("entries", {})
+            except (OSError, ValueError, AttributeError):
+                self.entries = {}
+
+    def get(self, path: Path, name: str) -> Checkpoint | None:
+        entry = self.entries.get(str(path)) if self.path is not None else None
+        if entry is None or entry.get("name") != name or entry.get("stamp") != json.loads(json.dumps(_stamp(path))):
+            return None
+        if "reason" in entry:
+            raise _Reject(entry["reason"])
+        return Checkpoint.from_dict(entry["checkpoint"])
+
+    def put(self, path: Path, name: str, ckpt: Checkpoint | None, reason: str | None = None) -> None:
+        if self.path is None:
+            return
+        entry = {"name": name, "stamp": _stamp(path)}
+        entry.update({"checkpoint": ckpt.to_dict()} if ckpt is not None else {"reason": reason})
+        self.entries[str(path)] = entry
+        self.changed = True
+
+    def save(self) -> None:
+        from mashup_core.access import read_only
+
+        if self.path is None or not self.changed or read_only():  # a reader never writes
+            return
+        import contextlib
+
+        from mashup_core.workspace import write_json_atomic
+
+        with contextlib.suppress(OSError):  # a read-only workspace scans every time
+            write_json_atomic(self.path, {"version": SCAN_CACHE_VERSION, "base": self.base,
+                                          "entries": self.entries})
+
+
+SCAN_CACHE_VERSION = 1
+
+
+def _with_card(ckpt: Checkpoint) -> Checkpoint:
+    """The checkpoint with its model card's front matter, and the card's first dataset as its
+    source task when mashup_meta.json names none."""
+    card = read_card(ckpt.path)
+    if not card:
+        return ckpt
+    from dataclasses import replace
+
+    datasets = card.get("datasets") or []
+    task = ckpt.source_task or (str(datasets[0]) if datasets else None)
+    return replace(ckpt, card=card, source_task=task)
+
+
+def read_card(folder: Path) -> dict[str, Any]:
+    """The YAML front matter of a checkpoint's README.md (huggingface_hub's reader), as plain
+    JSON-able values; {} without one or when it does not parse."""
+    readme = Path(folder) / "README.md"
+    if not readme.exists():
+        return {}
+    try:
+        from huggingface_hub import metadata_load
+
+        data = metadata_load(readme) or {}
+    except Exception:  # a card is documentation: a broken one never rejects a checkpoint
+        return {}
+    return json.loads(json.dumps(data, default=str))
 
 
 def demo_library(ws: Workspace, include_snapshots: bool = True) -> LibraryScan:
@@ -241,25 +350,68 @@ def demo_library(ws: Workspace, include_snapshots: bool = True) -> LibraryScan:
 # --- finding ---------------------------------------------------------------------------------
 
 
-def _materialize(source: str | Path) -> tuple[Path, str | None]:
-    """(local folder, Hub id or None). A Hub id is downloaded (json + safetensors only)."""
+def _offline() -> bool:
+    return any(os.environ.get(v, "0") not in ("", "0", "false", "False")
+               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def _materialize(source: str | Path) -> list[tuple[Path, str | None, str | None]]:
+    """(local folder, Hub id or None, revision or None) for each repo a source names: a
+    folder; a Hub id (downloaded, json + safetensors only); or a Hub owner (`hf://OWNER`,
+    `OWNER/*`): every repo of it, read from the local Hugging Face cache when offline."""
     path = Path(source).expanduser()
     if path.is_dir():
-        return path.resolve(), None
+        return [(path.resolve(), None, None)]
     if path.exists():
         raise _Reject(f"{path} is a file; a library source is a folder of checkpoints or a Hub id")
+    if owner := hub_owner(str(source)):
+        return _hub_owner(owner)
     if not HUB_ID.match(str(source)):
-        raise _Reject(f"no folder {path}, and {str(source)!r} is not a Hub id (owner/name)")
+        raise _Reject(f"no folder {path}, and {str(source)!r} is not a Hub id (owner/name) or "
+                      "owner (hf://OWNER)")
     from huggingface_hub import snapshot_download
 
     try:
         local = snapshot_download(repo_id=str(source), allow_patterns=HUB_PATTERNS)
     except (OSError, ValueError) as exc:
-        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
-        hint = " (HF_HUB_OFFLINE is set: unset it, or download the repo elsewhere and pass its folder)" if offline else ""
+        hint = (" (HF_HUB_OFFLINE is set: unset it, or download the repo elsewhere and pass its "
+                "folder)") if _offline() else ""
         raise _Reject(f"no folder {str(source)!r} here, and fetching it from the Hugging Face Hub "
                       f"failed{hint}: {exc}") from exc
-    return Path(local), str(source)
+    return [(Path(local), str(source), Path(local).name)]
+
+
+def _hub_owner(owner: str) -> list[tuple[Path, str, str]]:
+    """Every repo of `owner`: listed on the Hub and fetched when online; else (or when the Hub
+    cannot be reached) the snapshots the local cache holds (models--OWNER--NAME/snapshots/REV,
+    REV the one refs/main names, else the newest)."""
+    if not _offline():
+        try:
+            from huggingface_hub import list_models, snapshot_download
+
+            repos = [m.id for m in list_models(author=owner)]
+            return [(Path(p), repo, Path(p).name) for repo in repos
+                    for p in [snapshot_download(repo_id=repo, allow_patterns=HUB_PATTERNS)]]
+        except Exception:  # no network here: the cache is what there is
+            pass
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    cache = Path(os.environ.get("HF_HUB_CACHE", HF_HUB_CACHE))
+    found = []
+    for repo_dir in sorted(cache.glob(f"models--{owner}--*")):
+        snapshots = repo_dir / "snapshots"
+        main = repo_dir / "refs" / "main"
+        revision = main.read_text().strip() if main.exists() else None
+        if revision is None or not (snapshots / revision).is_dir():
+            revs = sorted(snapshots.iterdir(), key=lambda p: p.stat().st_mtime) if snapshots.is_dir() else []
+            revision = revs[-1].name if revs else None
+        if revision is not None:
+            found.append((snapshots / revision, f"{owner}/{repo_dir.name.split('--', 2)[2]}", revision))
+    if not found:
+        raise _Reject(f"no repos of {owner!r} in the Hugging Face cache ({cache})"
+                      + (" and the Hub is offline (HF_HUB_OFFLINE)" if _offline() else
+                         " and the Hub could not be listed"))
+    return found
 
 
 def _find_candidates(root: Path, skip: set[Path]) -> Iterator[tuple[Path, str]]:
