@@ -36,6 +36,8 @@ serve: $(STAMP)
 	$(BIN)/mashup serve --workspace $(WORKSPACE) --host $(ADDRESS) --port $(PORT) \
 	  $(if $(READ_ONLY),--read-only)
 
+# On two pytest-xdist workers of one torch thread each (pyproject's addopts: -n 2); add
+# PYTEST_ARGS='-n 0 ...' to run in one process.
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
@@ -44,6 +46,7 @@ test-all: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check mashup_core pages tests benchmarks app.py
+	$(BIN)/python tests/test_layers.py  # imports only go down the wings, no cycles
 
 bench: $(STAMP)
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

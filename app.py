@@ -20,22 +20,13 @@ from pages import _ui  # noqa: E402
 
 st.set_page_config(page_title="Mashup Explorer", page_icon=":material/hub:", layout="wide")
 
-PAGES = [
-    st.Page("pages/overview.py", title="Overview", icon=":material/home:", default=True),
-    st.Page("pages/library.py", title="Library", icon=":material/inventory_2:"),
-    st.Page("pages/target.py", title="Target", icon=":material/target:"),
-    st.Page("pages/relevance.py", title="Relevance", icon=":material/leaderboard:"),
-    st.Page("pages/relevance_map.py", title="Relevance map", icon=":material/grid_on:"),
-    st.Page("pages/merge.py", title="Merge methods", icon=":material/merge:"),
-    st.Page("pages/recycle.py", title="Recycle", icon=":material/recycling:"),
-    st.Page("pages/launch.py", title="Launch", icon=":material/rocket_launch:"),
-    st.Page("pages/convergence.py", title="Convergence", icon=":material/show_chart:"),
-    st.Page("pages/report.py", title="Report", icon=":material/summarize:"),
-]
+PAGES = [st.Page(file, title=title, icon=icon, default=i == 0)  # the one list, in _ui
+         for i, (file, title, icon, _) in enumerate(_ui.PAGES)]
 page = st.navigation(PAGES)
 st.session_state[_ui.NAVIGATION_KEY] = True
 if wanted := st.session_state.pop(_ui.WANTED_PAGE_KEY, None):  # see _ui.hand_over_to_app
-    st.switch_page(wanted)
+    wanted_page, link_params = wanted
+    st.switch_page(wanted_page, query_params=link_params)
 
 with st.sidebar:
     _ui.access_panel()

@@ -43,7 +43,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from realistic import FILLER, build_bpe_tokenizer  # noqa: E402
 
-from mashup_core.data.targets import MCExample  # noqa: E402
+from mashup_core.data.examples import MCExample  # noqa: E402
 from mashup_core.models.library import scan_library  # noqa: E402
 from mashup_core.models.loading import load_base_model, load_tokenizer  # noqa: E402
 from mashup_core.selection.loglik import encode_examples  # noqa: E402

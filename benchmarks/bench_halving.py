@@ -39,7 +39,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from synthetic_library import build_synthetic_library  # noqa: E402
 
-from mashup_core.data.targets import sample_examples  # noqa: E402
+from mashup_core.data.examples import sample_examples  # noqa: E402
 from mashup_core.demo.world import build_world, load_split  # noqa: E402
 from mashup_core.models.library import demo_library, scan_library  # noqa: E402
 from mashup_core.models.loading import load_base_model, load_tokenizer  # noqa: E402

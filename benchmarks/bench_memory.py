@@ -43,7 +43,7 @@ PREFIX = "give the last two letters of: "  # makes the demo's `tail` prompts ~40
 
 
 def examples(n: int):
-    from mashup_core.data.targets import MCExample
+    from mashup_core.data.examples import MCExample
     from mashup_core.demo import synthetic
 
     raw = synthetic.generate_splits("tail", {"train": n}, seed=0)["train"]

@@ -109,8 +109,8 @@ def main() -> None:
 
 
 def _size(ws) -> dict:
+    from mashup_core.config import workspace_library
     from mashup_core.jobs.store import list_runs
-    from mashup_core.models.library import workspace_library
 
     return {"checkpoints": len(workspace_library(ws).checkpoints), "runs": len(list_runs(ws)),
             "studies": sum(1 for d in ws.studies_dir.iterdir() if d.is_dir())}

@@ -35,8 +35,8 @@ from mashup_core.workspace import Workspace
 def validation_accuracies(ws: Workspace, front: dict, points: list[dict], held_out: str | None,
                           limit: int) -> dict[str, dict[str, float]]:
     """Each point's accuracy on the validation split of every target (and the held-out one)."""
-    from mashup_core.config import find_target
-    from mashup_core.data.targets import load_target, sample_examples
+    from mashup_core.config import find_target, load_target
+    from mashup_core.data.examples import sample_examples
     from mashup_core.merging.lora import load_lora_factors
     from mashup_core.models.loading import load_tokenizer
 

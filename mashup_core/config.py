@@ -12,6 +12,7 @@ gets absolute, resolved paths.
     model = "base"                 # a folder (relative to the workspace) or a Hub id
     dtype = "auto"                 # auto | float32 | bfloat16 | float16
     trust_remote_code = false
+    chat_template = "chat_template.jinja"  # optional: for a base whose tokenizer has none
 
     [library]
     sources = ["library"]          # folders or Hub ids, scanned for PEFT adapters and full checkpoints
@@ -26,15 +27,17 @@ gets absolute, resolved paths.
     [defaults]
     device = "auto"
     finetune = "lora"              # lora | full
-    prompt_format = "cloze"        # cloze (lm-eval's rows) | chat (the base's chat template)
+    prompt_format = "cloze"        # cloze (lm-eval's rows) | chat | reference (the reference pipeline's)
 """
 
 from __future__ import annotations
 
 import difflib
+import functools
 import os
 import re
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -43,6 +46,7 @@ import tomli_w
 
 from mashup_core.access import require_write
 from mashup_core.errors import MashupError
+from mashup_core.hub import HUB_ID, hub_owner
 from mashup_core.workspace import Workspace
 
 if sys.version_info >= (3, 11):
@@ -54,7 +58,6 @@ CONFIG_FILE = "mashup.toml"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 FINETUNE_MODES = ("lora", "full")
 DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 class ConfigError(MashupError, ValueError):
@@ -66,6 +69,16 @@ class BaseModel:
     model: str  # a folder (absolute once resolved) or a Hub id
     dtype: str = "auto"
     trust_remote_code: bool = False
+    # A Jinja chat template file for a base whose tokenizer has none (absolute once resolved);
+    # the chat and reference prompt formats render rows with it.
+    chat_template: str | None = None
+
+    def load_tokenizer(self):
+        """The base's tokenizer, with the workspace's chat template file when it names one."""
+        from mashup_core.models.loading import load_tokenizer
+
+        return load_tokenizer(self.model, trust_remote_code=self.trust_remote_code,
+                              chat_template=self.chat_template)
 
 
 @dataclass(frozen=True)
@@ -80,6 +93,8 @@ class Defaults:
     finetune: str = "lora"
     lr: float | None = None  # None: by finetune mode (mashup_core.defaults.LEARNING_RATE)
     prompt_format: str = "cloze"  # how targets' rows are shown (mashup_core.data.prompts)
+    report_to: tuple[str, ...] = ()  # runs mirror their curves here (training.trackers)
+    tracking_uri: str | None = None  # MLflow's; None: a file store in the workspace's mlruns/
 
 
 @dataclass(frozen=True)
@@ -125,8 +140,10 @@ class WorkspaceConfig:
     def to_toml_dict(self, root: Path) -> dict[str, Any]:
         """The config as written: paths inside the workspace are stored relative to it."""
         return {
-            "base": {"model": _portable(self.base.model, root), "dtype": self.base.dtype,
-                     "trust_remote_code": self.base.trust_remote_code},
+            "base": _without_none({"model": _portable(self.base.model, root), "dtype": self.base.dtype,
+                                   "trust_remote_code": self.base.trust_remote_code,
+                                   "chat_template": _portable(self.base.chat_template, root)
+                                   if self.base.chat_template else None}),
             "library": {"sources": [_portable(s, root) for s in self.library.sources],
                         "include_snapshots": self.library.include_snapshots},
             "targets": [_without_none({**t, "name_or_path": _portable(t["name_or_path"], root)
@@ -138,7 +155,9 @@ class WorkspaceConfig:
             "defaults": _without_none({"device": self.defaults.device,
                                        "finetune": self.defaults.finetune, "lr": self.defaults.lr,
                                        "prompt_format": None if self.defaults.prompt_format == "cloze"
-                                       else self.defaults.prompt_format}),
+                                       else self.defaults.prompt_format,
+                                       "report_to": list(self.defaults.report_to) or None,
+                                       "tracking_uri": self.defaults.tracking_uri}),
         }
 
     def learning_rate(self, finetune: str | None = None) -> float:
@@ -175,6 +194,55 @@ def find_target(ws: Workspace, name: str, split: str = "train", *, mapping=None,
                                                          else spec.prompt_format))
 
 
+def load_target(spec, ws: Workspace | None = None, tokenizer=None) -> list:
+    """All examples of the target's split in its prompt format (sample them with
+    `sample_examples`). The one place rows are formatted, so scoring, training and evaluation
+    see the same text; a format that needs a tokenizer uses `tokenizer`, else the workspace
+    base's (`base_tokenizer`)."""
+    from mashup_core.data.prompts import PROMPT_FORMATS, check_format, format_examples
+    from mashup_core.data.targets import read_target
+
+    ws = ws or Workspace.resolve()
+    examples = read_target(spec, ws)
+    name = check_format(spec.prompt_format)
+    if tokenizer is None and PROMPT_FORMATS[name].needs_tokenizer:
+        tokenizer = base_tokenizer(ws)
+    return format_examples(examples, name, tokenizer)
+
+
+def base_tokenizer(ws: Workspace):
+    """The tokenizer of the workspace's base model (its config's, or the demo world's, with its
+    chat template file), loaded once per process while its files stay the same."""
+    base = resolve_config(ws).base
+    path = Path(base.model)
+    files = [*sorted(path.glob("tokenizer*")), *sorted(path.glob("chat_template*"))] if path.is_dir() else []
+    if base.chat_template:
+        files.append(Path(base.chat_template))
+    stamp = tuple((str(p), p.stat().st_mtime_ns) for p in files if p.is_file())
+    return _tokenizer(base, stamp)
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer(base: BaseModel, stamp: tuple):
+    return base.load_tokenizer()
+
+
+def workspace_library(ws: Workspace, *, include_snapshots: bool | None = None,
+                      base: str | None = None, sources: Sequence[str] | None = None):
+    """The workspace's library, a `models.library.LibraryScan` (its config's sources, checked
+    against its base model, scanned through the workspace's scan cache); `base` and `sources`
+    override the config, as the CLI's flags do."""
+    from mashup_core.models.library import LibraryError, scan_library
+
+    config = resolve_config(ws, base=base, sources=list(sources) if sources else None)
+    if not config.sources:
+        raise LibraryError(f"the workspace {ws.root} lists no checkpoint sources; add one with "
+                           "`mashup config --add-source DIR` (or --source DIR)")
+    snapshots = config.library.include_snapshots if include_snapshots is None else include_snapshots
+    return scan_library(config.sources, base_model_dir=config.base_model, include_snapshots=snapshots,
+                        cache=ws.cache_dir / "library_scan.json")
+
+
 def config_path(ws: Workspace) -> Path:
     return ws.root / CONFIG_FILE
 
@@ -197,7 +265,7 @@ def parse_config(data: dict[str, Any], root: Path, where: str = CONFIG_FILE) -> 
     """Check every key and value before any work starts; relative paths are taken from `root`."""
     _known(data, {"base", "library", "targets", "defaults"}, where)
     base = data.get("base", {})
-    _known(base, {"model", "dtype", "trust_remote_code"}, f"{where} [base]")
+    _known(base, {"model", "dtype", "trust_remote_code", "chat_template"}, f"{where} [base]")
     if not base.get("model"):
         raise ConfigError(f"{where}: [base] model is missing: name the base model's folder or Hub "
                           "id (e.g. `mashup init --base ./my-base`)")
@@ -207,6 +275,12 @@ def parse_config(data: dict[str, Any], root: Path, where: str = CONFIG_FILE) -> 
     if not Path(model).exists() and not HUB_ID.match(model):
         raise ConfigError(f"{where}: [base] model {base['model']!r}: no such folder "
                           f"({model}) and not a Hub id (owner/name)")
+    template = base.get("chat_template")
+    if template is not None:
+        template = _resolve(_text(template, f"{where} [base] chat_template"), root)
+        if not Path(template).is_file():
+            raise ConfigError(f"{where}: [base] chat_template {base['chat_template']!r}: no such "
+                              f"file ({template}); give a Jinja chat template file")
 
     lib = data.get("library", {})
     _known(lib, {"sources", "include_snapshots"}, f"{where} [library]")
@@ -225,7 +299,12 @@ def parse_config(data: dict[str, Any], root: Path, where: str = CONFIG_FILE) -> 
         raise ConfigError(f"{where}: target {', '.join(dup)} is listed twice")
 
     d = data.get("defaults", {})
-    _known(d, {"device", "finetune", "lr", "prompt_format"}, f"{where} [defaults]")
+    _known(d, {"device", "finetune", "lr", "prompt_format", "report_to", "tracking_uri"},
+           f"{where} [defaults]")
+    report_to = d.get("report_to", [])
+    if not isinstance(report_to, list) or not all(t in ("tensorboard", "mlflow") for t in report_to):
+        raise ConfigError(f"{where}: [defaults] report_to must be a list of tensorboard, mlflow; "
+                          f"got {report_to!r}")
     lr = d.get("lr")
     if lr is not None and (isinstance(lr, bool) or not isinstance(lr, int | float) or lr <= 0):
         raise ConfigError(f"{where}: [defaults] lr must be a positive number, got {lr!r}")
@@ -236,12 +315,16 @@ def parse_config(data: dict[str, Any], root: Path, where: str = CONFIG_FILE) -> 
                                         f"{where} [defaults] finetune"),
                         float(lr) if lr is not None else None,
                         _choice(d.get("prompt_format", "cloze"), prompt_format_names(),
-                                f"{where} [defaults] prompt_format"))
-    return WorkspaceConfig(BaseModel(model, dtype, trust), library, targets, defaults)
+                                f"{where} [defaults] prompt_format"),
+                        tuple(report_to),
+                        _text(d["tracking_uri"], f"{where} [defaults] tracking_uri")
+                        if d.get("tracking_uri") is not None else None)
+    return WorkspaceConfig(BaseModel(model, dtype, trust, template), library, targets, defaults)
 
 
 def _target(entry: Any, root: Path, where: str) -> dict[str, Any]:
-    from mashup_core.data.targets import DatasetError, TargetSpec
+    from mashup_core.data.examples import DatasetError
+    from mashup_core.data.targets import TargetSpec
 
     if not isinstance(entry, dict):
         raise ConfigError(f"{where}: expected a table, got {type(entry).__name__}")
@@ -281,18 +364,25 @@ def init_workspace(
     targets: list[dict[str, Any]] | tuple[dict[str, Any], ...] = (), *, dtype: str = "auto",
     trust_remote_code: bool = False, device: str = "auto", finetune: str = "lora",
     lr: float | None = None, prompt_format: str = "cloze", force: bool = False,
+    chat_template: str | None = None,
 ) -> WorkspaceConfig:
     """Create a workspace for a user's base model and checkpoint folders (`mashup init`)."""
     if config_path(ws).exists() and not force:
         raise ConfigError(f"{config_path(ws)} exists already; edit it, add to it with "
                           "`mashup library add-source` / `mashup targets add`, or pass --force")
-    data = {"base": {"model": _abs_if_local(base), "dtype": dtype,
-                     "trust_remote_code": trust_remote_code},
+    data = {"base": _without_none({"model": _abs_if_local(base), "dtype": dtype,
+                                   "trust_remote_code": trust_remote_code,
+                                   "chat_template": _abs_if_local(chat_template)
+                                   if chat_template else None}),
             "library": {"sources": [_abs_if_local(s) for s in sources]},
             "targets": [dict(t) for t in targets],
             "defaults": _without_none({"device": device, "finetune": finetune, "lr": lr,
                                        "prompt_format": prompt_format})}
     config = parse_config(data, ws.root, where="mashup init")
+    from mashup_core.models import model_folder_problem
+
+    if Path(config.base_model).is_dir() and (problem := model_folder_problem(Path(config.base_model))):
+        raise ConfigError(f"mashup init: [base] model: {problem}")
     save_config(ws, config)
     return config
 
@@ -303,8 +393,9 @@ def add_source(ws: Workspace, source: str) -> WorkspaceConfig:
     resolved = _abs_if_local(source.strip())
     if not resolved:
         raise ConfigError("name a folder or a Hub id to add")
-    if not Path(resolved).exists() and not HUB_ID.match(resolved):
-        raise ConfigError(f"{source!r}: no such folder and not a Hub id (owner/name)")
+    if not Path(resolved).exists() and not HUB_ID.match(resolved) and not hub_owner(resolved):
+        raise ConfigError(f"{source!r}: no such folder and not a Hub id (owner/name) or a Hub "
+                          "owner (hf://OWNER)")
     if resolved in config.library.sources:
         return config
     config = replace(config, library=replace(config.library, sources=(*config.library.sources, resolved)))
@@ -396,7 +487,7 @@ def demo_config(ws: Workspace) -> WorkspaceConfig | None:
 
 def resolve_config(
     ws: Workspace, *, base: str | None = None, sources: list[str] | tuple[str, ...] | None = None,
-    trust_remote_code: bool | None = None,
+    trust_remote_code: bool | None = None, chat_template: str | None = None,
 ) -> WorkspaceConfig:
     """The workspace's config with explicit flags applied on top (flags win).
 
@@ -412,6 +503,11 @@ def resolve_config(
         config = replace(config, base=replace(config.base, model=_abs_if_local(base)))
     if trust_remote_code is not None:
         config = replace(config, base=replace(config.base, trust_remote_code=trust_remote_code))
+    if chat_template is not None:
+        if not Path(chat_template).expanduser().is_file():
+            raise ConfigError(f"--chat-template {chat_template}: no such file (a Jinja chat template)")
+        config = replace(config, base=replace(config.base,
+                                              chat_template=_abs_if_local(chat_template)))
     if sources:
         config = replace(config, library=replace(
             config.library, sources=tuple(_abs_if_local(s) for s in sources)))
@@ -450,7 +546,9 @@ def _choice(value: Any, allowed: tuple[str, ...], where: str) -> str:
 
 
 def _resolve(value: str, root: Path) -> str:
-    """A Hub id stays a name; anything else is a path, relative to the workspace folder."""
+    """A Hub id or owner stays a name; anything else is a path, relative to the workspace folder."""
+    if hub_owner(value):
+        return value
     path = Path(value).expanduser()
     if HUB_ID.match(value) and not path.exists() and not (root / path).exists():
         return value
@@ -460,7 +558,7 @@ def _resolve(value: str, root: Path) -> str:
 def _abs_if_local(value: str) -> str:
     """What a user typed on the command line: a path relative to where they typed it."""
     path = Path(value).expanduser()
-    if HUB_ID.match(value) and not path.exists():
+    if hub_owner(value) or (HUB_ID.match(value) and not path.exists()):
         return value
     return str(path.resolve() if not path.is_absolute() else path)
 

@@ -7,10 +7,16 @@ processes (a background job and the dashboard) agree by sharing a folder, not me
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import hashlib
 import json
 import os
+import re
+import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -130,12 +136,112 @@ def load_json_object(path: Path) -> dict[str, Any]:
     return data
 
 
+# Why a write failed, for the errors a person can act on (the rest stay tracebacks: bugs).
+WRITE_FAILURES = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
+                  errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+                  errno.EPERM: "the operation is not permitted"}
+
+
+class WriteError(WorkspaceError, OSError):
+    """A write that the machine refused (full disk, read-only file system, no permission)."""
+
+
+def _write_failure(exc: BaseException) -> str | None:
+    if isinstance(exc, OSError) and exc.errno in WRITE_FAILURES:
+        return WRITE_FAILURES[exc.errno]
+    # safetensors reports its I/O errors as SafetensorError with the OS's text inside
+    text = str(exc)
+    for code, why in WRITE_FAILURES.items():
+        if os.strerror(code) in text:
+            return why
+    return None
+
+
+@contextlib.contextmanager
+def writing(path: Path, cleanup: Path | None = None) -> Iterator[None]:
+    """Every write of the product runs inside this: a full disk, a read-only file system or a
+    folder without permission becomes a `WriteError` naming `path` and what to do, and the
+    temporary `cleanup` (a file or folder written before its rename into place) is removed,
+    so nothing half-written is left and nothing that was there is lost."""
+    try:
+        yield
+    except Exception as exc:
+        if cleanup is not None:
+            with contextlib.suppress(OSError):
+                shutil.rmtree(cleanup) if cleanup.is_dir() else cleanup.unlink(missing_ok=True)
+        why = _write_failure(exc)
+        if why is None or isinstance(exc, WriteError):
+            raise
+        raise WriteError(f"cannot write {path}: {why}; nothing there was changed (free some "
+                         "space, or choose a folder you can write)") from exc
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON so that a reader never sees half a file, even if we are killed mid-write."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
+    with writing(path, cleanup=tmp):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+        os.replace(tmp, path)
+
+
+def _umask() -> int:
+    """The process's umask, read without setting it (os.umask would, racing other threads)."""
+    with contextlib.suppress(OSError, ValueError, StopIteration):
+        status = Path("/proc/self/status").read_text().splitlines()
+        return int(next(line for line in status if line.startswith("Umask:")).split()[1], 8)
+    return 0o022
+
+
+def usual_permissions(folder: Path) -> None:
+    """Files and folders under `folder` readable as the umask says. safetensors writes its
+    files 0600, which would hide a merge from the lab's other accounts."""
+    mask = _umask()
+    for path in [Path(folder), *Path(folder).rglob("*")]:
+        if not path.is_symlink():
+            path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def clean_stale_temporaries(folder: Path) -> list[Path]:
+    """Remove the `.NAME.tmp-PID` / `.NAME.old-PID` siblings that a killed writer left in
+    `folder` (its pid gone); a live writer's are kept. Returns what was removed."""
+    removed = []
+    try:
+        entries = list(Path(folder).iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        found = re.fullmatch(r"\..+\.(?:tmp|old)-(\d+)", entry.name)
+        if found and not _pid_alive(int(found[1])):
+            with contextlib.suppress(OSError):
+                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+                removed.append(entry)
+    return removed
+
+
+@contextlib.contextmanager
+def locked(path: Path, *, wait: bool = True) -> Iterator[None]:
+    """An exclusive `flock` on `path` (created if missing). The kernel drops it when its
+    holder dies, even by SIGKILL, so a crashed job never leaves a file locked. With
+    `wait=False`, raises BlockingIOError at once if another process holds it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

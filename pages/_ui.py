@@ -8,10 +8,11 @@ up on the next rerun.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import streamlit as st
 
 from mashup_core import access, views
 from mashup_core.errors import MashupError
+from mashup_core.views import catalog, studies
 from mashup_core.workspace import Workspace
 
 DEFAULT_N = 64
@@ -51,7 +53,9 @@ def hand_over_to_app(page_file: str) -> None:
     """
     if st.session_state.get(NAVIGATION_KEY):
         return
-    st.session_state[WANTED_PAGE_KEY] = f"pages/{Path(page_file).name}"
+    # The link's query string goes along: a page switch starts without one.
+    params = {k: (v if len(v := st.query_params.get_all(k)) > 1 else v[0]) for k in st.query_params}
+    st.session_state[WANTED_PAGE_KEY] = (f"pages/{Path(page_file).name}", params)
     st.switch_page("app.py")
 
 
@@ -140,7 +144,9 @@ def open_workspace(page_file: str):
 
 @st.fragment(run_every=2)
 def _build_progress(ws: Workspace) -> None:
-    st.info("A build is running in the background; this page refreshes when it is done.",
+    building = views.build_status(ws)  # which stage, "adapter 3 of 8", elapsed, time left
+    st.info((f"Building in the background: {building}." if building else
+             "A build is running in the background.") + " This page refreshes when it is done.",
             icon=":material/hourglass_top:")
     log = views.build_log_path(ws)
     if log.exists():
@@ -185,8 +191,6 @@ def setup_screen(ws: Workspace, state) -> None:
 
 
 def _setup_form(ws: Workspace) -> None:
-    from mashup_core.data.targets import BENCHMARKS
-
     base = st.text_input("Base model", key="setup_base",
                          placeholder="/models/Llama-3.2-1B or meta-llama/Llama-3.2-1B",
                          help="a folder with config.json, weights and tokenizer, or a Hub id; a "
@@ -211,7 +215,7 @@ def _setup_form(ws: Workspace) -> None:
                 st.caption(f"The first rows through this mapping; ✔ marks the gold answer. "
                            f"{len(examples)} train examples.")
                 targets.append(entry)
-    benchmarks = st.multiselect("Benchmarks", list(BENCHMARKS), key="setup_benchmarks",
+    benchmarks = st.multiselect("Benchmarks", list(catalog.BENCHMARKS), key="setup_benchmarks",
                                 help="the paper's eight, with lm-eval's prompts")
     for name in benchmarks:
         local = st.text_input(f"Local data for {name} (optional: its Hub schema, JSONL, JSON, "
@@ -232,8 +236,6 @@ def _setup_form(ws: Workspace) -> None:
 def mapping_editor(path: str, key: str) -> dict[str, Any] | None:
     """Map a file's fields onto prompt, choices and gold, with a preview of the examples they
     make; returns the mapping (a FieldMapping dict), or None until the choices are picked."""
-    from mashup_core.data.targets import GOLD_FORMATS
-
     fields, guess = views.mapping_guess(path)
     if not fields:
         st.warning(f"`{Path(path).name}` has no rows to map.", icon=":material/warning:")
@@ -246,7 +248,7 @@ def mapping_editor(path: str, key: str) -> dict[str, Any] | None:
                              default=[c for c in guess["choices"] if c in fields], key=f"{key}-choices")
     gold = c3.selectbox("Gold label field", fields, index=fields.index(guess["gold"])
                         if guess["gold"] in fields else len(fields) - 1, key=f"{key}-gold")
-    formats = list(GOLD_FORMATS)
+    formats = list(catalog.GOLD_FORMATS)
     gold_format = c4.selectbox("Gold format", formats, index=formats.index(guess["gold_format"]),
                                key=f"{key}-format")
     t1, t2 = st.columns([4, 1])
@@ -289,20 +291,16 @@ def target(ws: Workspace, config) -> Target | None:
 
 def _workspace_target_name(config, spec: dict) -> str | None:
     """The name a workspace target has in mashup.toml (and in links); None for another one."""
-    from mashup_core.config import target_name
-
     for entry in config.targets:
         if views.target_spec_dict(entry) == spec:
-            return target_name(entry)
+            return catalog.target_name(entry)
     return None
 
 
 def target_for(ws: Workspace, config, name: str, n: int = DEFAULT_N) -> Target | None:
     """The workspace target named `name` (as mashup.toml names it), or None."""
-    from mashup_core.config import target_name
-
     for entry in config.targets:
-        if target_name(entry) == name:
+        if catalog.target_name(entry) == name:
             return Target(views.target_spec_dict(entry), n, views.target_label(entry), str(ws.root))
     return None
 
@@ -322,6 +320,12 @@ def adopt_url_target(ws: Workspace, config) -> None:
         _notice(f"The link names target **{name}**, which this workspace does not have "
                 f"(its targets: {known}); showing the current one instead.")
         return
+    with contextlib.suppress(MashupError):  # a target that cannot load says so on its page
+        rows = len(target_examples(ws, found.spec))
+        if found.n > rows:  # checked against the workspace: n within the split
+            _notice(f"The link asks for n = {found.n}, more than the {rows} train rows of "
+                    f"**{found.label}**; showing n = {rows}.")
+            found = replace(found, n=rows)
     if found != current:
         st.session_state["target"] = found
 
@@ -352,9 +356,7 @@ def set_target(value: Target, config=None) -> None:
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def load_examples(root: str, spec: dict, stamp: tuple) -> list:
-    from mashup_core.data.targets import TargetSpec, load_target
-
-    return load_target(TargetSpec.from_dict(spec), Workspace.resolve(root))
+    return views.read_target(Workspace.resolve(root), spec)
 
 
 def target_examples(ws: Workspace, spec: dict) -> list:
@@ -395,14 +397,7 @@ STAGES = {"world": "the demo world", "study": "the leave-one-out study",
 def demo_content(ws: Workspace) -> dict | None:
     """`content_status(ws)` of a workspace whose demo content was started here; None for one
     where it never was (a user's workspace: nothing to say)."""
-    from mashup_core.demo.content import content_path, content_status
-
-    if not content_path(ws).exists():
-        return None
-    try:
-        return content_status(ws)
-    except (MashupError, OSError, ValueError):
-        return None
+    return views.demo_content_status(ws)
 
 
 def _count(stage: dict) -> str:
@@ -465,9 +460,7 @@ def content_line(ws: Workspace, detailed: bool = False) -> None:
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def _study_table(path: str, stamp: tuple):
-    from mashup_core.study.report import study_table
-
-    return study_table(Path(path))
+    return studies.load_study_table(path)
 
 
 def study_table(study_dir: Path):
@@ -582,17 +575,24 @@ def url_tabs(labels: list[str], *, param: str = "tab", key: str) -> tuple[Any, .
 
 # --- teaching mode and the guided walk -------------------------------------------------------
 
-WALK = [  # the pages in method order: (file, title, what to look at there)
-    ("pages/overview.py", "Overview", "the method in one picture"),
-    ("pages/library.py", "Library", "the checkpoints, and which task helps which"),
-    ("pages/target.py", "Target", "what to adapt to, and what guessing would score"),
-    ("pages/relevance.py", "Relevance", "which checkpoints fit the target"),
-    ("pages/relevance_map.py", "Relevance map", "which part of the library helps which target"),
-    ("pages/merge.py", "Merge methods", "which merge method and k win across targets"),
-    ("pages/launch.py", "Launch", "finetune from the merge and from scratch"),
-    ("pages/convergence.py", "Convergence", "how much sooner the mashup run gets there"),
-    ("pages/report.py", "Report", "the study's results table and figures, for slides"),
+# Every page of the dashboard, in method order: (file, title, icon, what to look at there on
+# the walk through the method; None: not a step of it). app.py's navigation and the "Next step"
+# links are both read from here.
+PAGES = [
+    ("pages/overview.py", "Overview", ":material/home:", "the method in one picture"),
+    ("pages/library.py", "Library", ":material/inventory_2:", "the checkpoints, and which task helps which"),
+    ("pages/target.py", "Target", ":material/target:", "what to adapt to, and what guessing would score"),
+    ("pages/relevance.py", "Relevance", ":material/leaderboard:", "which checkpoints fit the target"),
+    ("pages/relevance_map.py", "Relevance map", ":material/grid_on:",
+     "which part of the library helps which target"),
+    ("pages/merge.py", "Merge methods", ":material/merge:", "which merge method and k win across targets"),
+    ("pages/recycle.py", "Recycle", ":material/recycling:", None),
+    ("pages/launch.py", "Launch", ":material/rocket_launch:", "finetune from the merge and from scratch"),
+    ("pages/convergence.py", "Convergence", ":material/show_chart:",
+     "how much sooner the mashup run gets there"),
+    ("pages/report.py", "Report", ":material/summarize:", "the study's results table and figures, for slides"),
 ]
+WALK = [(file, title, what) for file, title, _, what in PAGES if what is not None]
 
 
 def teaching_toggle() -> bool:

@@ -58,10 +58,15 @@ with _ui.shown_errors():
                                 format_func={"step": "training step",
                                              "seconds": "wall-clock"}.get) or "step"
     acc_tab, loss_tab = _ui.url_tabs(["Accuracy", "Loss"], param="tab", key="conv_tab")
+    # The metric the runs are compared on (their spec's eval_metric: lm-eval's acc, or the
+    # reference's token_acc); a mix of runs reads the first mashup run's.
+    metric = next((r.spec.eval_metric for r in records if r.spec.kind == "mashup"),
+                  records[0].spec.eval_metric)
     with acc_tab:
-        st.plotly_chart(views.curves_figure(curves, axis, "acc", comparison.parity[axis]),
+        st.plotly_chart(views.curves_figure(curves, axis, metric, comparison.parity[axis]),
                         key="acc_curve")
-        st.caption("Validation accuracy; orange = from the merge, dashed blue = from scratch. The "
+        st.caption(f"{views.METRICS[metric].capitalize()} ({metric}); orange = from the merge, "
+                   "dashed blue = from scratch. The "
                    "star is where the mashup run first reaches the scratch run's final accuracy "
                    "(parity); wall-clock excludes the one-off scoring and merging.")
         _ui.teach(teaching.curves_notes(curves) + teaching.parity_notes(comparison.table))

@@ -2,18 +2,29 @@
 
 import streamlit as st
 
-from mashup_core import access, views
-from mashup_core.config import FINETUNE_MODES
+from mashup_core import access, defaults, views
 from mashup_core.errors import MashupError
-from mashup_core.merging.lora import MERGE_METHODS
-from mashup_core.merging.weights import WEIGHT_STRATEGIES
 from mashup_core.views import teaching
+from mashup_core.views.catalog import (
+    EVAL_METRICS,
+    FINETUNE_MODES,
+    MERGE_METHODS,
+    SCORERS,
+    WEIGHT_STRATEGIES,
+    NotCachedError,
+    PredictionError,
+)
 from mashup_core.workspace import Workspace
 from pages import _ui
 
 ws, config = _ui.open_workspace(__file__)
 chosen = _ui.target(ws, config)
-selection = st.session_state.get("selection", {"k": 2})
+selection = st.session_state.get("selection", {"k": defaults.TOP_K})
+# Where each scorer comes from, as the README tells it.
+SCORER_NAMES = {"nll": "answer loss (the paper's text)", "acc": "accuracy (lm-eval)",
+                "acc_norm": "length-normalised accuracy (lm-eval)",
+                "token_acc": "token accuracy (the reference code)",
+                "exact_match": "exact match (the reference code)"}
 writable = _ui.can_write()
 _ui.page_header("Launch a run", "A **mashup** run (start from the merged top-k) and its "
                 "**from-scratch** baseline on one target, with the same training and seed. Jobs "
@@ -22,6 +33,28 @@ _ui.page_header("Launch a run", "A **mashup** run (start from the merged top-k) 
 st.markdown(f"**Study** · base model `{views.short_path(config.base_model, ws)}` · library "
             + (", ".join(f"`{views.short_path(s, ws)}`" for s in config.sources) or "none")
             + f" · finetune {config.defaults.finetune}")
+
+def payoff_note(target_spec: dict, n: int, finetune: str) -> None:
+    """Before anything trains: what the workspace's finished studies predict for this target
+    (the reference's k and merge, the workspace's lr), or why they cannot."""
+    from mashup_core.views import payoff
+
+    k = int(selection.get("k", defaults.TOP_K))
+    try:
+        query = payoff.payoff_query(ws, target_spec, k=k, method=defaults.MERGE_METHOD,
+                                    lr=config.learning_rate(finetune), n=n, scorer=defaults.SCORER)
+        found = payoff.predictions(ws, query)
+    except NotCachedError:
+        st.caption(f"Predicted payoff: score the library on this target first (Relevance page, "
+                   f"n = {n}); the prediction reads those scores.")
+        return
+    except (PredictionError, MashupError) as exc:
+        st.caption(f"Predicted payoff: {exc}")
+        return
+    st.info(f"For k = {k}, {defaults.MERGE_METHOD}, lr {config.learning_rate(finetune):g}: "
+            + payoff.prediction_text(found) + f" (merging {query['selected'].iloc[0]}).",
+            icon=":material/insights:")
+
 
 # Targets to launch on: the one chosen on the Target page first, then the workspace's own.
 options: dict[str, tuple[dict, int]] = {}
@@ -57,6 +90,7 @@ else:
         scan = _ui.library(ws)
     except MashupError:  # no sources, an unreadable base: the Library page says why
         scan = None
+    payoff_note(target_spec, n, finetune)
     with st.form("launch"):
         base = st.text_input("Base model", value=config.base_model,
                              help="a folder or a Hub id; the library's checkpoints must fit it")
@@ -67,10 +101,11 @@ else:
         merge_col, train_col = st.columns(2)
         with merge_col:
             st.markdown("**Merge**")
-            scorer = st.selectbox("Rank checkpoints by", ["acc", "nll"],
-                                  format_func={"acc": "accuracy (reference code)",
-                                               "nll": "answer loss (paper text)"}.get)
-            k = st.number_input("k (checkpoints to merge)", 1, 32, int(selection.get("k", 2)))
+            scorer = st.selectbox("Rank checkpoints by", list(SCORERS),
+                                  index=list(SCORERS).index(defaults.SCORER),
+                                  format_func=lambda s: SCORER_NAMES.get(s, SCORERS[s].label))
+            k = st.number_input("k (checkpoints to merge)", 1, 32,
+                                int(selection.get("k", defaults.TOP_K)))
             methods = list(MERGE_METHODS)
             method = st.selectbox("Merge method", methods,
                                   index=methods.index(views.default_merge_method(scan)),
@@ -82,12 +117,16 @@ else:
             budget = st.number_input("Weight-search budget (evaluations, CMA-ES / LoraHub)", 2, 500, 20)
         with train_col:
             st.markdown("**Finetune** (both runs)")
-            steps = st.number_input("Steps", 1, 100_000, 100, step=10)
+            steps = st.number_input("Steps", 1, 100_000, defaults.TRAIN_STEPS, step=10)
             lr = st.number_input("Learning rate", 1e-7, 1.0, config.learning_rate(finetune),
                                  format="%.1e", step=1e-5, key=f"lr-{finetune}",
                                  help="default: the workspace's for this finetune mode")
-            batch = st.number_input("Batch size", 1, 1024, 32)
-            eval_every = st.number_input("Evaluate every (steps)", 1, 10_000, 10)
+            batch = st.number_input("Batch size", 1, 1024, defaults.BATCH_SIZE)
+            eval_every = st.number_input("Evaluate every (steps)", 1, 10_000, defaults.EVAL_EVERY)
+            eval_metric = st.selectbox(
+                "Evaluate with", list(EVAL_METRICS), index=list(EVAL_METRICS).index(defaults.EVAL_METRIC),
+                format_func=lambda s: SCORER_NAMES.get(s, SCORERS[s].label),
+                help="what the curves, parity and the comparison read; every metric is recorded")
             seed = st.number_input("Seed", 0, 2**31 - 1, 0)
             train_limit = st.number_input("Train examples (0 = all)", 0, 10_000_000, 0,
                                           help="a sample of the train split, for a quick run")
@@ -107,7 +146,7 @@ else:
                 sources=sources, finetune=finetune, lr=float(lr), steps=int(steps),
                 batch_size=int(batch), seed=int(seed), device=device, name=target_label,
                 scorer=scorer, n=n, k=int(k), merge_method=method, weight_strategy=strategy,
-                weight_budget=int(budget), eval_every=int(eval_every),
+                weight_budget=int(budget), eval_every=int(eval_every), eval_metric=eval_metric,
                 eval_limit=int(eval_limit), train_limit=int(train_limit),
                 checkpoint_every=max(int(eval_every), 20),
             )

@@ -20,9 +20,16 @@ with _ui.shown_errors():
     frame = views.library_frame(scan, ws.manifest(), config.sources, ws)
     ok, rejected = len(scan.checkpoints), len(scan.rejected)
     st.markdown(f"**{ok}** usable checkpoints" + (f", **{rejected}** rejected" if rejected else ""))
+    if options := views.filter_options(frame):  # a large library: narrow it down
+        columns = st.columns(len(options))
+        chosen = {name: _ui.url_widget(col.selectbox, name, values, param=views.FILTER_PARAMS[name],
+                                       key=f"library-filter-{name}", default=views.ANY,
+                                       what=name)
+                  for col, (name, values) in zip(columns, options.items(), strict=True)}
+        frame = views.filter_library(frame, chosen)
     _ui.paged_table(
-        frame, key="library", search=["name", "source task", "status", "source"]
-        if "source task" in frame else ["name", "status", "source"],
+        frame, key="library",
+        search=[c for c in ("name", "source task", "tags", "status", "source") if c in frame],
         hide_index=True, width="stretch",
         column_config={
             "own-task accuracy": st.column_config.ProgressColumn(

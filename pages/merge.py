@@ -4,9 +4,9 @@ import os
 
 import streamlit as st
 
-from mashup_core import views
-from mashup_core.study.job import cancel_study, launch_study, study_job
-from mashup_core.views import teaching
+from mashup_core import defaults, views
+from mashup_core.views import catalog, teaching
+from mashup_core.views.studies import cancel_study, launch_study, spec_from_form, study_job
 from pages import _ui
 
 ws, config = _ui.open_workspace(__file__)
@@ -16,12 +16,41 @@ _ui.page_header("Merge methods", "A leave-one-out study: each of the workspace's
                 "averaged.")
 
 
+def method_reference() -> None:
+    """Every merge method the registry holds, by family: what it does, its parameters and
+    defaults (mergekit's where they differ), what it needs, and its paper."""
+    with st.expander("The merge methods: families, parameters, papers", icon=":material/menu_book:"):
+        for tab, kind in zip(st.tabs(["LoRA adapters → adapter", "full checkpoints → checkpoint"]),
+                             ("lora", "full"), strict=True):
+            with tab:
+                for family, rows in catalog.method_families(kind).items():
+                    st.markdown(f"**{family}**")
+                    lines = ["| method | what it does | parameters (default) | needs | paper |",
+                             "|---|---|---|---|---|"]
+                    for row in rows:
+                        params = ", ".join(
+                            f"{p['name']}={p['default']}"
+                            + (f" (mergekit: {p['mergekit_default']})" if "mergekit_default" in p else "")
+                            for p in row["params"]) or "–"
+                        lines.append(f"| `{row['name']}` | {row['summary']} | {params} | "
+                                     f"{', '.join(row['needs']) or '–'} | {row['citation']} |")
+                    st.markdown("\n".join(lines))
+
+
+def _family_label(methods: dict, name: str) -> str:
+    return f"{name} · {methods[name].family}"
+
+
+def preset_note() -> None:
+    """What the last preset study started with: each value, and where an override came from."""
+    if lines := st.session_state.get("preset_lines"):
+        with st.expander("The preset's settings", expanded=True, icon=":material/tune:"):
+            st.code("\n".join(lines), language=None)
+
+
 def study_form(studies: list) -> None:
     """Run a new study, or extend the selected one, as a background job (for those who may
     change the workspace, over the workspace's targets)."""
-    from mashup_core.merging.lora import MERGE_METHODS
-    from mashup_core.study.spec import StudySpec
-
     tasks = config.target_names()
     if not tasks or not _ui.can_write():
         return
@@ -29,11 +58,22 @@ def study_form(studies: list) -> None:
         st.markdown("**Run or extend a study** (in the background; finished cells are kept)")
         c1, c2, c3 = st.columns([3, 3, 2])
         chosen_tasks = c1.multiselect("Targets", tasks, default=tasks)
-        methods = c2.multiselect("Merge methods", list(MERGE_METHODS),
-                                 default=[m for m in ("linear", "cat_svd", "ties") if m in MERGE_METHODS])
+        by_family = sorted(catalog.MERGE_METHODS, key=lambda m: list(dict.fromkeys(
+            s.family for s in catalog.MERGE_METHODS.values())).index(catalog.MERGE_METHODS[m].family))
+        methods = c2.multiselect("Merge methods", by_family,
+                                 default=[m for m in ("linear", "cat_svd", "ties") if m in catalog.MERGE_METHODS],
+                                 format_func=lambda m: _family_label(catalog.MERGE_METHODS, m),
+                                 help="any LoRA method of the registry, grouped by family (see "
+                                 "the table of methods below)")
         ks = c3.multiselect("k", [1, 2, 3, 4, 5], default=[1, 2, 3])
+        preset = st.selectbox(
+            "Preset", ["(none)", *catalog.PRESETS], help="'reference': every setting as the reference "
+            "pipeline's configs set it (methods, k, n, scorer, lrs, epochs, metric); the targets "
+            "chosen here, and what the workspace says of its own (its lr, a base without a chat "
+            "template), override it: the values are shown when it starts",
+            format_func=lambda p: p if p == "(none)" else f"{p}: {catalog.PRESETS[p].summary}")
         c4, c5, c6 = st.columns(3)
-        n = c4.number_input("Scoring examples n", 1, 4096, 64)
+        n = c4.number_input("Scoring examples n", 1, 4096, defaults.STUDY_N)
         eval_limit = c5.number_input("Validation examples (0 = all)", 0, 100_000, 0)
         train = c6.toggle("Also finetune from each merge (slow)", value=False)
         extend = st.toggle("Extend the selected study", value=bool(studies), disabled=not studies)
@@ -43,11 +83,11 @@ def study_form(studies: list) -> None:
                                 "(every node needs the workspace's folder at the same path)")
         if st.form_submit_button("Run in the background", icon=":material/play_arrow:"):
             with _ui.writing():
-                # the workspace's LoRA lr, written into the study's spec when it opens
-                spec = StudySpec(tasks=tuple(chosen_tasks), methods=tuple(methods), ks=tuple(ks),
-                                 ns=(int(n),), eval_limit=int(eval_limit), train=train,
-                                 lrs=(config.learning_rate("lora"),))
-                spec.validate()
+                spec, lines = spec_from_form(  # a preset's settings, the workspace's overrides
+                    ws, config, chosen_tasks, preset=None if preset == "(none)" else preset,
+                    methods=methods, ks=ks, n=int(n), eval_limit=int(eval_limit), train=train)
+                if lines:
+                    st.session_state["preset_lines"] = lines
                 study_id = st.session_state.get("study_id") if extend and studies else None
                 study_dir = launch_study(ws, spec, study_id, address=address.strip() or None)
                 st.session_state["study_id"] = study_dir.name
@@ -60,7 +100,7 @@ def job_status(study_dir) -> None:
     progress.json, per node) with a Cancel button for those who may write, or how it ended."""
     job = study_job(study_dir)
     state = job.get("state")
-    if state == "starting":
+    if state == "queued":  # the job layer's name for a job that has not begun its cells
         st.info("The study job is starting (connecting to Ray, loading the base model)…",
                 icon=":material/hourglass_top:")
     elif state == "running":
@@ -110,6 +150,8 @@ if not studies:
                    if _ui.can_write() else "Run one from a terminal with `mashup study`."),
                 icon=":material/info:")
     study_form(studies)
+    preset_note()
+    method_reference()
     st.stop()
 
 with _ui.shown_errors():
@@ -155,4 +197,6 @@ with _ui.shown_errors():
         st.dataframe(views.cell_frame(table, label, k, trained), hide_index=True, width="stretch")
 
 study_form(studies)
+preset_note()
+method_reference()
 _ui.next_step(__file__)

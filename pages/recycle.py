@@ -2,7 +2,6 @@
 
 import streamlit as st
 
-from mashup_core.merging import recycle
 from mashup_core.views import recycle as rviews
 from pages import _ui
 
@@ -18,7 +17,7 @@ _ui.page_header("Recycle", "One weight per checkpoint, searched with CMA-ES so t
 def load_front(root: str, front_id: str, stamp: tuple) -> dict:
     from mashup_core.workspace import Workspace
 
-    return recycle.load_front(Workspace.resolve(root), front_id)
+    return rviews.load_front(Workspace.resolve(root), front_id)
 
 
 def search_form() -> None:
@@ -44,17 +43,17 @@ def search_form() -> None:
         subset = st.multiselect("Checkpoints (empty = every LoRA checkpoint)", names)
         if st.form_submit_button("Search in the background", icon=":material/play_arrow:"):
             with _ui.writing():
-                req = recycle.RecycleRequest(
+                req = rviews.RecycleRequest(
                     targets=tuple(chosen), held_out=None if held_out == "(none)" else held_out,
                     objective=objective.strip(), checkpoints=tuple(subset), budget=int(budget),
                     front_k=int(front_k), n=int(n))
-                st.session_state["recycle_job"] = recycle.launch_recycle(ws, req)
+                st.session_state["recycle_job"] = rviews.launch_recycle(ws, req)
                 st.rerun()
 
 
 @st.fragment(run_every=3)
 def job_status(front_id: str) -> None:
-    job = recycle.recycle_job(ws, front_id)
+    job = rviews.recycle_job(ws, front_id)
     state = job.get("state")
     if state == "running":
         st.info(f"Search {front_id} is running in the background; it shows here when done.",
@@ -71,7 +70,7 @@ def job_status(front_id: str) -> None:
 if job := st.session_state.get("recycle_job"):
     job_status(job)
 
-fronts = recycle.list_fronts(ws)
+fronts = rviews.list_fronts(ws)
 if not fronts:
     st.info("No recycle search in this workspace yet. "
             + ("Start one below, or from a terminal: "
@@ -85,9 +84,9 @@ with _ui.shown_errors():
     current = st.session_state.get("recycle_id")
     front_id = st.selectbox("Search", fronts, index=fronts.index(current) if current in fronts else 0)
     st.session_state["recycle_id"] = front_id
-    path = recycle.recycle_dir(ws) / f"{front_id}.json"
+    path = rviews.recycle_dir(ws) / f"{front_id}.json"
     front = load_front(str(ws.root), front_id, (path.stat().st_mtime_ns,))
-    numbers = recycle.summary(front)
+    numbers = rviews.summary(front)
     held = front.get("held_out_target")
     st.caption(f"targets {', '.join(front['targets'])} · objective {front['objective']} · "
                f"held out {held or '–'} · {len(front['checkpoints'])} checkpoints "
@@ -154,7 +153,7 @@ with _ui.shown_errors():
                              key=f"recycle-name-{point_id}")
         if st.button("Write this merge as a library adapter", icon=":material/save:"):
             with _ui.writing():
-                dest = recycle.write_recycled_adapter(ws, front_id, point_id, name)
+                dest = rviews.write_recycled_adapter(ws, front_id, point_id, name)
                 st.success(f"Wrote {dest}: it is in the library now, for a run to start from.",
                            icon=":material/check:")
 

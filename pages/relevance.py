@@ -2,11 +2,17 @@
 
 import streamlit as st
 
-from mashup_core import views
-from mashup_core.selection.halving import DEFAULT_ETA, DEFAULT_MARGIN, DEFAULT_MIN_N, SELECTIONS
-from mashup_core.selection.scoring import explain_choice, sweep_from_table
+from mashup_core import defaults, views
 from mashup_core.views import teaching
-from mashup_core.views.halving import halving_figure
+from mashup_core.views.catalog import SCORERS, NotCachedError, get_scorer
+from mashup_core.views.halving import (
+    DEFAULT_ETA,
+    DEFAULT_MARGIN,
+    DEFAULT_MIN_N,
+    SELECTIONS,
+    halving_figure,
+)
+from mashup_core.views.launch import explain_choice, sweep_from_table
 from mashup_core.workspace import Workspace
 from pages import _ui
 
@@ -18,15 +24,16 @@ _ui.page_header("Relevance", f"Every checkpoint scored on **{chosen.n}** train e
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def score(root: str, spec: dict, n: int, stamp: tuple):
-    """The score table (`scoring` also caches it on disk, so a restart does not rescore)."""
-    return views.relevance_table(Workspace.resolve(root), spec, n)
+def score(root: str, spec: dict, n: int, stamp: tuple, cached_only: bool):
+    """The score table (the score store keeps it on disk, so a restart does not rescore);
+    `cached_only` for a session that may not write: it reads what is stored, never scores."""
+    return views.relevance_table(Workspace.resolve(root), spec, n, cached_only=cached_only)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def halving(root: str, spec: dict, n: int, settings: dict, stamp: tuple):
     """Successive halving's rounds (cached on disk too, like the scores)."""
-    from mashup_core.selection.halving import halving_for_target
+    from mashup_core.views.halving import halving_for_target
 
     return halving_for_target(Workspace.resolve(root), spec, n, **settings)
 
@@ -41,8 +48,10 @@ strategy = st.radio(
 if strategy == "halving":
     with _ui.shown_errors():
         cols = st.columns(5)
-        scorer = cols[0].selectbox("rank by", ["nll", "acc", "acc_norm"], key="halving_scorer")
-        k_h = cols[1].number_input("k", min_value=1, value=2, step=1, key="halving_k")
+        scorer = cols[0].selectbox("rank by", list(SCORERS), key="halving_scorer",
+                                   index=list(SCORERS).index(defaults.SCORER),
+                                   format_func=lambda s: get_scorer(s).label)
+        k_h = cols[1].number_input("k", min_value=1, value=defaults.TOP_K, step=1, key="halving_k")
         eta = cols[2].number_input("eta (keep 1/eta a round)", min_value=1.5, max_value=8.0,
                                    value=DEFAULT_ETA, step=0.5, key="halving_eta")
         min_n = cols[3].number_input("first round's n", min_value=1, max_value=chosen.n,
@@ -75,13 +84,23 @@ if strategy == "halving":
     st.stop()
 
 with _ui.shown_errors():
-    with st.spinner(f"Scoring {len(_ui.library(ws))} checkpoints on {chosen.n} examples…"):
-        table = score(str(ws.root), chosen.spec, chosen.n,
-                      (views.library_stamp(ws), views.target_stamp(chosen.spec, ws)))
+    try:
+        with st.spinner(f"Scoring {len(_ui.library(ws))} checkpoints on {chosen.n} examples…"):
+            table = score(str(ws.root), chosen.spec, chosen.n,
+                          (views.library_stamp(ws), views.target_stamp(chosen.spec, ws),
+                           views.fingerprint(ws.cache_dir / "scores")), not _ui.can_write())
+    except NotCachedError:
+        st.info(f"**{chosen.label}** is not scored yet at n = {chosen.n}, and this dashboard "
+                "only shows what is computed (`mashup score` computes it).",
+                icon=":material/visibility:")
+        st.stop()
+    if table.unscored:
+        st.caption(f"{len(table.unscored)} checkpoints are not scored yet at this n: "
+                   + ", ".join(table.unscored[:5]) + (" …" if len(table.unscored) > 5 else ""))
 
     left, right = st.columns([1, 2])
-    k = left.number_input("k (checkpoints to merge)", min_value=1, value=2, step=1, key="k",
-                          help="the paper merges the top 2")
+    k = left.number_input("k (checkpoints to merge)", min_value=1, value=defaults.TOP_K, step=1,
+                          key="k", help=f"the paper merges the top {defaults.TOP_K}")
     # A demo task's own adapters are in the library; a new task would have none, so the
     # reference leaves them out. Other targets have no adapters of their own to leave out.
     own = chosen.spec["kind"] == "demo"
@@ -92,12 +111,16 @@ with _ui.shown_errors():
     exclude_task = chosen.spec["name_or_path"] if exclude else None
     st.session_state["selection"] = {"k": int(k), "exclude_task": exclude_task}
 
-    tabs = st.tabs(["Loss (answer NLL)", "Accuracy"])
-    for tab, scorer in zip(tabs, ("nll", "acc"), strict=True):
+    # The paper's text ranks by loss, lm-eval scores choices by accuracy, the reference code ranks
+    # by token accuracy: one tab each, from the same scoring pass.
+    shown = {"nll": "Loss (answer NLL, paper)", "acc": "Accuracy (lm-eval)",
+             "token_acc": "Token accuracy (reference code)"}
+    tabs = st.tabs(list(shown.values()))
+    for tab, scorer in zip(tabs, shown, strict=True):
         with tab, _ui.shown_errors():
             top = table.select_top_k(scorer, int(k), exclude_task=exclude_task)
             st.plotly_chart(views.relevance_figure(table, scorer, top, exclude_task), key=f"bars_{scorer}")
-            direction = "lower" if scorer == "nll" else "higher"
+            direction = "higher" if get_scorer(scorer).higher_is_better else "lower"
             st.caption(f"Bars are checkpoints, best first ({direction} is better); the top {k} "
                        "in orange are merged; hatched bars are left out. The dashed line is the base "
                        "model with no adapter.")

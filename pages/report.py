@@ -3,8 +3,8 @@
 import streamlit as st
 
 from mashup_core import views
-from mashup_core.study.export import results_markdown
 from mashup_core.views import report, teaching
+from mashup_core.views.export import results_markdown
 from pages import _ui
 
 ws, config = _ui.open_workspace(__file__)
@@ -93,5 +93,28 @@ with _ui.shown_errors():
     if not images:
         st.caption("PNG/SVG downloads need kaleido (`pip install kaleido`); the HTML downloads "
                    "open offline in any browser.")
+
+    # --- predicting the payoff before training ----------------------------------------------------
+    st.subheader("Could this have been predicted before training?")
+    from mashup_core.views.payoff import payoff_check, teaching_note, validation_figure
+
+    payoff = payoff_check(ws, table.spec.eval_metric)  # gains in this study's metric
+    check = payoff.validation
+    if payoff.reason:
+        st.caption(payoff.reason)
+    if check is not None:
+        st.plotly_chart(validation_figure(check), key="payoff_scatter")
+        st.caption(f"Each point is a finished train cell, its Δ final accuracy predicted by a "
+                   f"model fit on the other targets' cells only (bars: 80 % split-conformal "
+                   f"intervals; they held {check.coverage:.0%} of the measured values; "
+                   f"Spearman {check.spearman if check.spearman is None else f'{check.spearman:+.2f}'}).")
+        if not check.beats_baseline:
+            st.warning(f"On this workspace the predictor does not beat predicting the mean gain "
+                       f"(mean absolute error {check.mae:.2f} vs {check.baseline_mae:.2f} pp): "
+                       "treat its Launch-page numbers as a rough guide.", icon=":material/warning:")
+        _ui.teach([teaching_note(check)])
+        if lacking := payoff.missing:
+            st.caption("Studies run before these were recorded lack them: "
+                       + "; ".join(f"{s}: {', '.join(f)}" for s, f in lacking.items()))
 
 _ui.next_step(__file__)

@@ -6,8 +6,8 @@ from pathlib import Path
 import streamlit as st
 
 from mashup_core import access, views
-from mashup_core.data.targets import list_demo_tasks
 from mashup_core.views import teaching
+from mashup_core.views.catalog import list_demo_tasks
 from pages import _ui
 
 ws, config = _ui.open_workspace(__file__)
@@ -96,7 +96,7 @@ elif kind == "Benchmark":
     else:
         st.info("Benchmarks need the Hugging Face Hub once; later loads come from the cache.",
                 icon=":material/cloud_download:")
-    if st.button("Load the train split", icon=":material/download:"):
+    if _ui.can_write() and st.button("Load the train split", icon=":material/download:"):
         st.session_state["benchmark_loaded"] = (name, local)
     if st.session_state.get("benchmark_loaded") == (name, local):
         with st.spinner(f"Loading {name}…"), _ui.shown_errors():

@@ -490,7 +490,8 @@ def rows_of_mixed_lengths(folder: Path, n: int, seed: int, at: int) -> list:
     """The user's file read through their field mapping, plus a very short three-choice prompt
     first and a long one at position `at`+1: rows in a batch differ a lot in length, so left
     padding and length buckets are exercised."""
-    from mashup_core.data.targets import FieldMapping, MCExample, load_file
+    from mashup_core.data.examples import MCExample
+    from mashup_core.data.targets import FieldMapping, load_file
 
     rows = load_file(write_user_dataset(Path(folder) / "user.jsonl", n=n, seed=seed),
                      FieldMapping(**USER_MAPPING))

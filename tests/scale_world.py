@@ -68,18 +68,12 @@ def _acc(ws: Workspace, donor_task: str | None, target: str, rng: random.Random)
 def _write_scores(ws: Workspace, rng: random.Random) -> None:
     """Each workspace target's score table at SCALE_N, under the key `score_library_cached`
     computes for this library, so the pages find it cached."""
-    from mashup_core.config import resolve_config, target_name
-    from mashup_core.data.targets import TargetSpec, load_target, sample_examples
-    from mashup_core.models.library import workspace_library
+    from mashup_core.config import load_target, resolve_config, target_name, workspace_library
+    from mashup_core.data.examples import sample_examples
+    from mashup_core.data.targets import TargetSpec
     from mashup_core.models.loading import default_device, default_dtype
-    from mashup_core.selection.scoring import (
-        BASE_ROW,
-        CACHE_VERSION,
-        SCORERS,
-        ScoreRow,
-        ScoreTable,
-        cache_key,
-    )
+    from mashup_core.selection.scoring import BASE_ROW, SCORERS, ScoreRow, ScoreTable
+    from mashup_core.selection.store import ScoreStore, sample_key
 
     config = resolve_config(ws)
     checkpoints = workspace_library(ws).checkpoints
@@ -93,19 +87,18 @@ def _write_scores(ws: Workspace, rng: random.Random) -> None:
             acc = _acc(ws, ckpt.source_task if ckpt else "", name, rng)
             hits = [1.0 if rng.random() < acc else 0.0 for _ in sample]
             nll = [max(0.05, 2.5 * (1 - h) + rng.uniform(0, 0.5)) for h in hits]
-            per_example[ckpt.name if ckpt else BASE_ROW] = {"acc": hits, "acc_norm": hits, "nll": nll}
-            mean = {s: sum(v) / len(v) for s, v in
-                    {"acc": hits, "acc_norm": hits, "nll": nll}.items()}
+            values = {"acc": hits, "acc_norm": hits, "nll": nll, "token_acc": hits,
+                      "exact_match": hits}
+            per_example[ckpt.name if ckpt else BASE_ROW] = {**values, "answer_tokens": [1.0] * len(hits)}
+            mean = {s: sum(v) / len(v) for s, v in values.items()}
             rows.append(ScoreRow(ckpt.name if ckpt else BASE_ROW, ckpt.source_task if ckpt else None,
                                  n=len(sample), seconds=0.01, kind=ckpt.kind if ckpt else "base",
                                  **mean))
-        assert set(SCORERS) <= {"acc", "acc_norm", "nll"}
+        assert set(SCORERS) <= set(values)
         table = ScoreTable(rows=rows[1:], base=rows[0], target=name, per_example=per_example)
-        key = cache_key(checkpoints, sample, n=SCALE_N, seed=None, base_path=config.base_model,
-                        device=device.type, dtype=str(default_dtype(device)), include_full=False)
-        write_json_atomic(ws.cache_dir / "scores" / f"{key[:32]}.json",
-                          {"kind": "mashup-scores", "version": CACHE_VERSION, "key": key,
-                           "table": table.to_dict()})
+        key = sample_key(sample, n=SCALE_N, seed=None, base_path=config.base_model,
+                         device=device.type, dtype=str(default_dtype(device)), root=ws.root)
+        ScoreStore(ws).put_table(key, checkpoints, table)
 
 
 def _write_runs(ws: Workspace, runs: int, rng: random.Random) -> None:

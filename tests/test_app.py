@@ -25,27 +25,12 @@ from mashup_core.study.job import study_job
 from mashup_core.workspace import Workspace, write_json_atomic
 
 pytest.importorskip("streamlit.testing.v1")
+from dashboard import app, check, render  # noqa: E402
 from streamlit.testing.v1 import AppTest  # noqa: E402
 from streamlit.testing.v1.util import patch_config_options  # noqa: E402
 
-APP = Path(__file__).resolve().parent.parent / "app.py"
 PAGES = ["overview", "library", "target", "relevance", "relevance_map", "merge", "launch",
          "convergence", "report"]
-
-
-def render(page: str | None = None, timeout: float = 120) -> AppTest:
-    """The app (workspace from $MASHUP_WORKSPACE), switched to `page`, run without exception."""
-    at = AppTest.from_file(str(APP), default_timeout=timeout)
-    at.run()
-    if page is not None:
-        at.switch_page(f"pages/{page}.py")
-        at.run()
-    check(at)
-    return at
-
-
-def check(at: AppTest) -> None:
-    assert not at.exception, [(e.message, e.stack_trace) for e in at.exception]
 
 
 def texts(elements) -> str:
@@ -88,29 +73,26 @@ def error_details():
 
 
 @pytest.fixture(scope="module")
-def shared_world(tiny_world, tmp_path_factory) -> Workspace:
+def shared_world(copy_of_tiny_world) -> Workspace:
     """One copy of the tiny world for the read-only page tests (its score cache is shared),
     with a real, small leave-one-out study in it."""
     from mashup_core.study.grid import run_study
     from mashup_core.study.spec import StudySpec
 
-    ws = Workspace(tmp_path_factory.mktemp("app") / "ws")
-    shutil.copytree(tiny_world.root, ws.root)
+    ws = copy_of_tiny_world("app")
     run_study(ws, StudySpec(tasks=("min", "sort"), methods=("linear",), ks=(1, 2), ns=(8,),
                             eval_limit=8), "loo-test", progress=False, engine="inline")
     return ws
 
 
 @pytest.fixture
-def shared(shared_world, monkeypatch) -> Workspace:
-    monkeypatch.setenv("MASHUP_WORKSPACE", str(shared_world.root))
-    return shared_world
+def shared(shared_world, open_in_dashboard) -> Workspace:
+    return open_in_dashboard(shared_world)
 
 
 @pytest.fixture
-def private(world_copy, monkeypatch) -> Workspace:
-    monkeypatch.setenv("MASHUP_WORKSPACE", str(world_copy.root))
-    return world_copy
+def private(world_copy, open_in_dashboard) -> Workspace:
+    return open_in_dashboard(world_copy)
 
 
 # --- every page ------------------------------------------------------------------------------
@@ -271,10 +253,12 @@ def test_benchmark_offline_says_it_needs_the_hub(shared, monkeypatch):
 
 def test_relevance_highlights_the_top_k_and_explains_it(shared):
     at = render("relevance")
-    bars_nll, bars_acc, sweep = figures(at)
+    bars_nll, bars_acc, bars_token, sweep = figures(at)  # loss, lm-eval's acc, the reference's
     bars = bars_acc.data[0]
     chosen = [x for x, c in zip(bars.x, bars.marker.color, strict=True) if c == views.COLORS["chosen"]]
     assert len(chosen) == 2
+    tokens = bars_token.data[0]
+    assert sum(c == views.COLORS["chosen"] for c in tokens.marker.color) == 2
     target = views.default_target(shared)
     assert not any(name.split("-step")[0] == target for name in chosen), "the target's own adapters are left out"
     assert len(bars.x) == 16, "every checkpoint has a bar"
@@ -405,7 +389,7 @@ def test_study_button_runs_a_study_in_the_background(private):
     check(at)
     (study_dir,) = views.list_studies(private)
     deadline = time.monotonic() + 300
-    while study_job(study_dir).get("state") == "running" and time.monotonic() < deadline:
+    while study_job(study_dir).get("state") in ("queued", "running") and time.monotonic() < deadline:
         time.sleep(1)
     assert study_job(study_dir)["state"] == "done", (study_dir / "job.log").read_text()
     at.run()
@@ -699,8 +683,7 @@ def test_a_token_unlocks_write_actions(private, tmp_path, monkeypatch):
     check(at)
     assert "Launch mashup + scratch" in button_labels(at)
 
-    unlocked = AppTest.from_file(str(APP), default_timeout=120)
-    unlocked.session_state["access_token"] = token
+    unlocked = app(session={"access_token": token})
     unlocked.run()
     assert [w for w in unlocked.text_input if w.key == "workspace"], "unlocked: the input is back"
     with access.granted(token):  # what the page does around a write action
@@ -712,30 +695,25 @@ def test_a_token_unlocks_write_actions(private, tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def story_world(tiny_world, tmp_path_factory) -> Workspace:
+def story_world(copy_of_tiny_world) -> Workspace:
     """A copy of the tiny world with a finished two-target study written in the study's own
     file shapes (tests/scale_world.py), for the link and teaching tests."""
     import random
 
     from scale_world import write_study
 
-    ws = Workspace(tmp_path_factory.mktemp("story") / "ws")
-    shutil.copytree(tiny_world.root, ws.root)
+    ws = copy_of_tiny_world("story")
     write_study(ws, "loo-test", ("min", "sort"), ("linear", "ties"), (1, 2), random.Random(0))
     return ws
 
 
 @pytest.fixture
-def story(story_world, monkeypatch) -> Workspace:
-    monkeypatch.setenv("MASHUP_WORKSPACE", str(story_world.root))
-    return story_world
+def story(story_world, open_in_dashboard) -> Workspace:
+    return open_in_dashboard(story_world)
 
 
 def test_a_link_opens_its_target_and_a_change_writes_the_link(story):
-    at = AppTest.from_file(str(APP), default_timeout=120)
-    at.query_params["target"], at.query_params["n"] = "sort", "16"
-    at.run()
-    check(at)
+    at = render(params={"target": "sort", "n": "16"})
     assert (chosen_target(at).label, chosen_target(at).n) == ("sort (demo task)", 16)
     assert any(c.value == "**Target:** sort (demo task) · n = 16" for c in at.sidebar.caption)
     at.switch_page("pages/relevance.py").run()
@@ -751,10 +729,7 @@ def test_a_link_opens_its_target_and_a_change_writes_the_link(story):
 
 
 def test_an_unknown_target_in_the_link_is_a_notice(story):
-    at = AppTest.from_file(str(APP), default_timeout=120)
-    at.query_params["target"] = "no-such-task"
-    at.run()
-    check(at)
+    at = render(params={"target": "no-such-task"})
     assert "The link names target **no-such-task**" in texts(at.warning)
     default = world_story(story).default_target
     assert chosen_target(at) is None or chosen_target(at).label == f"{default} (demo task)"
@@ -762,16 +737,14 @@ def test_an_unknown_target_in_the_link_is_a_notice(story):
 
 
 def test_the_study_and_the_view_live_in_the_link(story):
-    at = AppTest.from_file(str(APP), default_timeout=120)
-    at.run()
+    at = render()
     at.query_params["study"] = "loo-test"
     at.switch_page("pages/merge.py").run()
     check(at)
     assert by_label(at.selectbox, "Study").value == "loo-test"
     assert link(at, "study") == "loo-test"
 
-    at = AppTest.from_file(str(APP), default_timeout=120)
-    at.run()
+    at = render()
     at.query_params["study"] = "gone-study"
     at.switch_page("pages/merge.py").run()
     check(at)
@@ -789,10 +762,7 @@ def notes(at: AppTest) -> str:
 def test_teaching_mode_notes_are_this_workspaces_numbers(story):
     from mashup_core.study.report import study_table
 
-    at = AppTest.from_file(str(APP), default_timeout=120)
-    at.query_params["teach"] = "1"
-    at.run()
-    check(at)
+    at = render(params={"teach": "1"})
     assert at.toggle(key="teach").value is True
     summary = views.workspace_summary(story, load_config(story) or _demo_config(story), 16)
     assert f"This study has {summary.checkpoints} checkpoint(s)" in notes(at)
@@ -847,11 +817,8 @@ def test_relevance_map_cells_are_the_cached_scores(story):
 
     specs = rmap.map_targets(load_config(story) or _demo_config(story))
     tables = {t: views.relevance_table(story, specs[t], MAP_N) for t in MAP_TARGETS}
-    at = AppTest.from_file(str(APP), default_timeout=120)
-    at.query_params.update({"target": "min", "n": str(MAP_N), "values": "raw", "order": "name"})
-    at.run()
-    at.switch_page("pages/relevance_map.py").run()
-    check(at)
+    at = render("relevance_map", params={"target": "min", "n": str(MAP_N), "values": "raw",
+                                         "order": "name"})
     (heatmap,) = figures(at)
     cells = heatmap.data[0]
     assert set(cells.x) == set(MAP_TARGETS) and len(cells.y) == 16
@@ -873,24 +840,19 @@ def test_relevance_map_cells_are_the_cached_scores(story):
 
 
 def test_relevance_map_read_only_shows_the_cache_and_writes_nothing(story, monkeypatch):
+    def written() -> list:
+        return sorted((p, p.stat().st_mtime_ns) for p in story.cache_dir.rglob("*") if p.is_file())
+
     monkeypatch.setenv("MASHUP_READ_ONLY", "1")
-    before = sorted(p.name for p in (story.cache_dir / "scores").iterdir())
-    at = AppTest.from_file(str(APP), default_timeout=120)
-    at.query_params.update({"target": "min", "n": "5"})  # an n nothing was scored at
-    at.run()
-    at.switch_page("pages/relevance_map.py").run()
-    check(at)
+    before = written()
+    at = render("relevance_map", params={"target": "min", "n": "5"})  # an n nothing was scored at
     assert "only shows scores already computed" in texts(at.info)
     assert not [b for b in button_labels(at) if b.startswith("Score")]
-    assert sorted(p.name for p in (story.cache_dir / "scores").iterdir()) == before
+    assert written() == before
 
 
 def test_relevance_map_scores_the_missing_targets_on_request(private):
-    at = AppTest.from_file(str(APP), default_timeout=300)
-    at.query_params.update({"target": "min", "n": "4"})
-    at.run()
-    at.switch_page("pages/relevance_map.py").run()
-    check(at)
+    at = render("relevance_map", params={"target": "min", "n": "4"}, timeout=300)
     assert not figures(at), "nothing scored yet: no map, no waiting"
     by_label(at.button, "Score 8 target(s)").click().run()
     check(at)

@@ -24,7 +24,8 @@ from realistic import (
 )
 from transformers.pytorch_utils import Conv1D
 
-from mashup_core.data.targets import FieldMapping, MCExample, load_file
+from mashup_core.data.examples import MCExample
+from mashup_core.data.targets import FieldMapping, load_file
 from mashup_core.merging.lora import merge_adapters
 from mashup_core.models.library import scan_library
 from mashup_core.models.loading import load_base_model, load_tokenizer

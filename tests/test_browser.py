@@ -285,32 +285,48 @@ def _chart_data(page, index: int = 0) -> list[dict]:
 
 
 def test_first_open_fills_every_page_while_the_server_runs(tmp_path):
-    """`mashup demo start --profile tiny` in an empty folder, the dashboard served at once:
-    the pages say what is still computing, then (content done) each shows its key content in
+    """`mashup demo start --profile tiny` in an empty folder, the dashboard served from the
+    start: while the world builds, the first page says which stage runs, "adapter i of N",
+    the time elapsed and an estimate; then (content done) each page shows its key content in
     the DOM: the study's heatmap cells, the pair's curves, the report's table rows."""
+    import signal
+
     from waiting import poll
 
-    from mashup_core.demo.content import content_status
+    from mashup_core.demo.content import content_status, read_record
     from mashup_core.study.report import study_table
-    from mashup_core.workspace import Workspace
+    from mashup_core.workspace import Workspace, read_json
 
     _need("Playwright", sync_playwright is not None)
     _need(f"Chromium at {CHROMIUM}", CHROMIUM.exists())
     ws = Workspace(tmp_path / "fresh-ws")
     ws.root.mkdir()
-    started = subprocess.run(
-        [sys.executable, "-m", "mashup_core.cli", "demo", "start", "--profile", "tiny",
-         "--workspace", str(ws.root), "--no-progress"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert started.returncode == 0, started.stderr[-2000:]
     SHOTS.mkdir(parents=True, exist_ok=True)
     with _serve(ws.root, tmp_path) as url, _browser() as page:
-        page.goto(url)
-        page.get_by_role("heading", level=1).first.wait_for(timeout=120_000)
-        if content_status(ws)["state"] == "running":  # the server is up while it computes
+        started = subprocess.run(
+            [sys.executable, "-m", "mashup_core.cli", "demo", "start", "--profile", "tiny",
+             "--workspace", str(ws.root), "--no-progress"],
+            cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert started.returncode == 0, started.stderr[-2000:]
+        job = read_record(ws)["pid"]  # leads the process group of the build and its workers
+
+        def training_adapters():
+            """the world build to train its adapters"""
+            marker = read_json(ws.building_marker)
+            return isinstance(marker, dict) and marker.get("stage") == "library"
+
+        poll(training_adapters, timeout=CONTENT_TIMEOUT, every=0.05)
+        os.killpg(job, signal.SIGSTOP)  # held in that stage while the page is read
+        try:
+            page.goto(url)
             expect(page.get_by_role("heading", level=1).first).to_have_text(
-                re.compile("Building the demo world|Mashup Explorer"))
-        page.screenshot(path=str(SHOTS / "first-open-computing.png"), full_page=True)
+                "Building the demo world", timeout=120_000)
+            told = page.get_by_text(re.compile(r"adapter \d+ of 8"))
+            expect(told).to_be_visible(timeout=60_000)
+            assert re.search(r"\d+ s elapsed · about .+ left", told.inner_text()), told.inner_text()
+            page.screenshot(path=str(SHOTS / "first-open-computing.png"), full_page=True)
+        finally:
+            os.killpg(job, signal.SIGCONT)
 
         def content_done():
             """the demo's content job to finish"""

@@ -40,8 +40,8 @@ def render(page: str, **params: str) -> AppTest:
 
 
 def test_the_fixture_is_the_size_it_says(scale):
+    from mashup_core.config import workspace_library
     from mashup_core.jobs.store import list_runs
-    from mashup_core.models.library import workspace_library
     from mashup_core.views import list_studies
 
     assert len(workspace_library(scale).checkpoints) == ADAPTERS

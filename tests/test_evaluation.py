@@ -6,13 +6,13 @@ import pytest
 import torch
 from peft import PeftModel
 
-from mashup_core.data.targets import MCExample
+from mashup_core.data.examples import MCExample
 from mashup_core.demo.world import load_split
 from mashup_core.models.loading import load_base_model, load_tokenizer
 from mashup_core.selection.lm_eval_bridge import LmEvalError, lm_eval_accuracy, write_lm_eval_task
 from mashup_core.selection.loglik import (
     CHAR_SAFE_LETTERS,
-    REFERENCE_LETTERS,
+    PLAIN_LETTERS,
     LetterPromptError,
     evaluate_mc,
     letter_accuracy,
@@ -66,7 +66,7 @@ def test_letters_the_tokenizer_cannot_spell_are_refused(base, tiny_world):
     model, tok = base
     examples = load_split(tiny_world, "sort", "validation")[:2]
     with pytest.raises(LetterPromptError, match="cannot read the letters 'ABCD' as single known tokens"):
-        letter_accuracy(model, tok, examples, REFERENCE_LETTERS)
+        letter_accuracy(model, tok, examples, PLAIN_LETTERS)
     with pytest.raises(LetterPromptError, match="4 choices but only 2 letters"):
         letter_accuracy(model, tok, examples, CHAR_SAFE_LETTERS.__class__(letters="ab"))
 
@@ -106,7 +106,7 @@ def test_empty_prompt_is_scored_against_end_of_text_without_bos():
     import torch.nn.functional as F
     from transformers import PreTrainedTokenizerFast
 
-    from mashup_core.data.targets import MCExample
+    from mashup_core.data.examples import MCExample
     from mashup_core.demo.tiny_model import TinyModelSpec, build_char_tokenizer, build_tiny_llama
     from mashup_core.selection.loglik import choice_loglikelihoods
 

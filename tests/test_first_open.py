@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import time
 
@@ -45,11 +44,10 @@ def _stamps(ws: Workspace, status: dict) -> dict[str, int]:
 
 
 @pytest.fixture(scope="module")
-def first_open(tiny_world, tmp_path_factory):
+def first_open(copy_of_tiny_world):
     """A fresh copy of the tiny world through one `demo start`, killed in its study, started
     again and left to finish; what was seen on the way is returned with the workspace."""
-    ws = Workspace(tmp_path_factory.mktemp("first-open") / "ws")
-    shutil.copytree(tiny_world.root, ws.root)
+    ws = copy_of_tiny_world("first-open")
     seen: dict = {}
 
     t0 = time.monotonic()
@@ -108,6 +106,7 @@ def test_a_killed_job_reads_failed_and_a_start_resumes_it(first_open):
     killed = seen["killed"]
     study = killed["stages"]["study"]
     assert killed["state"] == "failed" and not killed["job"]["alive"]
+    assert killed["job"]["state"] == "killed"  # the job's record says so, not "running"
     assert study["state"] == "failed" and "demo start" in study["error"]
     assert 0 < study["progress"]["done"] < study["progress"]["total"]
     assert seen["restart"]["job"]["pid"] != killed["job"]["pid"]

@@ -9,7 +9,7 @@ import pytest
 from synthetic_library import build_synthetic_library
 
 from mashup_core.cli import main
-from mashup_core.data.targets import sample_examples
+from mashup_core.data.examples import sample_examples
 from mashup_core.demo.world import load_split
 from mashup_core.models.library import demo_library, scan_library
 from mashup_core.models.loading import load_base_model, load_tokenizer
@@ -63,7 +63,7 @@ def table_of(nll: dict[str, list[float]], acc: dict[str, list[float]] | None = N
         values["acc_norm"] = values["acc"]
 
     def row(name: str) -> ScoreRow:
-        means = {s: sum(per[name][s]) / n for s in SCORERS}
+        means = {s: sum(per[name][s]) / n for s in SCORERS if s in per[name]}
         return ScoreRow(name, "other", means["acc"], means["acc_norm"], means["nll"], n, 0.0,
                         "base" if name == BASE_ROW else "lora")
 
@@ -112,11 +112,11 @@ def test_replay_with_margin_keeps_a_slow_starter():
            "best": [4, 2, 0, 0, 0, 0, 0, 0]}
     full = table_of(nll)
     assert full.select_top_k("nll", 1) == ["best"]
-    plain = halving_from_table(full, k=1, eta=2, min_n=2, margin=0)
+    plain = halving_from_table(full, scorer="nll", k=1, eta=2, min_n=2, margin=0)
     assert [r.n for r in plain.rounds] == [2, 4, 8]
     assert plain.dropped_at()["best"] == 2 and plain.selected == ["a"]
     assert not agreement(plain, full) and not agreement(plain, full, ties=True)
-    safe = halving_from_table(full, k=1, eta=2, min_n=2, margin=2.5)
+    safe = halving_from_table(full, scorer="nll", k=1, eta=2, min_n=2, margin=2.5)
     assert [len(r.alive) for r in safe.rounds] == [5, 4, 3]  # best kept twice by the margin
     assert safe.selected == ["best"] and agreement(safe, full)
     # The cost: every row alive (and the base) on each round's new examples only.
@@ -128,7 +128,7 @@ def test_replay_with_margin_keeps_a_slow_starter():
 
 def test_cost_floor_is_one_round_then_the_finalists():
     nll = {"a": [1.0] * 8, "b": [1.4] * 8, "c": [1.45] * 8, "d": [1.6] * 8}
-    direct = halving_from_table(table_of(nll), k=1, eta=4, min_n=2, margin=0)
+    direct = halving_from_table(table_of(nll), scorer="nll", k=1, eta=4, min_n=2, margin=0)
     assert [len(r.alive) for r in direct.rounds] == [4, 1]
     assert direct.cost == 5 * 2 + 2 * 6 and direct.cost_ratio == cost_floor(4, 1, 8, 2)
     assert cost_floor(14, 2, 64, 4) == 0.25  # a leave-one-task-out tiny demo library
@@ -152,9 +152,9 @@ def test_replay_refuses_a_table_without_per_example_values():
     full = table_of({"a": [1.0], "b": [2.0]})
     full.per_example = {}
     with pytest.raises(ScoringError, match="per-example"):
-        halving_from_table(full, k=1)
+        halving_from_table(full, scorer="nll", k=1)
     with pytest.raises(ScoringError, match="only 2 of 2 are eligible"):
-        halving_from_table(table_of({"a": [1.0], "b": [2.0]}), k=3)
+        halving_from_table(table_of({"a": [1.0], "b": [2.0]}), scorer="nll", k=3)
 
 
 @pytest.fixture(scope="module")
@@ -245,7 +245,7 @@ def test_halving_is_json_round_tripped(halved):
 def test_cli_halving(world_copy, capsys):
     args = ["score", "--workspace", str(world_copy.root), "--target", "min", "--n", "16",
             "--selection", "halving", "--min-n", "4", "--eta", "2", "--margin", "0.5", "--k", "2",
-            "--no-snapshots", "--no-progress"]
+            "--no-snapshots", "--no-progress", "--scorer", "nll"]
     assert main([*args, "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["selection"] == "halving" and len(out["selected"]["nll"]) == 2
@@ -255,7 +255,7 @@ def test_cli_halving(world_copy, capsys):
     assert main(args) == 0
     text = capsys.readouterr().out
     assert "Successive halving (eta 2, margin 0.5 SE, by nll)" in text and "from the cache" in text
-    assert main([*args, "--scorer", "all"]) == 2
+    assert main([*args[:-2], "--scorer", "all"]) == 2
     assert "ranks by one scorer" in capsys.readouterr().err
 
 
@@ -290,7 +290,7 @@ def test_halving_figure_circles_what_went_on_past_the_cut():
 
     nll = {"a": [1.0] * 8, "b": [1.4] * 8, "c": [1.45] * 8, "d": [1.6] * 8,
            "best": [4, 2, 0, 0, 0, 0, 0, 0]}
-    fig = halving_figure(halving_from_table(table_of(nll), k=1, eta=2, min_n=2, margin=2.5))
+    fig = halving_figure(halving_from_table(table_of(nll), scorer="nll", k=1, eta=2, min_n=2, margin=2.5))
     bars, dropped, grace, stars = fig.data
     assert list(grace.text) == ["best", "best"] and list(grace.y) == [5, 4]
     assert list(stars.text) == ["best"] and sorted(dropped.text) == ["a", "b", "c", "d"]

@@ -13,7 +13,7 @@ from peft.utils import merge_utils
 from safetensors.torch import load_file, save_file
 
 from mashup_core.cli import main
-from mashup_core.cli.merge import METHODS
+from mashup_core.cli.merge import FULL_METHODS, METHODS
 from mashup_core.demo.tiny_model import TinyModelSpec, build_tiny_llama
 from mashup_core.demo.world import load_split
 from mashup_core.merging import lora as merging
@@ -52,13 +52,7 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm())
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These matrices are tiny: on a busy machine, a second thread only adds waiting (100x)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny matrices, one thread
 
 
 @pytest.fixture(scope="module")
@@ -315,8 +309,13 @@ def test_merge_record_names_inputs_params_and_time(tiny_world, tmp_path):
     record = json.loads((tmp_path / "out" / merging.RECORD_FILE).read_text())
     assert [Path(i["path"]).name for i in record["inputs"]] == ["sort", "min"]
     assert all(len(i["sha256"]) == 64 for i in record["inputs"])
-    assert record["params"] == {"density": 0.4, "rank": 6, "majority_sign_method": "total", "seed": 0}
+    # every parameter of the method, defaults included; no seed: TIES draws no random numbers
+    assert record["params"] == {"density": 0.4, "rank": 6, "majority_sign_method": "total",
+                                "normalize": "count", "lambda": 1.0}
     assert record["rank"] == 6 and record["seconds"] > 0
+    recipe = (tmp_path / "out" / "mergekit_config.yml").read_text()
+    assert "merge_method: ties" in recipe and "mergekit has no such method" in recipe
+    assert "## Inputs" in (tmp_path / "out" / "README.md").read_text()
     assert record["base_model"] == str(tiny_world.base_dir.resolve())
     assert json.loads((tmp_path / "out" / merging.CONFIG_FILE).read_text())["r"] == 6
 
@@ -375,18 +374,24 @@ def test_adapters_of_different_base_models_are_refused(tiny_world, tmp_path):
 
 
 def test_wrong_number_of_weights_is_refused_before_any_file_is_read(tmp_path):
-    with pytest.raises(MergeConfigError, match="got 1 weights for 2 adapters"):
+    with pytest.raises(MergeConfigError, match="got 1 weights for 2 inputs"):
         merge_adapters([tmp_path / "missing-a", tmp_path / "missing-b"], [1.0], "linear", tmp_path / "out")
 
 
 @pytest.mark.parametrize(("method", "options", "message"), [
-    ("ties", {}, "needs a density"),
-    ("ties", {"density": 1.5}, r"density must be in \(0, 1\]"),
-    ("linear", {"density": 0.5}, "does not prune"),
-    ("linear", {"rank": 4}, "keeps the adapters' rank"),
-    ("cat_svd", {"rank": 0}, "rank must be an integer"),
-    ("ties", {"density": 0.5, "majority_sign_method": "vote"}, "majority_sign_method must be"),
-    ("svd", {}, "unknown merge method 'svd'; choose from linear, cat, cat_svd"),
+    ("ties", {}, r"method 'ties' needs a density in \(0, 1\], e.g. 0.5"),
+    ("ties", {"density": 1.5}, r"ties: density must be in \(0, 1\], got 1.5"),
+    ("linear", {"density": 0.5}, r"method 'linear' does not use density: they would be ignored, "
+                                 r"so drop them \('linear' takes no parameters\)"),
+    ("linear", {"rank": 4}, "method 'linear' does not use rank"),
+    ("cat_svd", {"rank": 0}, r"cat_svd: rank must be ≥ 1, got 0"),
+    ("ties", {"density": 0.5, "majority_sign_method": "vote"},
+     r"ties: majority_sign_method must be one of 'total', 'frequency', got 'vote'"),
+    ("ties", {"density": 0.5, "params": {"normalize": "mean"}}, r"normalize must be one of 'count', true, false"),
+    ("core_ties", {"density": 0.5, "params": {"gamma": 0.1}}, r"'core_ties' does not use gamma"),
+    ("svd", {}, r"unknown merge method 'svd' for LoRA adapters; choose from linear, cat, cat_svd"),
+    ("slerp", {}, r"'slerp' is a method for full checkpoints"),
+    ("linear", {"params": {"lamda": 2}}, r"unknown parameter 'lamda' \(did you mean 'lambda'\?\)"),
 ])
 def test_bad_method_parameters_are_named(method, options, message):
     with pytest.raises(MergeConfigError, match=message):
@@ -431,7 +436,10 @@ def test_a_folder_without_adapter_config_is_refused(tmp_path):
 
 
 def test_cli_help_lists_every_registered_method():
+    from mashup_core.merging.full import FULL_MERGE_METHODS
+
     assert set(METHODS) == set(MERGE_METHODS)
+    assert set(FULL_METHODS) == set(FULL_MERGE_METHODS)
 
 
 def test_cli_merge_by_library_names(tiny_world, tmp_path, capsys):
@@ -448,7 +456,7 @@ def test_cli_merge_reports_bad_weights_as_a_user_error(tiny_world, tmp_path, cap
     code = main(["merge", "sort", "min", "--workspace", str(tiny_world.root), "--weights", "1",
                  "--out", str(tmp_path / "m")])
     assert code == 2
-    assert "got 1 weights for 2 adapters" in capsys.readouterr().err
+    assert "got 1 weights for 2 inputs" in capsys.readouterr().err
 
 
 def test_cli_search_weights_runs_the_budget_and_writes_the_best_merge(tiny_world, tmp_path, capsys):

@@ -14,7 +14,7 @@ import torch
 from peft import PeftModel
 from realistic import rows_of_mixed_lengths
 
-from mashup_core.data.targets import MCExample, sample_examples
+from mashup_core.data.examples import MCExample, sample_examples
 from mashup_core.demo.world import load_split
 from mashup_core.models.library import demo_library, scan_library
 from mashup_core.models.loading import load_base_model, load_tokenizer
@@ -91,11 +91,12 @@ def test_mixed_batches_on_the_demo_library(tiny_world):
 
 
 def test_groups_follow_the_memory_budget(arch_worlds, examples, monkeypatch):
-    """A budget smaller than two adapters: groups of one, each freed before the next loads."""
+    """PEFT's path (what the bank does not hold): a budget smaller than two adapters gives
+    groups of one, each freed before the next loads."""
     base_dir, adapters = arch_worlds["llama"]
     checkpoints = scan_library([adapters[0].parent], base_model_dir=base_dir).checkpoints
     model, tok = load_base_model(base_dir, device="cpu"), load_tokenizer(base_dir)
-    whole = score_library(model, tok, checkpoints, examples[:6], progress=False)
+    whole = score_library(model, tok, checkpoints, examples[:6], progress=False, use_bank=False)
     smallest = min(scoring._adapter_bytes(c.path) for c in checkpoints)
     monkeypatch.setattr(scoring, "MIN_GROUP_BYTES", smallest)
     monkeypatch.setattr(scoring, "GROUP_FRACTION", 0.0)
@@ -108,7 +109,7 @@ def test_groups_follow_the_memory_budget(arch_worlds, examples, monkeypatch):
         return real(peft_model, *args, **kwargs)
 
     monkeypatch.setattr(scoring, "library_loglikelihoods", spy)
-    split = score_library(model, tok, checkpoints, examples[:6], progress=False)
+    split = score_library(model, tok, checkpoints, examples[:6], progress=False, use_bank=False)
     assert held == [1] * len(checkpoints)  # never more than one adapter loaded
     for name in [BASE_ROW, *(c.name for c in checkpoints)]:
         for a, b in zip(split.choice_scores[name].logprobs, whole.choice_scores[name].logprobs,

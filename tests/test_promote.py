@@ -52,7 +52,8 @@ def promoted(tiny_world, tmp_path_factory):
 
 def _validation(ws: Workspace, spec: RunSpec):
     """The validation examples the run evaluated on, sampled the way `runner._train` does."""
-    from mashup_core.data.targets import load_target, sample_examples
+    from mashup_core.config import load_target
+    from mashup_core.data.examples import sample_examples
 
     examples = load_target(spec.target_spec(ws=ws).with_split("validation"), ws)
     return sample_examples(examples, spec.eval_limit or None, spec.seed)
@@ -108,7 +109,8 @@ def test_provenance_names_the_run_and_its_target(promoted):
 
 
 def test_leave_one_out_selection_skips_a_runs_own_checkpoint(promoted):
-    from mashup_core.data.targets import load_target, sample_examples
+    from mashup_core.config import load_target
+    from mashup_core.data.examples import sample_examples
     from mashup_core.models.library import demo_library
     from mashup_core.models.loading import load_base_model, load_tokenizer
     from mashup_core.selection.scoring import score_library

@@ -11,7 +11,7 @@ from peft import PeftModel
 
 from mashup_core.cli import build_parser
 from mashup_core.cli.study import spec_from_args
-from mashup_core.data.targets import sample_examples
+from mashup_core.data.examples import sample_examples
 from mashup_core.defaults import DEMO_LEARNING_RATE, LR_SWEEP
 from mashup_core.demo.world import load_split
 from mashup_core.merging.lora import merge_adapters
@@ -187,7 +187,7 @@ def test_bad_studies_are_refused_before_any_work(world_copy):
     refused("inits: warm unknown; choose from merged-continue, merged-fold, recycle", inits=("warm",))
     refused("inits: merged-continue cannot be a full finetune", finetune="full",
             inits=("merged-continue",))
-    refused("methods: cat_svd unknown; choose from linear, task_arithmetic", finetune="full",
+    refused("methods: cat_svd unknown; choose from task_arithmetic, ties", finetune="full",
             methods=("cat_svd",))
     refused("finetune full: the library holds no full-model checkpoints", finetune="full")
     refused(r"ns: every n must be at least 1 \(got \[0\]\)", ns=(0,))

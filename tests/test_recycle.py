@@ -166,7 +166,7 @@ def test_a_saved_search_reloads_from_disk(recycled):
 def test_a_written_merge_loads_in_peft_and_reproduces_its_accuracy(recycled, monkeypatch):
     from peft import PeftModel
 
-    from mashup_core.models.library import workspace_library
+    from mashup_core.config import workspace_library
     from mashup_core.models.loading import load_base_model, load_tokenizer
     from mashup_core.selection.loglik import evaluate_mc
 

@@ -5,37 +5,35 @@ carries the study's own numbers."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 from links import link
 
 from mashup_core.compare.protocol import MEAN
-from mashup_core.study.export import results_markdown
 from mashup_core.study.report import study_table
 from mashup_core.views import report, teaching
+from mashup_core.views.export import results_markdown
 from mashup_core.workspace import Workspace
 
 pytest.importorskip("streamlit.testing.v1")
+from dashboard import check, render  # noqa: E402 (tests/ is on sys.path)
 from streamlit.runtime.memory_media_file_storage import _calculate_file_id  # noqa: E402
 from streamlit.testing.v1 import AppTest  # noqa: E402
-from test_app import check, figures, render, values  # noqa: E402 (tests/ is on sys.path)
+from test_app import figures, values  # noqa: E402
 
-APP = Path(__file__).resolve().parent.parent / "app.py"
 STUDY = "tiny-trained"
 LRS = (1e-4, 1e-3)
 
 
 @pytest.fixture(scope="module")
-def trained_world(tiny_world, tmp_path_factory) -> Workspace:
+def trained_world(copy_of_tiny_world) -> Workspace:
     """A copy of the tiny world with a real trained study (2 targets, 2 lrs, 4 steps each) and
     a merge-only one."""
     from mashup_core.study.grid import run_study
     from mashup_core.study.spec import StudySpec
 
-    ws = Workspace(tmp_path_factory.mktemp("report") / "ws")
-    shutil.copytree(tiny_world.root, ws.root)
+    ws = copy_of_tiny_world("report")
     run_study(ws, StudySpec(tasks=("min", "sort"), methods=("linear",), ks=(1,), ns=(16,),
                             eval_limit=16, lrs=LRS, train=True, train_steps=4, eval_every=2,
                             train_batch_size=8), STUDY, progress=False, engine="inline")
@@ -45,20 +43,12 @@ def trained_world(tiny_world, tmp_path_factory) -> Workspace:
 
 
 @pytest.fixture
-def trained(trained_world, monkeypatch) -> Workspace:
-    monkeypatch.setenv("MASHUP_WORKSPACE", str(trained_world.root))
-    return trained_world
+def trained(trained_world, open_in_dashboard) -> Workspace:
+    return open_in_dashboard(trained_world)
 
 
 def open_report(study: str, teach: bool = False) -> AppTest:
-    at = AppTest.from_file(str(APP), default_timeout=120)
-    at.query_params["study"] = study
-    if teach:
-        at.query_params["teach"] = "1"
-    at.run()
-    at.switch_page("pages/report.py").run()
-    check(at)
-    return at
+    return render("report", params={"study": study, **({"teach": "1"} if teach else {})})
 
 
 def download(at: AppTest, label: str):
@@ -176,11 +166,12 @@ def sleeper():
     proc.wait()
 
 
-def test_pages_say_what_the_demo_content_is_still_computing(world_copy, monkeypatch, sleeper):
+def test_pages_say_what_the_demo_content_is_still_computing(world_copy, open_in_dashboard,
+                                                            sleeper):
     from mashup_core.demo.content import content_status, study_counts, update_record
     from mashup_core.jobs.processes import process_start
 
-    monkeypatch.setenv("MASHUP_WORKSPACE", str(world_copy.root))
+    open_in_dashboard(world_copy)
     update_record(world_copy, state="running", pid=sleeper.pid, pid_start=process_start(sleeper.pid))
     update_record(world_copy, "world", state="done")
     update_record(world_copy, "study", state="running")
@@ -223,11 +214,7 @@ def test_the_launcher_shows_engine_progress_and_cancels(trained, monkeypatch, sl
         "state": "running", "cells_total": 12, "cells_done": 5,
         "tasks": {"done": 3, "running": 2, "failed": 1, "pending": 4},
         "nodes": {"10.0.0.2": {"running": 1, "done": 2}}})
-    at = AppTest.from_file(str(APP), default_timeout=120)
-    at.query_params["study"] = STUDY
-    at.run()
-    at.switch_page("pages/merge.py").run()
-    check(at)
+    at = render("merge", params={"study": STUDY})
     text = "\n".join(bar.text for bar in at.get("progress"))
     assert "ray://head:10001: 5/12 cells" in text and "failed 1" in text
     [nodes] = [c.value for c in at.caption if c.value.startswith("Per node:")]

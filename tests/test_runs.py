@@ -136,7 +136,7 @@ def test_foreground_run_writes_everything_and_indexes_it(world_copy, capsys):
 def test_mashup_run_trains_from_the_merged_top_k(world_copy):
     from peft import PeftModel
 
-    from mashup_core.data.targets import sample_examples
+    from mashup_core.data.examples import sample_examples
     from mashup_core.demo.world import load_split
     from mashup_core.models.loading import load_base_model, load_tokenizer
     from mashup_core.selection.loglik import evaluate_mc

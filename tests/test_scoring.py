@@ -13,7 +13,7 @@ import torch
 from world_checks import check_measured_story
 
 from mashup_core.cli import main
-from mashup_core.data.targets import sample_examples, write_jsonl
+from mashup_core.data.examples import sample_examples, write_jsonl
 from mashup_core.demo.world import load_split
 from mashup_core.models.library import demo_library
 from mashup_core.models.loading import load_base_model, load_tokenizer
@@ -27,10 +27,10 @@ from mashup_core.selection.scoring import (
     explain_choice,
     kendall_tau,
     score_library,
-    score_library_cached,
     sweep_from_table,
     sweep_n,
 )
+from mashup_core.selection.store import score_library_cached
 
 N = 32
 
@@ -240,7 +240,7 @@ def test_cache_hits_survives_corruption_and_sees_changes(world_copy):
         return score_library_cached(ws, ckpts, examples, n=8, seed=1, progress=False)
 
     first = run()
-    files = list((ws.cache_dir / "scores").glob("*.json"))
+    files = list((ws.cache_dir / "scores").rglob("*.json"))
     assert not first.from_cache and len(files) == 1
     second = run()
     assert second.from_cache and second.rows == first.rows
@@ -251,8 +251,11 @@ def test_cache_hits_survives_corruption_and_sees_changes(world_copy):
     assert json.loads(files[0].read_text())["kind"] == "mashup-scores"  # rewritten
     weights = ws.library_dir / "sort" / "adapter_model.safetensors"
     os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
-    assert not run().from_cache  # a rewritten adapter is scored again
-    assert len(list((ws.cache_dir / "scores").glob("*.json"))) == 2
+    fourth = run()
+    assert not fourth.from_cache  # a rewritten adapter is scored again, and only it
+    assert set(fourth.choice_scores) == {BASE_ROW, "sort"}
+    stored = json.loads(files[0].read_text())["entries"]
+    assert len(stored) == 4, "one sample's file: the base, min, and sort before and after"
 
 
 def _table(rows, base):
@@ -282,7 +285,8 @@ def test_explanation_names_the_choice_and_flags_the_traps(min_table):
 
 def test_cli_score_json_with_sweep(world_copy, capsys):
     code = main(["score", "--workspace", str(world_copy.root), "--target", "min", "--n", "16",
-                 "--sweep", "8,16", "--k", "2", "--no-snapshots", "--json", "--no-progress"])
+                 "--sweep", "8,16", "--k", "2", "--no-snapshots", "--json", "--no-progress",
+                 "--scorer", "nll"])
     out = json.loads(capsys.readouterr().out)
     assert code == 0 and out["n"] == 16 and out["exclude_task"] == "min"
     donors = [r for r in out["table"]["rows"] if r["source_task"] != "min"]

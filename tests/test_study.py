@@ -16,7 +16,7 @@ from mashup_core.compare.parity import (
     wallclock_ratio,
     wallclock_ratio_timed,
 )
-from mashup_core.data.targets import sample_examples
+from mashup_core.data.examples import sample_examples
 from mashup_core.defaults import DEMO_LEARNING_RATE
 from mashup_core.demo.world import load_split
 from mashup_core.models.loading import load_base_model, load_tokenizer

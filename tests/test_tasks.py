@@ -11,11 +11,17 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from mashup_core.config import load_target
+from mashup_core.data.examples import (
+    DatasetError,
+    MCExample,
+    parse_mathqa_options,
+    sample_examples,
+    sample_indices,
+)
 from mashup_core.data.targets import (
     BENCHMARKS,
-    DatasetError,
     FieldMapping,
-    MCExample,
     TargetSpec,
     benchmark_row_to_example,
     file_fields,
@@ -25,11 +31,7 @@ from mashup_core.data.targets import (
     load_benchmark_file,
     load_demo_task,
     load_file,
-    load_target,
-    parse_mathqa_options,
     resolve_target,
-    sample_examples,
-    sample_indices,
 )
 
 DATA = Path(__file__).parent / "data"
@@ -576,7 +578,8 @@ def test_resolve_target_from_what_a_user_types(tiny_world, tmp_path):
 
 def test_single_file_target_holds_out_a_validation_split(tmp_path):
     """One uploaded file: train and validation are disjoint and together are the whole file."""
-    from mashup_core.data.targets import load_target, write_jsonl
+    from mashup_core.config import load_target
+    from mashup_core.data.examples import write_jsonl
 
     examples = [MCExample(f"q{i}:", ("a", "b"), i % 2) for i in range(23)]
     path = tmp_path / "mine.jsonl"

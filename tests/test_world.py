@@ -122,7 +122,7 @@ def test_force_and_other_seed_rebuild(world_copy, monkeypatch):
     from mashup_core.demo import world
 
     calls = []
-    monkeypatch.setattr(world, "_build", lambda ws, prof, seed, progress: calls.append(seed))
+    monkeypatch.setattr(world, "_build", lambda ws, prof, seed, *_: calls.append(seed))
     build_world(world_copy, "tiny", seed=0, force=True, progress=False)
     build_world(world_copy, "tiny", seed=1, progress=False, log=lambda _m: None)
     assert calls == [0, 1]
@@ -144,22 +144,65 @@ def test_damaged_world_is_detected(world_copy, damage, reason):
 
 
 def test_interrupted_build_is_rebuilt_identically(tiny_world, world_copy):
-    """An interrupted build is never reused: it is rebuilt, and the same seed gives the same bytes."""
+    """An interrupted build is never reused: it is rebuilt, and the same seed gives the same
+    bytes, every file of them, whether one process trained the adapters or several side by
+    side (the session's world was built the other way)."""
     shutil.rmtree(world_copy.library_dir / "tail")
     world_copy.building_marker.write_text("{}")
     messages = []
-    report = build_world(world_copy, "tiny", seed=0, progress=False, log=messages.append)
+    other_way = 1 if tiny_world.manifest()["build_workers"] > 1 else 2
+    report = build_world(world_copy, "tiny", seed=0, progress=False, log=messages.append,
+                         workers=other_way)
     assert not report.reused
     assert any("interrupted build" in m for m in messages)
-    rebuilt, original = world_copy.manifest()["files"], tiny_world.manifest()["files"]
-    weights = [f for f in original if f.endswith(".safetensors")]
+    rebuilt, original = world_copy.manifest(), tiny_world.manifest()
+    assert {rebuilt["build_workers"], original["build_workers"]} == {1, 2}
+    weights = [f for f in original["files"] if f.endswith(".safetensors")]
     assert len(weights) == 1 + 16  # base + 8 final adapters + 8 snapshots
-    assert {f: rebuilt[f]["sha256"] for f in weights} == {f: original[f]["sha256"] for f in weights}
+    assert rebuilt["files"] == original["files"]  # sizes and hashes of every file
+    assert rebuilt["report"]["cross_accuracy"] == original["report"]["cross_accuracy"]
     torch.testing.assert_close(
         load_file(world_copy.library_dir / "tail" / "adapter_model.safetensors"),
         load_file(tiny_world.library_dir / "tail" / "adapter_model.safetensors"),
         rtol=0, atol=0,
     )
+
+
+def test_a_build_in_progress_reads_building_with_its_stage(world_copy, capsys):
+    """While a build runs, `mashup demo status` and `world_status` say so, with the stage,
+    "adapter i of N", the time elapsed and an estimate, not "interrupted"; a second build
+    into the same folder is refused."""
+    import subprocess
+    import sys
+    import time
+
+    from mashup_core.demo.progress import build_progress
+    from mashup_core.demo.world import WorldBusy
+    from mashup_core.jobs.processes import process_start
+
+    builder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        now = time.time()
+        world_copy.building_marker.write_text(json.dumps({
+            "pid": builder.pid, "pid_start": process_start(builder.pid), "profile": "tiny",
+            "workers": 2, "started": now - 20, "stage": "library", "stage_started": now - 10,
+            "done": 2, "total": 8, "unit": "adapters", "finished_stages": {"pretrain": 6.0}}))
+        progress = build_progress(world_copy)
+        assert progress["stage"] == "library" and 19 < progress["elapsed"] < 30
+        assert 25 < progress["left"] < 40  # 10 s for 2 adapters: about 30 s for the other 6
+        usable, reason = world_status(world_copy)
+        assert not usable and "being built now" in reason and "adapter 3 of 8" in reason
+        assert main(["demo", "status", "--workspace", str(world_copy.root)]) == 1
+        out = capsys.readouterr().out
+        assert "building: training the LoRA library: adapter 3 of 8" in out and "left" in out
+        assert "interrupted" not in out
+        with pytest.raises(WorldBusy, match="being built now by pid"):
+            build_world(world_copy, "tiny", seed=0, progress=False)
+    finally:
+        builder.kill()
+        builder.wait()
+    assert build_progress(world_copy) is None  # the builder is gone: an interrupted build
+    assert "interrupted build" in world_status(world_copy)[1]
 
 
 def test_unwritable_workspace_is_reported(tmp_path):

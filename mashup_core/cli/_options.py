@@ -17,6 +17,9 @@ def add_model_options(parser: argparse.ArgumentParser, *, library: bool = True) 
                            help="a checkpoint folder or Hub id; repeat for several")
     group.add_argument("--trust-remote-code", action="store_true", default=None,
                        help="let the base model's own code run (off unless you ask)")
+    group.add_argument("--chat-template", metavar="FILE",
+                       help="a Jinja chat template for a base whose tokenizer has none (the chat "
+                       "and reference prompt formats; default: [base] chat_template)")
 
 
 def add_target_options(parser: argparse.ArgumentParser, *, required: bool = True,
@@ -32,8 +35,9 @@ def add_target_options(parser: argparse.ArgumentParser, *, required: bool = True
     add_mapping_arguments(parser)
 
 
-FORMATS_HELP = ("cloze (lm-eval's rows, the default) or chat (a chat turn in the base model's "
-                 "chat template listing lettered choices; the answer is the letter)")
+FORMATS_HELP = ("cloze (lm-eval's rows, the default), chat (a chat turn in the base model's "
+                "chat template listing lettered choices; the answer is the letter) or reference "
+                "(the reference pipeline's own user message per benchmark, in the chat template)")
 
 
 def add_prompt_format_argument(parser: argparse.ArgumentParser, *, help: str,
@@ -80,16 +84,14 @@ def target_spec(args: argparse.Namespace, ws, split: str = "train", name: str | 
 def target_rows(args: argparse.Namespace, ws, split: str = "train", name: str | None = None):
     """(TargetSpec, all its rows): a chat format is rendered with the tokenizer of the base the
     verb runs on (--base wins over the workspace's), not always the workspace's."""
+    from mashup_core.config import load_target
     from mashup_core.data.prompts import PROMPT_FORMATS
-    from mashup_core.data.targets import load_target
 
     spec = target_spec(args, ws, split, name)
     tokenizer = None
-    if getattr(args, "base", None) and PROMPT_FORMATS[spec.prompt_format].needs_tokenizer:
-        from mashup_core.models.loading import load_tokenizer
-
-        config = model_config(args, ws)
-        tokenizer = load_tokenizer(config.base_model, trust_remote_code=config.base.trust_remote_code)
+    if ((getattr(args, "base", None) or getattr(args, "chat_template", None))
+            and PROMPT_FORMATS[spec.prompt_format].needs_tokenizer):
+        tokenizer = model_config(args, ws).base.load_tokenizer()
     return spec, load_target(spec, ws, tokenizer)
 
 
@@ -98,4 +100,5 @@ def model_config(args: argparse.Namespace, ws):
     from mashup_core.config import resolve_config
 
     return resolve_config(ws, base=getattr(args, "base", None), sources=getattr(args, "source", None),
-                          trust_remote_code=getattr(args, "trust_remote_code", None))
+                          trust_remote_code=getattr(args, "trust_remote_code", None),
+                          chat_template=getattr(args, "chat_template", None))

@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 
 from mashup_core.cli._options import (
+    FORMATS_HELP,
     add_mapping_arguments,
     add_model_options,
+    add_prompt_format_argument,
     model_config,
-    target_spec,
+    target_rows,
 )
 
 
@@ -45,6 +47,8 @@ def register(sub, parent: argparse.ArgumentParser) -> None:
     targets.add_argument("--n", type=int, default=3, help="examples to preview (default: 3)")
     targets.add_argument("--data", metavar="DIR_OR_FILE",
                          help="with a benchmark: its examples from local files in its Hub schema")
+    add_prompt_format_argument(targets, help="with --show: how the rows are shown: " + FORMATS_HELP)
+    add_model_options(targets, library=False)
     add_mapping_arguments(targets)
     targets.set_defaults(func=_targets)
 
@@ -140,17 +144,27 @@ def _targets(args) -> int:
 
 def _show(args, ws) -> int:
     from mashup_core.cli import emit
-    from mashup_core.data.targets import load_target
+    from mashup_core.data.prompts import PROMPT_FORMATS
 
-    spec = target_spec(args, ws, args.split, name=args.show)
-    examples = load_target(spec, ws)
+    spec, examples = target_rows(args, ws, args.split, name=args.show)
     shown = examples[: max(args.n, 0)]
     lines = [f"{spec.kind} target {spec.label}: {len(examples)} examples; the first {len(shown)}"]
+    if spec.prompt_format == "reference" and any(ex.meta.get("rendering") == "generic" for ex in shown):
+        lines.append("  (not one of the paper's 8 benchmarks: the reference format shows these rows "
+                     "in the generic chat layout, not a benchmark's own message)")
     for i, ex in enumerate(shown, start=1):
-        lines.append(f"[{i}] {ex.prompt!r}")
+        if "user" in ex.meta:
+            lines.append(f"[{i}] user message ({ex.meta.get('rendering')}): {ex.meta['user']!r}")
+            lines.append(f"    templated: {ex.prompt!r}")
+        else:
+            lines.append(f"[{i}] {ex.prompt!r}")
         lines += [f"    {'*' if j == ex.gold else ' '} {chr(97 + j)}) {c!r}" for j, c in enumerate(ex.choices)]
-    emit(args, {"target": spec.to_dict(), "count": len(examples), "examples": [e.to_json() for e in shown]},
-         "\n".join(lines))
+    rows = [{**e.to_json(), **({"user_message": e.meta["user"], "templated": e.prompt}
+                               if "user" in e.meta else {})} for e in shown]
+    emit(args, {"target": spec.to_dict(), "count": len(examples),
+                "prompt_format": {"name": spec.prompt_format,
+                                  "summary": PROMPT_FORMATS[spec.prompt_format].summary},
+                "examples": rows}, "\n".join(lines))
     return 0
 
 

@@ -66,12 +66,20 @@ def register(sub, parent: argparse.ArgumentParser) -> None:
                      "scratch runs scratch; mashup runs merged-continue, or merged-fold for full)")
     new.add_argument("--finetune", choices=["lora", "full"],
                      help="lora or full (default: the workspace's)")
-    new.add_argument("--steps", type=int, default=200)
-    new.add_argument("--batch-size", type=int, default=32)
+    new.add_argument("--steps", type=int, default=defaults.TRAIN_STEPS)
+    new.add_argument("--batch-size", type=int, default=defaults.BATCH_SIZE)
     new.add_argument("--lr", type=float,
                      help="learning rate (default: the workspace's, else by finetune mode)")
-    new.add_argument("--eval-every", type=int, default=10)
-    new.add_argument("--checkpoint-every", type=int, default=20)
+    new.add_argument("--eval-every", type=int, default=defaults.EVAL_EVERY)
+    new.add_argument("--eval-metric", default=defaults.EVAL_METRIC,
+                     help="what curves, parity and the best lr read: acc, acc_norm, token_acc, "
+                     "exact_match (every evaluation records all of them)")
+    new.add_argument("--checkpoint-every", type=int, default=defaults.CHECKPOINT_EVERY)
+    new.add_argument("--report-to", action="append", metavar="TRACKER",
+                     help="log the run to tensorboard or mlflow too (repeatable; default: the "
+                     "workspace's [defaults] report_to)")
+    new.add_argument("--tracking-uri", help="the MLflow tracking URI (default: the workspace's, "
+                     "else a file store in the workspace's mlruns/)")
     new.add_argument("--seed", type=int, default=0, help="seeds everything, batch order included")
     new.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the workspace's)")
     new.set_defaults(func=_new_spec)
@@ -178,6 +186,9 @@ def _new_spec(args) -> int:
         seed=args.seed, where="new-spec", kind=args.kind, name=args.name, scorer=args.scorer,
         n=args.n, k=args.k, merge_method=args.method, weight_strategy=args.weights,
         init=args.init, eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
+        eval_metric=args.eval_metric,
+        **({"report_to": args.report_to} if args.report_to else {}),
+        **({"tracking_uri": args.tracking_uri} if args.tracking_uri else {}),
     )
     print(json.dumps(spec.to_dict(), indent=2))
     return 0

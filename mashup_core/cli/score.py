@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 
+from mashup_core import defaults
 from mashup_core.cli._options import (
     add_model_options,
     add_target_options,
@@ -29,7 +31,7 @@ def register(sub, parent: argparse.ArgumentParser) -> None:
         DEFAULT_MIN_N,
         SELECTIONS,
     )
-    from mashup_core.selection.scoring import SCORERS
+    from mashup_core.selection.scorers import SCORERS
 
     score = sub.add_parser(
         "score", parents=[parent],
@@ -39,13 +41,18 @@ def register(sub, parent: argparse.ArgumentParser) -> None:
     )
     add_target_options(score)
     add_model_options(score)
-    score.add_argument("--scorer", default="nll", choices=[*SCORERS, "all"],
-                       help="nll: answer loss, lower is better (the paper's text); acc: accuracy "
-                       "(the reference code); all: show the top k by each (default: nll)")
-    score.add_argument("--n", type=int, default=64, help="target examples to score on (default 64)")
+    score.add_argument("--scorer", default=defaults.SCORER, choices=[*SCORERS, "all"],
+                       help="nll: answer loss, lower is better (the paper's text); acc, acc_norm: "
+                       "lm-eval's accuracy; token_acc, exact_match: teacher-forced token accuracy "
+                       "(the reference code); all: show the top k by each (default: "
+                       f"{defaults.SCORER})")
+    score.add_argument("--n", type=int, default=defaults.STUDY_N,
+                       help=f"target examples to score on (default {defaults.STUDY_N}; the "
+                       f"reference code: {defaults.SCORING_N})")
     score.add_argument("--seed", type=int, default=None,
                        help="sample the n examples with this seed (default: the first n)")
-    score.add_argument("--k", type=int, default=2, help="how many checkpoints to select (default 2)")
+    score.add_argument("--k", type=int, default=defaults.TOP_K,
+                       help=f"how many checkpoints to select (default {defaults.TOP_K})")
     score.add_argument("--no-snapshots", action="store_true",
                        help="leave out intermediate training snapshots (<task>-step<N>)")
     score.add_argument("--include-own", action="store_true",
@@ -54,6 +61,11 @@ def register(sub, parent: argparse.ArgumentParser) -> None:
     score.add_argument("--sweep", type=_sizes, metavar="N1,N2,...",
                        help="also rank on each of these sample sizes and report how stable the "
                        "ranking is (Kendall tau vs the largest; one scoring pass in all)")
+    score.add_argument("--workers", type=int, default=1,
+                       help="score on this many Ray workers, each loading the base once and "
+                       "scoring a share of the library (default 1: this process)")
+    score.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
+                       help="with --workers: a Ray cluster (default: $RAY_ADDRESS, else local)")
     score.add_argument("--selection", default="full", choices=list(SELECTIONS),
                        help="full: every checkpoint on all n examples; halving: successive "
                        "halving, every checkpoint on --min-n examples, the best 1/eta of them on "
@@ -67,7 +79,7 @@ def register(sub, parent: argparse.ArgumentParser) -> None:
                        help="halving: also keep every checkpoint within this many standard "
                        "errors of the k-th best, which a few examples cannot tell apart from it "
                        "yet (0: only ties with the cut; default %(default)g)")
-    score.add_argument("--batch-size", type=int, default=32)
+    score.add_argument("--batch-size", type=int, default=defaults.EVAL_BATCH_SIZE)
     score.add_argument("--refresh", action="store_true", help="ignore cached scores")
     score.set_defaults(func=_score)
 
@@ -87,9 +99,9 @@ def _score(args) -> int:
         SCORERS,
         ScoringError,
         explain_choice,
-        score_library_cached,
         sweep_from_table,
     )
+    from mashup_core.selection.store import score_library_cached
     from mashup_core.workspace import Workspace
 
     ws = Workspace.resolve(args.workspace)
@@ -107,7 +119,8 @@ def _score(args) -> int:
     scored_n = max([args.n, *(args.sweep or [])])
     full = score_library_cached(ws, scan.checkpoints, examples, n=scored_n, seed=args.seed,
                                 target=label, base_path=config.base_model, batch_size=args.batch_size,
-                                progress=not args.no_progress, refresh=args.refresh)
+                                progress=not args.no_progress, refresh=args.refresh,
+                                workers=args.workers, address=args.address)
     table = full.head(args.n)
     selected = {s: table.select_top_k(s, args.k, exclude_task=exclude_task) for s in scorers}
     explanation = explain_choice(table, scorers[0], args.k, exclude_task=exclude_task)
@@ -139,11 +152,11 @@ def _score(args) -> int:
 def _halving(args, ws, config, scan, examples, label, exclude_task) -> int:
     from mashup_core.cli import emit
     from mashup_core.selection.halving import successive_halving_cached
-    from mashup_core.selection.scoring import ScoringError, explain_choice
+    from mashup_core.selection.scoring import SCORERS, ScoringError, explain_choice
 
     if args.scorer == "all":
-        raise ScoringError("--selection halving ranks by one scorer: pass --scorer nll, acc or "
-                           "acc_norm")
+        raise ScoringError("--selection halving ranks by one scorer: pass --scorer "
+                           + ", ".join(SCORERS))
     if args.sweep:
         raise ScoringError("--sweep needs every checkpoint scored on all n: use --selection full")
     result = successive_halving_cached(

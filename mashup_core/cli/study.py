@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import TYPE_CHECKING
+import sys
 
-if TYPE_CHECKING:
-    from mashup_core.study.spec import StudySpec
+from mashup_core import defaults
+from mashup_core.cli._options import FORMATS_HELP, add_prompt_format_argument
+from mashup_core.selection.scorers import EVAL_METRICS, SCORERS
+from mashup_core.study.presets import PRESETS
+from mashup_core.study.spec import StudySpec
 
 
 def _names(text: str) -> list[str]:
@@ -50,36 +53,51 @@ def register(sub, parent: argparse.ArgumentParser) -> None:
     study.add_argument("--out", help="report: the folder to write (default: in the study folder)")
     study.add_argument("--tasks", default="all",
                        help="comma-separated targets, or 'all': the workspace's (default)")
-    study.add_argument("--methods", type=_names, default=["linear", "cat_svd", "ties"],
-                       help="comma-separated merge methods (default linear,cat_svd,ties)")
-    study.add_argument("--ks", type=_ints, default=[1, 2, 3], help="comma-separated k values (default 1,2,3)")
-    study.add_argument("--scorer", type=_names, default=["acc"], help="scorer(s): acc, nll, acc_norm")
-    study.add_argument("--weights", type=_names, default=["equal"], help="weighting(s): equal, proportional")
-    study.add_argument("--ns", "--n", dest="ns", type=_ints, default=[64],
-                       help="comma-separated scoring sample sizes: the first n train examples (default 64)")
-    study.add_argument("--density", type=float, default=0.5, help="density of the pruning methods")
-    study.add_argument("--eval-limit", type=int, default=0, help="validation examples (0 = all)")
-    study.add_argument("--seed", type=int, default=0,
+    study.add_argument("--preset", choices=list(PRESETS),
+                       help="set every setting as a published pipeline does: 'reference' is "
+                       "2son1a/mashup-learning's leave-one-out study (the values and what the "
+                       "workspace or a flag overrides are printed before it starts)")
+    # None = not given: the spec's default (mashup_core.defaults), or the preset's value.
+    study.add_argument("--methods", type=_names, help="comma-separated merge methods (default "
+                       f"{','.join(defaults.STUDY_METHODS)})")
+    study.add_argument("--ks", type=_ints, help="comma-separated k values (default "
+                       f"{','.join(map(str, defaults.STUDY_KS))})")
+    study.add_argument("--scorer", dest="scorers", type=_names,
+                       help="scorer(s) that rank the library: " + ", ".join(SCORERS))
+    study.add_argument("--weights", dest="weightings", type=_names,
+                       help="weighting(s): equal, proportional")
+    study.add_argument("--ns", "--n", dest="ns", type=_ints,
+                       help="comma-separated scoring sample sizes: the first n train examples")
+    study.add_argument("--density", type=float, help="density of the pruning methods")
+    study.add_argument("--eval-limit", type=int, help="validation examples (0 = all)")
+    study.add_argument("--eval-metric", choices=list(EVAL_METRICS),
+                       help="what merges and checkpoints are evaluated with (curves, parity, the "
+                       "best lr): acc (lm-eval's, the default) or token_acc (the reference's)")
+    study.add_argument("--seed", type=int,
                        help="seed of the validation sample and of the merges' random drops")
-    study.add_argument("--train", action="store_true",
+    study.add_argument("--train", action="store_true", default=None,
                        help="also finetune from every merge and from scratch, and compare")
-    study.add_argument("--lrs", "--lr", dest="lrs", type=_lrs, default=[],
+    study.add_argument("--lrs", "--lr", dest="lrs", type=_lrs,
                        help="comma-separated learning rates, or 'paper': the paper's sweep for the "
                        "finetune mode (default: the workspace's lr)")
-    study.add_argument("--seeds", type=_ints, default=[0],
+    study.add_argument("--seeds", type=_ints,
                        help="comma-separated training seeds (LoRA init, batch order; default 0)")
-    study.add_argument("--inits", type=_names, default=[],
+    study.add_argument("--inits", type=_names,
                        help="where train cells start: merged-continue, merged-fold, recycle "
                        "(default: merged-continue for LoRA, merged-fold for full)")
     study.add_argument("--finetune", choices=["lora", "full"],
                        help="lora, or full: a library of full checkpoints (default: the workspace's)")
-    study.add_argument("--train-steps", type=int, default=100)
-    study.add_argument("--epochs", type=float,
+    study.add_argument("--train-steps", type=int)
+    study.add_argument("--epochs", dest="train_epochs", type=float,
                        help="train this many epochs over the train split instead of --train-steps")
-    study.add_argument("--batch-size", type=int, default=32)
-    study.add_argument("--eval-every", type=int, default=10)
-    study.add_argument("--gradient-checkpointing", action="store_true",
+    study.add_argument("--batch-size", dest="train_batch_size", type=int)
+    study.add_argument("--eval-every", type=int)
+    study.add_argument("--evals-per-epoch", type=int,
+                       help="evaluate this many times per epoch instead of every --eval-every steps")
+    study.add_argument("--gradient-checkpointing", action="store_true", default=None,
                        help="recompute activations in the backward pass (less memory)")
+    add_prompt_format_argument(study, help="how the targets' rows are shown: " + FORMATS_HELP
+                               + " (default: the workspace's)")
     study.add_argument("--device", help="where train cells run: cpu, cuda or cuda:N (default: the "
                        "workspace's; on CUDA each train cell asks Ray for a GPU)")
     study.add_argument("--engine", choices=["ray", "inline"], default="ray",
@@ -134,33 +152,47 @@ def _study(args) -> int:
     return 0
 
 
+# The study flags, by the StudySpec field each sets (argparse's dest is the field's name).
+SPEC_FLAGS = ("methods", "ks", "scorers", "weightings", "ns", "lrs", "seeds", "inits", "seed",
+              "eval_limit", "eval_metric", "density", "train", "train_steps", "train_epochs",
+              "train_batch_size", "eval_every", "evals_per_epoch", "finetune",
+              "gradient_checkpointing", "prompt_format")
+
+
 def spec_from_args(args, ws) -> StudySpec:
-    """The study the flags describe; `--lrs paper` is the paper's sweep for the finetune mode."""
+    """The study the flags describe (a preset's, with the workspace's and the flags' overrides,
+    printed); `--lrs paper` is the paper's sweep for the finetune mode."""
     from mashup_core.config import resolve_config
     from mashup_core.defaults import LR_SWEEP
-    from mashup_core.study.spec import StudyError, StudySpec, study_task_names
+    from mashup_core.study.presets import resolve_preset, workspace_overrides
+    from mashup_core.study.spec import StudyError, study_task_names
 
     tasks = study_task_names(ws) if args.tasks == "all" else _names(args.tasks)
     if not tasks:
         raise StudyError(f"the workspace {ws.root} lists no targets; add them to mashup.toml "
                          "(`mashup config --add-target ...`) or name --tasks")
-    finetune = args.finetune or resolve_config(ws).defaults.finetune
-    return StudySpec(
-        tasks=tasks, methods=args.methods, ks=args.ks, scorers=args.scorer, weightings=args.weights,
-        ns=args.ns, lrs=LR_SWEEP[finetune] if args.lrs == "paper" else args.lrs,
-        seeds=args.seeds, inits=args.inits, seed=args.seed, eval_limit=args.eval_limit,
-        density=args.density, train=args.train, train_steps=args.train_steps,
-        train_epochs=args.epochs, train_batch_size=args.batch_size, eval_every=args.eval_every,
-        finetune=finetune, gradient_checkpointing=args.gradient_checkpointing,
-    )
+    config = resolve_config(ws)
+    finetune = args.finetune or config.defaults.finetune
+    given = {f: getattr(args, f) for f in SPEC_FLAGS if getattr(args, f, None) is not None}
+    if given.get("lrs") == "paper":
+        given["lrs"] = LR_SWEEP[finetune]
+    given["finetune"] = finetune
+    if not args.preset:
+        return StudySpec(tasks=tuple(tasks), **given)
+    if args.finetune is None:
+        del given["finetune"]
+    resolved = resolve_preset(args.preset, finetune, workspace=workspace_overrides(ws, config),
+                              flags=given)
+    print("\n".join(resolved.lines), file=sys.stderr if args.json else sys.stdout)
+    return StudySpec(tasks=tuple(tasks), **resolved.values)
 
 
 def _report(args, ws) -> int:
     from pathlib import Path
 
     from mashup_core.cli import emit
-    from mashup_core.study.export import write_report
     from mashup_core.study.spec import StudyError
+    from mashup_core.views.export import write_report
 
     if not args.study:
         raise StudyError("mashup study report STUDY: name the study (its id or folder)")
@@ -185,6 +217,7 @@ def _parity(args) -> int:
 
     ws = Workspace.resolve(args.workspace)
     scratch, mashup = get_run(ws, args.scratch), get_run(ws, args.mashup)
-    result = compare_runs(scratch.metrics, mashup.metrics, mashup.timings, scratch.timings)
+    result = compare_runs(scratch.metrics, mashup.metrics, mashup.timings, scratch.timings,
+                          metric=mashup.spec.eval_metric)
     emit(args, {"scratch": scratch.id, "mashup": mashup.id, **result})
     return 0

@@ -139,15 +139,15 @@ def _training_seconds(metrics: Sequence[Mapping], timings: Mapping, key: str) ->
 
 def compare_runs(
     scratch_metrics: Sequence[Mapping], mashup_metrics: Sequence[Mapping], timings: Mapping,
-    scratch_timings: Mapping | None = None,
+    scratch_timings: Mapping | None = None, metric: str = "acc",
 ) -> dict:
     """Parity (normal and strict), Δ final accuracy and wall-clock ratios of a mashup run
-    against its from-scratch baseline.
+    against its from-scratch baseline, on the evaluation `metric` (the run's `eval_metric`).
 
     `timings` is the mashup run's timings.json (scoring, merging and weight-search seconds,
     training_s); the scratch run's training time comes from `scratch_timings` or its metrics.
     """
-    scratch, mashup = eval_curve(scratch_metrics), eval_curve(mashup_metrics)
+    scratch, mashup = eval_curve(scratch_metrics, metric=metric), eval_curve(mashup_metrics, metric=metric)
     scratch_s = _training_seconds(scratch_metrics, scratch_timings or {}, "training_s")
     mashup_s = _training_seconds(mashup_metrics, timings, "training_s")
     cost = {key: float(timings.get(key) or 0.0) for key in METHOD_COST_KEYS}
@@ -157,10 +157,12 @@ def compare_runs(
     target = _sorted(scratch, "scratch")[-1][1]
     reached_step = first_reach(mashup, target)
     timed = None
-    scratch_t, mashup_t = eval_curve(scratch_metrics, "seconds"), eval_curve(mashup_metrics, "seconds")
+    scratch_t = eval_curve(scratch_metrics, "seconds", metric)
+    mashup_t = eval_curve(mashup_metrics, "seconds", metric)
     if scratch_t and mashup_t:
         timed = wallclock_ratio_timed(scratch_t, mashup_t, overhead, 0.0)
     return {
+        "metric": metric,
         "target_acc": target,
         "scratch_final_acc": target,
         "mashup_final_acc": _sorted(mashup, "mashup")[-1][1],

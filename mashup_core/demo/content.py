@@ -12,10 +12,12 @@ by a shortcut of their own:
     pair    `jobs.runner.launch_pair`: a mashup run on the story's default target
             (`demo.story`) and its scratch baseline, as the Launch page starts them
 
-`launch_content` starts the three as one detached job (`mashup demo build --with-content`) and
-returns at once, so the dashboard serves while it works; `build_content` is that job (or a
-foreground `mashup demo build --with-content`). Each stage's state is kept in the workspace's
-`demo_content.json` (written atomically, under a lock) and a later start reuses what is there:
+`launch_content` starts the three as one detached job (the job layer's kind "demo",
+`jobs.background`) and returns at once, so the dashboard serves while it works; `build_content`
+is that job (or a foreground `mashup demo build --with-content`). The job's record, and each
+stage's state, is the workspace's `demo_content.json` (written atomically, under a lock); while
+the world builds, its own marker says how far (`demo.progress`). A later start
+reuses what is there:
 a complete world, a complete study and a finished pair are never recomputed; a half-done
 study resumes from its cells file; a pair whose run was killed resumes from its checkpoint.
 `content_status` is what the pages read: per stage its state, progress counts, times, error.
@@ -24,7 +26,6 @@ study resumes from its cells file; a pair whose run was killed resumes from its 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import os
 import time
@@ -33,13 +34,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mashup_core import defaults
 from mashup_core.errors import MashupError
-from mashup_core.workspace import Workspace, read_json, write_json_atomic
+from mashup_core.jobs.background import (
+    CONTENT_FILE,
+    CONTENT_ID,
+    CONTENT_LOG,
+    KINDS,
+    mark_running,
+    start_job,
+)
+from mashup_core.jobs.processes import process_alive
+from mashup_core.jobs.record import OLD_STATES, editing, settle
+from mashup_core.workspace import Workspace, locked, read_json
 
-CONTENT_FILE = "demo_content.json"
-CONTENT_LOG = "demo-build.log"  # the file the first screen shows while a world builds
 STAGES = ("world", "study", "pair")
-STATES = ("pending", "running", "done", "failed")
+STATES = ("pending", "running", "done", "failed")  # of a stage (the job's own are jobs.record's)
 PAIR_GROUP = "demo-story"  # the group of the demo's mashup + scratch pair
 ENGINE = "inline"  # the demo study's engine: see ContentPlan and the README's timings
 
@@ -58,10 +68,10 @@ class ContentPlan:
     6 minutes on a slow 2-core machine; see the README for the measurements.
     """
 
-    methods: tuple[str, ...] = ("linear", "cat_svd", "ties")
-    ks: tuple[int, ...] = (1, 2, 3)
-    pair_steps: int = 100
-    pair_eval_every: int = 10
+    methods: tuple[str, ...] = defaults.STUDY_METHODS
+    ks: tuple[int, ...] = defaults.STUDY_KS
+    pair_steps: int = defaults.TRAIN_STEPS
+    pair_eval_every: int = defaults.EVAL_EVERY
     pair_k: int = 2
 
 
@@ -87,33 +97,22 @@ def content_log_path(ws: Workspace) -> Path:
     return ws.root / CONTENT_LOG
 
 
-@contextlib.contextmanager
-def _record_lock(ws: Workspace) -> Iterator[None]:
-    with open(ws.root / f".{CONTENT_FILE}.lock", "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def read_record(ws: Workspace) -> dict[str, Any]:
     record = read_json(content_path(ws), {})
     return record if isinstance(record, dict) else {}
 
 
 def update_record(ws: Workspace, stage: str | None = None, **changes: Any) -> dict[str, Any]:
-    """Read-modify-write the record under a lock: the job's fields, or one stage's."""
+    """Read-modify-write the record under its lock: the job's fields, or one stage's."""
     ws.root.mkdir(parents=True, exist_ok=True)
-    with _record_lock(ws):
-        record = read_record(ws) or {"kind": "mashup-demo-content", "version": 1}
+    with editing(content_path(ws)) as record:
+        record.setdefault("kind", "mashup-demo-content")
+        record.setdefault("version", 1)
         if stage is None:
             record.update(changes)
         else:
             stages = record.setdefault("stages", {})
             stages[stage] = {**stages.get(stage, {}), **changes}
-        record["updated"] = time.time()
-        write_json_atomic(content_path(ws), record)
     return record
 
 
@@ -205,18 +204,13 @@ def build_world_slotted(ws: Workspace, profile: str, seed: int, *, force: bool =
 @contextlib.contextmanager
 def _one_content_job(ws: Workspace) -> Iterator[None]:
     """One content job per workspace at a time (the kernel drops the lock if it dies)."""
-    ws.root.mkdir(parents=True, exist_ok=True)
-    with open(ws.root / ".demo_content.job.lock", "a") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            pid = read_record(ws).get("pid")
-            raise ContentError(f"the demo's content is already being computed in {ws.root} "
-                               f"(pid {pid}); `mashup demo status` says how far it got") from None
-        try:
+    try:
+        with locked(ws.root / ".demo_content.job.lock", wait=False):
             yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    except BlockingIOError:
+        pid = read_record(ws).get("pid")
+        raise ContentError(f"the demo's content is already being computed in {ws.root} "
+                           f"(pid {pid}); `mashup demo status` says how far it got") from None
 
 
 def build_content(ws: Workspace, profile: str = "full", seed: int = 0, *,
@@ -226,14 +220,13 @@ def build_content(ws: Workspace, profile: str = "full", seed: int = 0, *,
     `content_status`. Raises ContentError naming the stage that failed (later stages are
     then left pending: a start after the cause is fixed continues from there)."""
     from mashup_core.access import require_write
-    from mashup_core.jobs.processes import process_start
 
     require_write("computing the demo's content")
     ws.ensure_writable()
     with _one_content_job(ws):
-        update_record(ws, pid=os.getpid(), pid_start=process_start(os.getpid()), state="running",
-                      profile=profile, seed=seed, engine=engine, started=time.time(),
-                      finished=None, error=None)
+        update_record(ws)  # the record's kind and version, if it is new
+        mark_running(ws, "demo", CONTENT_ID, os.getpid(), profile=profile, seed=seed,
+                     engine=engine, cancel_requested=None)
         try:
             _stage(ws, "world", log, lambda: _world_stage(ws, profile, seed, force, progress, log))
             # The pair's runs are detached jobs: they train beside the study (one thread each,
@@ -243,7 +236,9 @@ def build_content(ws: Workspace, profile: str = "full", seed: int = 0, *,
             _stage(ws, "study", log, lambda: _study_stage(ws, engine, progress, log))
             _stage(ws, "pair", log, lambda: _pair_wait(ws, pair), started=pair["started"])
         except BaseException as exc:
-            update_record(ws, state="failed", finished=time.time(),
+            # A cancel (SIGTERM) unwinds through the study engine as an error: it was asked for.
+            asked = bool(read_record(ws).get("cancel_requested"))
+            update_record(ws, state="cancelled" if asked else "failed", finished=time.time(),
                           error=f"{type(exc).__name__}: {exc}")
             raise
         update_record(ws, state="done", finished=time.time())
@@ -371,11 +366,10 @@ def _pair_wait(ws: Workspace, pair: dict) -> dict:
 
 def launch_content(ws: Workspace, profile: str = "full", seed: int = 0, *,
                    engine: str = ENGINE) -> dict[str, Any]:
-    """Start world -> study -> pair as one detached job (`mashup demo build --with-content`)
-    and return at once with `content_status`. A job already running is left alone; a
-    complete content starts nothing (the job would only find everything reused)."""
+    """Start world -> study -> pair as one detached job (`run_content_job`) and return at
+    once with `content_status`. A job already running is left alone; a complete content
+    starts nothing (the job would only find everything reused)."""
     from mashup_core.access import require_write
-    from mashup_core.jobs.processes import process_start, spawn_detached
     from mashup_core.study.engine import ENGINES
 
     require_write("starting the demo's content")
@@ -390,17 +384,19 @@ def launch_content(ws: Workspace, profile: str = "full", seed: int = 0, *,
         status = content_status(ws)
         if status["state"] == "done":
             return status
-    update_record(ws, state="starting", profile=profile, seed=seed, engine=engine,
-                  started=time.time(), finished=None, error=None, pid=None, pid_start=None)
-    pid = spawn_detached(["demo", "build", "--with-content", "--workspace", str(ws.root),
-                          "--profile", profile, "--seed", str(seed), "--engine", engine,
-                          "--no-progress"], content_log_path(ws), mode="w")
-    with _record_lock(ws):  # the job may have written its own pid already; same pid either way
-        record = read_record(ws)
-        if record.get("pid") is None:
-            record.update(pid=pid, pid_start=process_start(pid))
-            write_json_atomic(content_path(ws), record)
+    # The job reads what to build from the record.
+    update_record(ws, state="queued", profile=profile, seed=seed, engine=engine,
+                  created=time.time(), started=None, finished=None, error=None, pid=None,
+                  pid_start=None, cancel_requested=None)
+    start_job(ws, "demo", CONTENT_ID, error=ContentError)
     return content_status(ws)
+
+
+def run_content_job(ws: Workspace) -> dict[str, Any]:
+    """The detached job: `build_content` with what `launch_content` recorded."""
+    record = read_record(ws)
+    return build_content(ws, record.get("profile") or "full", int(record.get("seed") or 0),
+                         engine=record.get("engine") or ENGINE, progress=False)
 
 
 # --- What the pages show --------------------------------------------------------------------
@@ -420,12 +416,12 @@ def content_status(ws: Workspace) -> dict[str, Any]:
     """
 
     record = read_record(ws)
+    if record:  # a job gone without a word reads "killed" (jobs.record)
+        record = settle(content_path(ws), record, KINDS["demo"].resume_hint)
     recorded = record.get("stages") or {}
     pid = record.get("pid")
     alive = _job_alive(record)
-    job_state = record.get("state") or "pending"
-    if job_state in ("running", "starting") and not alive:
-        job_state = "failed"
+    job_state = OLD_STATES.get(record.get("state"), record.get("state")) or "pending"
     gone = (f"the content job (pid {pid}) ended before this stage finished; "
             "`mashup demo start` (or `make demo`) resumes it")
     stages = {
@@ -438,7 +434,7 @@ def content_status(ws: Workspace) -> dict[str, Any]:
         state = "done"
     elif alive:
         state = "running"
-    elif "failed" in states or job_state == "failed":
+    elif "failed" in states or job_state in ("failed", "killed"):
         state = "failed"  # (a pair's detached runs may still train: its stage says running)
     elif "running" in states:
         state = "running"
@@ -455,10 +451,9 @@ def content_status(ws: Workspace) -> dict[str, Any]:
 
 
 def _job_alive(record: dict) -> bool:
-    from mashup_core.jobs.processes import process_alive
-
-    if record.get("state") == "starting" and not record.get("pid"):
-        return time.time() - (record.get("started") or 0) < 60  # being spawned right now
+    if record.get("state") in ("queued", "starting") and not record.get("pid"):
+        spawned = record.get("created") or record.get("started") or 0
+        return time.time() - spawned < 60  # being spawned right now
     return bool(record.get("pid")) and process_alive(record["pid"], record.get("pid_start"))
 
 
@@ -481,20 +476,17 @@ def _settle(rec: dict, done: bool, alive: bool, gone: str, broken: str | None = 
 
 
 def _world_status(ws: Workspace, rec: dict, alive: bool, gone: str) -> dict:
-    import json
-
+    from mashup_core.demo.progress import build_progress, describe_build
     from mashup_core.demo.world import world_status
-    from mashup_core.jobs.processes import process_alive
 
     usable, reason = world_status(ws)
-    building = False
-    with contextlib.suppress(OSError, ValueError, AttributeError):
-        building = process_alive(json.loads(ws.building_marker.read_text()).get("pid"))
-    state, error = _settle(rec, usable, alive or building, gone, reason)
-    if building and not usable:
+    building = None if usable else build_progress(ws)
+    state, error = _settle(rec, usable, alive or building is not None, gone, reason)
+    if building is not None:
         state, error = "running", None
     return {**_times(rec), "state": state, "error": error,
             "progress": {"done": int(usable), "total": 1, "unit": "world"},
+            "build": building, "detail": describe_build(building) if building else None,
             "profile": _world_profile(ws), "reason": None if usable else reason}
 
 
@@ -561,8 +553,9 @@ def _message(state: str, stages: dict[str, dict], alive: bool) -> str:
         stage = stages[name]
         if stage["state"] == "running":
             p = stage["progress"]
-            count = f": {p['done']} of {p['total']} {p['unit']}" if name != "world" else ""
-            return f"{what}{count}."
+            if name == "world":
+                return f"{what}" + (f": {stage['detail']}." if stage.get("detail") else ".")
+            return f"{what}: {p['done']} of {p['total']} {p['unit']}."
         if stage["state"] == "failed":
             return f"{what} stopped: {stage['error']}"
     if alive:

@@ -18,7 +18,7 @@ import random
 import string
 from collections.abc import Callable
 
-from mashup_core.data.targets import MCExample
+from mashup_core.data.examples import MCExample
 
 LETTERS = "abcdefghijklmnop"  # a short alphabet keeps the tiny model's job learnable
 DIGITS = string.digits

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from mashup_core.jobs.spec import SpecError
+from mashup_core.errors import MashupError
+
+
+class DeviceError(MashupError, ValueError):
+    """A device asked for that this machine does not have."""
 
 
 def resolve_device(name: str):
@@ -12,7 +16,7 @@ def resolve_device(name: str):
         return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise SpecError(f"field 'device': {name!r} asked for, but no CUDA device is available")
+        raise DeviceError(f"field 'device': {name!r} asked for, but no CUDA device is available")
     return device
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import secrets
@@ -17,8 +16,9 @@ from typing import Any
 
 from mashup_core.access import require_write
 from mashup_core.errors import MashupError
+from mashup_core.jobs.background import RUN_STATUS, cancel_job, resume_job, start_job
 from mashup_core.jobs.devices import device_key, resolve_device
-from mashup_core.jobs.processes import process_alive, process_start, spawn_detached
+from mashup_core.jobs.processes import process_start
 from mashup_core.jobs.slot import RunCancelled, accelerator_slot
 from mashup_core.jobs.spec import RunSpec, SpecError
 from mashup_core.jobs.store import (
@@ -39,14 +39,15 @@ from mashup_core.workspace import Workspace, read_json, write_json_atomic
 
 
 class _Stop:
-    """Cancellation: a `cancel` file in the run folder, or SIGTERM to the job.
+    """Cancellation: a cancel asked for in the run's record (`jobs.background.cancel_job`,
+    which also sends SIGTERM), or SIGTERM alone.
 
     Training checks it between steps and stops cleanly after a checkpoint; before training
     (loading, scoring, merging, waiting in the queue) SIGTERM interrupts at once.
     """
 
     def __init__(self, rd: Path):
-        self.flag, self.requested, self.training = rd / "cancel", False, False
+        self.status, self.requested, self.training = rd / RUN_STATUS, False, False
         self._previous = None
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGTERM, self._on_signal)
@@ -57,7 +58,7 @@ class _Stop:
             raise RunCancelled
 
     def __call__(self) -> bool:
-        self.requested = self.requested or self.flag.exists()
+        self.requested = self.requested or bool(read_json(self.status, {}).get("cancel_requested"))
         return self.requested
 
     def close(self) -> None:
@@ -127,15 +128,16 @@ def execute_run(ws: Workspace, run_id: str, *, progress: bool = True, echo: bool
         raise
     finally:
         stop.close()
-        (rd / "cancel").unlink(missing_ok=True)
+        update_status(rd, cancel_requested=None)  # asked and answered: a resume starts clean
         sync_index(ws, run_id)
     return get_run(ws, run_id)
 
 
 def _train(ws: Workspace, rd: Path, spec: RunSpec, device, log, stop: _Stop, progress: bool) -> dict:
     """Load, build the initialisation (mashup: score, select, merge), then `fit`."""
-    from mashup_core.data.targets import load_target, sample_examples
-    from mashup_core.models.loading import load_base_model, load_tokenizer
+    from mashup_core.config import load_target
+    from mashup_core.data.examples import sample_examples
+    from mashup_core.models.loading import load_base_model
     from mashup_core.training.loop import (
         FitSchedule,
         as_pairs,
@@ -156,7 +158,7 @@ def _train(ws: Workspace, rd: Path, spec: RunSpec, device, log, stop: _Stop, pro
 
     config = resolve_config(ws, base=spec.base_model or None)  # an old spec: the workspace's
     base_path, trust = config.base_model, config.base.trust_remote_code
-    tokenizer = load_tokenizer(base_path, trust_remote_code=trust)
+    tokenizer = config.base.load_tokenizer()  # with the workspace's chat template file, if any
     base = load_base_model(base_path, device=device, dtype=training_dtype(device, spec.finetune),
                            trust_remote_code=trust)
     update_status(rd, base_model=str(base_path))  # what the weights sit on (jobs.promote reads it)
@@ -196,17 +198,26 @@ def _train(ws: Workspace, rd: Path, spec: RunSpec, device, log, stop: _Stop, pro
     if ckpt:
         log(f"resuming from {ckpt.name}")
     stop.training = True
+    from mashup_core.training.trackers import open_trackers
+
+    trackers = open_trackers(spec.report_to, rd, spec.name or rd.name, spec.tracking_uri or None)
     with open(rd / "metrics.jsonl", "a", encoding="utf-8") as fh:
         def record(row: dict) -> None:
             fh.write(json.dumps(row) + "\n")
             fh.flush()
+            for tracker in trackers:  # mirrors of metrics.jsonl (report_to)
+                tracker.log(row)
 
-        result = fit(
-            model, tokenizer, as_pairs(train_examples), validation, spec.train,
-            FitSchedule(eval_every=spec.eval_every, checkpoint_every=spec.checkpoint_every),
-            checkpoint_dir=rd / "checkpoints", on_record=record, should_stop=stop,
-            progress=progress,
-        )
+        try:
+            result = fit(
+                model, tokenizer, as_pairs(train_examples), validation, spec.train,
+                FitSchedule(eval_every=spec.eval_every, checkpoint_every=spec.checkpoint_every),
+                checkpoint_dir=rd / "checkpoints", on_record=record, should_stop=stop,
+                progress=progress,
+            )
+        finally:
+            for tracker in trackers:
+                tracker.close()
     timings["training_s"] = result.state.elapsed
     timings["eval_s"] = timings.get("eval_s", 0.0) + result.eval_seconds
     write_json_atomic(rd / "timings.json", timings)
@@ -218,19 +229,8 @@ def _train(ws: Workspace, rd: Path, spec: RunSpec, device, log, stop: _Stop, pro
 
 
 def _spawn(ws: Workspace, run_id: str) -> int:
-    """Start `mashup run --resume-id` detached."""
-    rd = run_dir(ws, run_id)
-    cli_args = ["run", "--resume-id", run_id, "--workspace", str(ws.root), "--no-progress",
-                "--detached"]
-    try:
-        pid = spawn_detached(cli_args, rd / "log.txt")
-    except OSError as exc:
-        update_status(rd, state="failed", error=f"cannot start the job: {exc}")
-        raise RunError(f"cannot start the job for run {run_id}: {exc}") from exc
-    # The job writes its own status too; whichever writes first, the pid is the same.
-    update_status(rd, only_if=lambda st: st.get("pid") is None, pid=pid,
-                   pid_start=process_start(pid))
-    return pid
+    """Start the run as a detached job (`mashup jobs exec run ID`)."""
+    return start_job(ws, "run", run_id, error=RunError)
 
 
 def launch(ws: Workspace, spec: RunSpec) -> str:
@@ -275,24 +275,8 @@ def launch_pair(ws: Workspace, spec: RunSpec) -> PairLaunch:
 
 def cancel(ws: Workspace, run_id: str) -> dict[str, Any]:
     """Ask a queued or running job to stop (it checkpoints first); returns its status."""
-    require_write("cancelling a run")
-    rd = run_dir(ws, run_id)
-    status = refresh_status(rd, read_json(rd / "status.json", {}))
-    if status.get("state") not in ACTIVE:
-        raise RunError(f"run {run_id} is {status.get('state')}; only queued or running runs "
-                       "can be cancelled")
-    (rd / "cancel").touch()
-    pid = status.get("pid")
-    if pid and process_alive(pid, status.get("pid_start")):
-        with contextlib.suppress(ProcessLookupError):
-            # A launched job leads its own process group; a foreground one shares the shell's.
-            if os.getpgid(pid) == pid:
-                os.killpg(pid, signal.SIGTERM)
-            else:
-                os.kill(pid, signal.SIGTERM)
-    else:  # never started: nothing will write the status for it
-        status = update_status(rd, state="cancelled", finished=time.time())
-        (rd / "cancel").unlink(missing_ok=True)
+    run_dir(ws, run_id)  # an unknown id: the message lists close ones
+    status = cancel_job(ws, "run", run_id, error=RunError).fields
     sync_index(ws, run_id)
     return status
 
@@ -311,17 +295,9 @@ def wait(ws: Workspace, run_id: str, timeout: float = 600, poll: float = 0.5) ->
 
 def resume(ws: Workspace, run_id: str, *, detach: bool = True, progress: bool = True) -> str:
     """Continue a killed, cancelled or failed run from its last checkpoint."""
-    require_write("resuming a run")
-    rd = run_dir(ws, run_id)
-    state = refresh_status(rd, read_json(rd / "status.json", {})).get("state")
-    if state in ACTIVE or state == "done":
-        raise RunError(f"run {run_id} is {state}; only killed, cancelled or failed runs resume")
-    (rd / "cancel").unlink(missing_ok=True)
-    update_status(rd, state="queued", pid=None, pid_start=None, error=None, finished=None,
-                   queued_at=time.time())
+    run_dir(ws, run_id)
+    resume_job(ws, "run", run_id, detach=detach, error=RunError)
     sync_index(ws, run_id)
-    if detach:
-        _spawn(ws, run_id)
-    else:
+    if not detach:
         execute_run(ws, run_id, progress=progress)
     return run_id

@@ -26,7 +26,6 @@ The slot is workspace-wide, not machine-wide: two workspaces on one GPU do not s
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import secrets
 import threading
@@ -36,8 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from mashup_core.jobs.processes import process_alive, process_start
-from mashup_core.jobs.store import run_dirs
-from mashup_core.workspace import Workspace, read_json, write_json_atomic
+from mashup_core.jobs.record import run_dirs
+from mashup_core.workspace import Workspace, locked, read_json, write_json_atomic
 
 KINDS = ("run", "score", "study", "demo-build")
 ON_CPU_QUEUE = ("run",)  # the kinds that queue on the CPU too (see the module docstring)
@@ -196,7 +195,7 @@ def accelerator_slot(
     wait_dir = _waiting_dir(ws, key)
     ticket = wait_dir / f"{queued_at:017.6f}-{os.getpid()}-{secrets.token_hex(3)}.json"
     told: str | None = None
-    with open(lock_dir / f"{_stem(key)}.lock", "a") as fh:
+    with contextlib.ExitStack() as holding:
         try:
             write_json_atomic(ticket, me)  # visible to younger jobs before we first try
             while True:
@@ -205,7 +204,7 @@ def accelerator_slot(
                 ahead = _ahead_of(ws, me)
                 if ahead is None:
                     try:
-                        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        holding.enter_context(locked(lock_dir / f"{_stem(key)}.lock", wait=False))
                         break
                     except BlockingIOError:
                         pass
@@ -230,7 +229,6 @@ def accelerator_slot(
             # Only our own record goes; the lock is still ours, so no one else wrote since.
             if (read_json(holder_path) or {}).get("pid") == os.getpid():
                 holder_path.unlink(missing_ok=True)
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 @contextlib.contextmanager

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from mashup_core import defaults
 from mashup_core.errors import MashupError
 from mashup_core.training.loop import FINETUNE_MODES, INIT_MODES, LoraSpec, TrainConfig
 from mashup_core.workspace import Workspace
@@ -35,8 +36,9 @@ def _registry(module: str, attr: str) -> tuple[str, ...] | None:
 # Fields a mashup run has and its scratch baseline ignores.
 MASHUP_FIELDS = ("library", "scorer", "n", "k", "merge_method", "density", "weight_strategy",
                  "weight_budget")
-# Fields that name or file a run without changing what it computes.
-LABEL_FIELDS = ("name", "group", "checkpoint_every")
+# Fields that name or file a run without changing what it computes (every metric is recorded
+# at each evaluation; `eval_metric` only says which one the comparison reads).
+LABEL_FIELDS = ("name", "group", "checkpoint_every", "eval_metric", "report_to", "tracking_uri")
 
 
 def default_init(kind: str, finetune: str = "lora") -> str:
@@ -58,12 +60,12 @@ class RunSpec:
     group: str = ""  # links a mashup run and its scratch baseline
     base_model: str = ""  # '' = the workspace's demo base model
     library: list[str] = field(default_factory=list)  # checkpoint sources; [] = the demo library
-    scorer: str = "acc"  # the reference code ranks by accuracy; 'nll' is the paper's text
-    n: int = 256  # target train examples used for scoring
-    k: int = 2
-    merge_method: str = "linear"
-    density: float = 0.2  # kept fraction, for the pruning merge methods (ties, dare_*)
-    weight_strategy: str = "equal"
+    scorer: str = defaults.SCORER  # 'token_acc': the reference code's; 'nll': the paper's text
+    n: int = defaults.SCORING_N  # target train examples used for scoring
+    k: int = defaults.TOP_K
+    merge_method: str = defaults.MERGE_METHOD
+    density: float = defaults.DENSITY  # kept fraction, for the pruning merge methods
+    weight_strategy: str = defaults.WEIGHT_STRATEGY
     weight_budget: int = 20  # evaluations for the searched weight strategies
     # '' = by kind and finetune: 'scratch'; for a mashup run 'merged-continue' (LoRA: the merged
     # adapter itself trains, as the reference does) or 'merged-fold' (full finetune)
@@ -71,12 +73,19 @@ class RunSpec:
     finetune: str = "lora"  # or 'full': every parameter trains
     lora: LoraSpec = field(default_factory=LoraSpec)
     train: TrainConfig = field(default_factory=TrainConfig)
-    eval_every: int = 10
-    checkpoint_every: int = 20
+    eval_every: int = defaults.EVAL_EVERY
+    # What the curve, parity and the comparison read: any scorer where higher is better
+    # (acc, acc_norm, token_acc, exact_match); every metric is recorded at each evaluation.
+    eval_metric: str = defaults.EVAL_METRIC
+    checkpoint_every: int = defaults.CHECKPOINT_EVERY
     train_limit: int = 0  # 0 = the whole train split
     eval_limit: int = 0  # 0 = the whole validation split
     seed: int = 0  # LoRA init, train/eval subsets, weight search (batch order: train.seed)
     device: str = "auto"  # auto = CUDA (bf16) when present, else CPU
+    # Where the curves are mirrored as they are written (`training.trackers`): tensorboard,
+    # mlflow; `tracking_uri` the MLflow store ('' = a file store in the workspace's mlruns/).
+    report_to: list[str] = field(default_factory=list)
+    tracking_uri: str = ""
 
     def __post_init__(self) -> None:
         if hasattr(self.target, "to_dict"):  # a TargetSpec
@@ -158,14 +167,18 @@ class RunSpec:
         if self.init == "merged-continue" and self.finetune == "full":
             raise bad("finetune", "'full' needs init 'merged-fold' ('merged-continue' trains the LoRA)")
         if self.kind == "mashup":
-            choose("scorer", self.scorer, _registry("selection.scoring", "SCORERS"))
+            choose("scorer", self.scorer, _registry("selection.scorers", "SCORERS"))
             choose("merge_method", self.merge_method, _registry("merging.lora", "MERGE_METHODS"))
             choose("weight_strategy", self.weight_strategy, _registry("merging.weights", "WEIGHT_STRATEGIES"))
+        choose("eval_metric", self.eval_metric, _registry("selection.scorers", "EVAL_METRICS"))
+        for tracker in self.report_to:
+            choose("report_to", tracker, _registry("training.trackers", "TRACKERS"))
         self.target_spec(where)
 
     def target_spec(self, where: str = "spec", ws: Workspace | None = None):
         """The target as a `TargetSpec` (a name or path is resolved against `ws`)."""
-        from mashup_core.data.targets import DatasetError, TargetSpec, resolve_target
+        from mashup_core.data.examples import DatasetError
+        from mashup_core.data.targets import TargetSpec, resolve_target
 
         try:
             if isinstance(self.target, dict):

@@ -4,30 +4,27 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import fcntl
 import json
 import os
 import re
 import secrets
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mashup_core.access import require_write
-from mashup_core.errors import MashupError
+from mashup_core.jobs.background import KINDS, RUN_STATUS
 from mashup_core.jobs.devices import device_key, resolve_device
-from mashup_core.jobs.processes import process_alive
+from mashup_core.jobs.record import ACTIVE, JobError, run_dirs, settle, update_record
 from mashup_core.jobs.spec import RunSpec, SpecError
 from mashup_core.workspace import Workspace, read_json, write_json_atomic
 
 
-class RunError(MashupError):
+class RunError(JobError):
     """A run that does not exist, or cannot do what was asked in its current state."""
-STATES = ("queued", "running", "done", "failed", "cancelled", "killed")
-ACTIVE = ("queued", "running")
 
 
 # --- The run folder -----------------------------------------------------------------------------
@@ -68,10 +65,6 @@ def run_dir(ws: Workspace, run_id: str) -> Path:
     return path
 
 
-def run_dirs(ws: Workspace) -> list[Path]:
-    if not ws.runs_dir.is_dir():
-        return []
-    return sorted(p for p in ws.runs_dir.iterdir() if (p / "spec.json").exists())
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
@@ -92,52 +85,22 @@ def truncate_metrics(path: Path, last_step: int) -> None:
     os.replace(tmp, path)
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def update_status(
     rd: Path, only_if: Callable[[dict], bool] | None = None, **changes: Any
 ) -> dict[str, Any]:
-    """Read-modify-write status.json under a lock, so the job and its launcher never race."""
-    with _locked(rd / ".status.lock"):
-        status = read_json(rd / "status.json", {})
-        if only_if is None or only_if(status):
-            status.update(changes, updated=time.time())
-            write_json_atomic(rd / "status.json", status)
-    return status
+    """Read-modify-write status.json under its lock, so the job and its launcher never race."""
+    return update_record(rd / RUN_STATUS, only_if, **changes)
 
 
 def refresh_status(rd: Path, status: dict[str, Any]) -> dict[str, Any]:
-    """A queued or running job whose process has gone is 'killed' from now on."""
-    if status.get("state") in ACTIVE and status.get("pid") and not process_alive(
-        status["pid"], status.get("pid_start")
-    ):
-        pid = status["pid"]
-        # `cancel`'s SIGTERM can land while the job is still importing torch, before its handler
-        # exists: the job dies without a word, but the user did ask it to stop.
-        if (rd / "cancel").exists():
-            outcome = {"state": "cancelled"}
-        else:
-            outcome = {"state": "killed", "error": f"the job (pid {pid}) ended without recording "
-                       "a result; resume it to continue from its last checkpoint"}
-        status = update_status(
-            rd, only_if=lambda st: st.get("state") in ACTIVE and st.get("pid") == pid,
-            finished=time.time(), **outcome,
-        )
-        (rd / "cancel").unlink(missing_ok=True)
-    return status
+    """A queued or running job whose process has gone is 'killed' (or 'cancelled', when a
+    cancel was asked for) from now on (`jobs.record.settle`)."""
+    return settle(rd / RUN_STATUS, status, KINDS["run"].resume_hint)
 
 
 def get_run(ws: Workspace, run_id: str) -> RunRecord:
     rd = run_dir(ws, run_id)
-    status = refresh_status(rd, read_json(rd / "status.json", {"state": "queued"}))
+    status = refresh_status(rd, read_json(rd / RUN_STATUS, {"state": "queued"}))
     return RunRecord(
         id=run_id, dir=rd, spec=RunSpec.load(rd / "spec.json"), status=status,
         metrics=read_metrics(rd / "metrics.jsonl"), timings=read_json(rd / "timings.json", {}),
@@ -162,7 +125,7 @@ def _index(ws: Workspace) -> sqlite3.Connection:
 
 def _index_row(rd: Path) -> dict[str, Any]:
     spec = RunSpec.load(rd / "spec.json")
-    status = refresh_status(rd, read_json(rd / "status.json", {}))
+    status = refresh_status(rd, read_json(rd / RUN_STATUS, {}))
     pair = read_json(rd / "pair.json", {})
     final = status.get("final") or {}
     return {
@@ -173,7 +136,7 @@ def _index_row(rd: Path) -> dict[str, Any]:
         "group_id": pair.get("group") or spec.group or None, "baseline_id": pair.get("baseline"),
         "identity": spec.identity(), "device": status.get("device") or spec.device,
         "steps": spec.train.steps, "error": status.get("error"),
-        "synced": _mtime(rd / "status.json") + _mtime(rd / "pair.json"),
+        "synced": _mtime(rd / RUN_STATUS) + _mtime(rd / "pair.json"),
     }
 
 
@@ -196,7 +159,7 @@ def sync_index(ws: Workspace, run_id: str | None = None) -> None:
         known = {r["id"]: r for r in db.execute("SELECT id, status, synced FROM runs")}
         for rd in dirs:
             row = known.get(rd.name)
-            changed = _mtime(rd / "status.json") + _mtime(rd / "pair.json")
+            changed = _mtime(rd / RUN_STATUS) + _mtime(rd / "pair.json")
             if row is None or row["synced"] != changed or row["status"] in ACTIVE:
                 with contextlib.suppress(SpecError):  # a hand-broken spec: leave the row out
                     _upsert(db, _index_row(rd))
@@ -216,20 +179,30 @@ def list_runs(
     ws: Workspace, *, status: str | None = None, target: str | None = None,
     kind: str | None = None, group: str | None = None, sync: bool = True,
 ) -> list[dict[str, Any]]:
-    """Index rows, newest first, optionally filtered."""
-    if sync:
-        sync_index(ws)
-    where, args = [], []
-    for column, value in (("status", status), ("target", target), ("kind", kind),
-                          ("group_id", group)):
-        if value is not None:
-            where.append(f"{column} = ?")
-            args.append(value)
-    query = "SELECT * FROM runs" + (f" WHERE {' AND '.join(where)}" if where else "")
-    with contextlib.closing(_index(ws)) as db:
-        rows = [dict(r) for r in db.execute(query + " ORDER BY created DESC, id DESC", args)]
+    """Index rows, newest first, optionally filtered.
+
+    The index is a cache of the run folders: where it cannot be written (a full disk, a
+    read-only file system or folder), the rows are read from the folders instead, so a
+    listing never fails for want of room to write its cache."""
+    filters = {"status": status, "target": target, "kind": kind, "group_id": group}
+    where = {column: value for column, value in filters.items() if value is not None}
+    try:
+        if sync:
+            sync_index(ws)
+        query = "SELECT * FROM runs" + (" WHERE " + " AND ".join(f"{c} = ?" for c in where)
+                                        if where else "")
+        with contextlib.closing(_index(ws)) as db:
+            rows = [dict(r) for r in db.execute(query + " ORDER BY created DESC, id DESC",
+                                                list(where.values()))]
+    except (sqlite3.OperationalError, sqlite3.DatabaseError, OSError):
+        rows = []
+        for rd in run_dirs(ws):
+            with contextlib.suppress(SpecError):
+                rows.append(_index_row(rd))
+        rows = [r for r in rows if all(r.get(c) == v for c, v in where.items())]
+        rows.sort(key=lambda r: (str(r.get("created") or ""), r["id"]), reverse=True)
     for row in rows:
-        row.pop("synced")
+        row.pop("synced", None)
     return rows
 
 
@@ -253,7 +226,7 @@ def create_run(ws: Workspace, spec: RunSpec) -> str:
     rd.mkdir(parents=True)
     now = time.time()
     # The device is known from the start, so a job still importing torch keeps its place.
-    write_json_atomic(rd / "status.json", {"state": "queued", "created": now, "queued_at": now,
+    write_json_atomic(rd / RUN_STATUS, {"state": "queued", "created": now, "queued_at": now,
                                            "pid": None, "device": device_key(device)})
     write_json_atomic(rd / "spec.json", spec.to_dict())  # last: its presence makes it a run
     sync_index(ws, run_id)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from mashup_core import defaults
 from mashup_core.config import WorkspaceConfig
 from mashup_core.jobs.spec import RunSpec
 from mashup_core.training.loop import TrainConfig
@@ -18,8 +19,8 @@ from mashup_core.training.loop import TrainConfig
 
 def workspace_run_spec(
     config: WorkspaceConfig, target: Any, *, finetune: str | None = None,
-    lr: float | None = None, device: str | None = None, steps: int = 200, batch_size: int = 32,
-    seed: int = 0, where: str = "spec", **fields: Any,
+    lr: float | None = None, device: str | None = None, steps: int = defaults.TRAIN_STEPS,
+    batch_size: int = defaults.BATCH_SIZE, seed: int = 0, where: str = "spec", **fields: Any,
 ) -> RunSpec:
     """`target`: a TargetSpec or its dict (a configured target's dict has no split: train).
     `fields`: any other RunSpec field (kind, name, scorer, n, k, merge_method, eval_every, ...).
@@ -29,11 +30,13 @@ def workspace_run_spec(
     if not hasattr(target, "to_dict"):
         target = TargetSpec.from_dict({"split": "train", **dict(target)})
     finetune = finetune or config.defaults.finetune
+    fields.setdefault("report_to", list(config.defaults.report_to))
+    fields.setdefault("tracking_uri", config.defaults.tracking_uri or "")
     spec = RunSpec(
         target=target.to_dict(), base_model=config.base_model, library=config.sources,
         finetune=finetune, device=device or config.defaults.device, seed=seed,
         train=TrainConfig(steps=steps, batch_size=batch_size,
-                          lr=lr or config.learning_rate(finetune), seed=seed),
+                          lr=lr if lr is not None else config.learning_rate(finetune), seed=seed),
         **fields,
     )
     return RunSpec.from_dict(spec.to_dict(), where)  # the same checks a run makes

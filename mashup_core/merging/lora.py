@@ -3,22 +3,35 @@
 Every method is a small pure function over ONE target module: it gets each adapter's factors
 (A: r×in, B: out×r, scale = alpha/r, so ΔW = scale·B·A) and the weights, and returns merged
 factors. The driver streams modules one at a time, so memory stays at one module's worth.
+Methods and their parameters live in one registry (`merging.registry`; `MERGE_METHODS` is its
+LoRA part), checked before any file is read. Families:
 
-- `linear` adds factors: A = Σ w_i A_i, B = Σ w_i B_i, as the Mashup reference code and
-  LoraHub do. Cheap, but B·A then holds cross terms w_i w_j B_i A_j: an approximation, and each
-  adapter's own term scales as w_i² (PEFT's `linear` puts √w on each side instead).
-- `cat` stacks factors: exactly Σ w_i ΔW_i at rank Σ r_i. `cat_svd` truncates that exact sum to
-  rank r through QR of the stacked factors and an SVD of a (Σr)×(Σr) core, never forming ΔW.
-- `task_arithmetic`, `ties`, `dare_linear`, `dare_ties`, `magnitude_prune` combine the dense
-  ΔW_i with `peft.utils.merge_utils`, in row blocks, then truncate back to rank r.
+- factor space: `linear` adds factors, A = Σ w_i A_i, B = Σ w_i B_i, as the Mashup reference
+  code and LoraHub do. Cheap, but B·A then holds cross terms w_i w_j B_i A_j: an approximation.
+- exact: `cat` stacks factors (exactly Σ w_i ΔW_i at rank Σ r_i); `cat_svd` truncates that
+  sum to rank r by QR of the stacked factors and an SVD of a (Σr)×(Σr) core.
+- dense ΔW: `task_arithmetic`, `ties`, `dare_linear`, `dare_ties`, `magnitude_prune` combine
+  the dense ΔW_i (PEFT's `merge_utils` conventions), in row blocks, then truncate to rank r.
+  The only methods here that build a d_out × d_in matrix: they are defined entry-wise on it.
+- core space (`core_*`), KnOTS (`knots_*`), TSV-M, Iso-C, Iso-CTS: low-rank throughout
+  (`merging.lowrank`, whose docstring says what each equals).
 
 Adapters may target different modules (a q_proj,v_proj LoRA next to an all-linear one): every
 method but `linear` merges over the union, and an adapter enters a module it does not touch as
-a rank-0 factor pair, i.e. ΔW = 0 there. `cat` then gets no rank from it, and the dense methods
-see an all-zero task, exactly the zero-padded stack PEFT's merge_utils would be given.
+a rank-0 factor pair, i.e. ΔW = 0 there.
+
+Weights default to 1/k for `linear`, `cat`, `cat_svd` (shares of an average) and to 1 each for
+the others (scales of task vectors, as in mergekit and the papers). What a merge cannot carry
+exactly is refused before any work, with what would work: DoRA, `lora_bias`, trainable
+tokens, LoRA on embedding layers; whole saved modules (`modules_to_save`, e.g. a resized
+embedding and head) are averaged with the weights by the methods linear in the updates when
+the weights sum to 1 (then Σ w_i W_i is exactly the task-arithmetic merge of those modules),
+and refused otherwise. rsLoRA and rank/alpha patterns are read into each module's scale, and
+the output's config says every module's rank and alpha, so it reloads in PEFT as it was merged.
 
 Files are read with safetensors only; the merged adapter is a normal PEFT adapter folder
-(`PeftModel.from_pretrained` loads it) plus `merge_record.json`, written all at once.
+(`PeftModel.from_pretrained` loads it) plus `merge_record.json`, its recipe as mergekit YAML
+and a model card, written all at once.
 """
 
 from __future__ import annotations
@@ -26,119 +39,149 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import shutil
 import time
-import warnings
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from hashlib import sha256
 from pathlib import Path
 from typing import Any
 
 import torch
-from peft.utils import merge_utils
-from peft.utils.other import get_pattern_key
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from mashup_core.errors import MashupError
-from mashup_core.models.library import META_FILE, PICKLE_SUFFIXES
-from mashup_core.workspace import sha256_file, write_json_atomic
+from mashup_core import defaults
+from mashup_core.merging import elementwise, lowrank, recipe
+from mashup_core.merging.lowrank import LoraFactors, absent_like  # noqa: F401  (re-exported)
+from mashup_core.merging.registry import (
+    MergeConfigError,
+    MethodSpec,
+    Param,
+    check_weights,
+    get,
+    methods,
+    register,
+    resolve_params,
+)
+from mashup_core.models.adapters import (  # noqa: F401  (the adapters' files, read where they are)
+    CONFIG_FILE,
+    FOLD_HINT,
+    PEFT_PREFIX,
+    WEIGHTS_FILE,
+    AdapterFileError,
+    LoraAdapter,
+    read_lora_adapter,
+)
+from mashup_core.workspace import (
+    clean_stale_temporaries,
+    usual_permissions,
+    write_json_atomic,
+    writing,
+)
 
-CONFIG_FILE = "adapter_config.json"
-WEIGHTS_FILE = "adapter_model.safetensors"
 RECORD_FILE = "merge_record.json"
-SIGN_METHODS = ("total", "frequency")
+SIGN_METHODS = elementwise.SIGN_METHODS
 SEARCH_SLOT = "mashup_search"  # the adapter slot a weight search writes merges into
-PEFT_PREFIX = "base_model.model."  # saved keys = this + the module's name in the base model
 BLOCK_BYTES = 32 << 20  # per stacked row block of the dense methods; PEFT's ops make ~5 copies
 EXACT_SVD_MAX_DIM = 1024  # above this, a full SVD costs minutes on a CPU: use subspace iteration
-_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<part>[AB])\.weight$")
+# Methods whose result is linear in the updates: whole saved modules average exactly with them.
+LINEAR_IN_UPDATES = frozenset({"linear", "cat", "cat_svd", "task_arithmetic", "core_task_arithmetic"})
+
+MergeMethod = MethodSpec  # the older name of a registry entry
 
 
-class MergeConfigError(MashupError, ValueError):
-    """A merge that cannot run as asked: bad method parameters or adapters that do not fit."""
-
-
-class AdapterFileError(MergeConfigError):
-    """An adapter folder that cannot be read: the message names the file and what to do."""
-
-
-# --------------------------------------------------------------------------- factors
-
-
-@dataclass(frozen=True)
-class LoraFactors:
-    """One target module of one adapter: ΔW = scale · B @ A."""
-
-    A: torch.Tensor  # r × in
-    B: torch.Tensor  # out × r
-    scale: float
-
-    @property
-    def rank(self) -> int:
-        return self.A.shape[0]
-
-    def delta(self, rows: slice = slice(None)) -> torch.Tensor:
-        return (self.scale * self.B[rows]) @ self.A
-
-
-def absent_like(f: LoraFactors) -> LoraFactors:
-    """ΔW = 0 in the shape of `f`: an adapter at a module it does not target.
-
-    Rank 0 rather than zero-filled factors, so `cat` adds no rank; `f`'s scale, so a merge
-    whose first adapter lacks the module still takes its output scale from a real one.
-    """
-    return LoraFactors(f.A.new_zeros(0, f.A.shape[1]), f.B.new_zeros(f.B.shape[0], 0), f.scale)
+# --------------------------------------------------------------------------- parameters
 
 
 @dataclass(frozen=True)
 class MergeParams:
+    """A method's resolved parameters for one merge. The four fields every caller knew stay
+    fields; every other parameter is in `options`. `rng` is the module's seeded generator."""
+
     rank: int | None = None  # output rank of truncating methods; default: the largest input rank
-    density: float | None = None  # fraction of ΔW entries the pruning methods keep
+    density: float | None = None  # fraction of entries the pruning methods keep
     majority_sign_method: str = "total"
-    seed: int = 0  # DARE's random drops
+    seed: int = 0  # random methods' drops
+    options: Mapping[str, Any] = field(default_factory=dict)
+    rng: torch.Generator | None = field(default=None, compare=False, repr=False)
+
+    def __getitem__(self, name: str) -> Any:
+        if name in ("rank", "density", "majority_sign_method", "seed"):
+            return getattr(self, name)
+        return self.options[name]
+
+    def get(self, name: str, default: Any = None) -> Any:
+        try:
+            value = self[name]
+        except KeyError:
+            return default
+        return default if value is None else value
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"rank": self.rank, "density": self.density,
+                "majority_sign_method": self.majority_sign_method, "seed": self.seed,
+                **self.options}
 
 
 MergeFn = Callable[[Sequence[LoraFactors], torch.Tensor, MergeParams], LoraFactors]
+MERGE_METHODS: dict[str, MethodSpec] = methods("lora")
+
+RANK = Param("rank", None, "output rank (default: the largest input rank; Σ ranks truncates "
+             "nothing)", type=int, low=1)
+DENSITY = elementwise.density_param(per_input=False)
+SIGN, LAMBDA = elementwise.SIGN, elementwise.LAMBDA
+NORMALIZE = elementwise.normalize_param("count", elect_sign=True)
+RESCALE_DARE = elementwise.rescale_param("1/density", random=True)
+RESCALE_BLOCKED = elementwise.rescale_param("1/density", random=True, whole=False)
+RESCALE_MAGNITUDE = elementwise.rescale_param(False, random=False)
 
 
-@dataclass(frozen=True)
-class MergeMethod:
-    name: str
-    fn: MergeFn
-    summary: str
-    equal_ranks: bool = False  # adds factors entry by entry: same modules, equal ranks
-    truncates: bool = False  # output rank set by `rank`
-    uses_density: bool = False
-    uses_sign: bool = False
-
-
-MERGE_METHODS: dict[str, MergeMethod] = {}
-
-
-def merge_method(name: str, summary: str, **traits: bool) -> Callable[[MergeFn], MergeFn]:
-    def register(fn: MergeFn) -> MergeFn:
-        MERGE_METHODS[name] = MergeMethod(name, fn, summary, **traits)
+def lora_method(name: str, family: str, summary: str, citation: str, *,
+                params: tuple[Param, ...] = (), weights: str = "scale", equal_ranks: bool = False,
+                random: bool = False, notes: str = "") -> Callable[[MergeFn], MergeFn]:
+    def add(fn: MergeFn) -> MergeFn:
+        register(MethodSpec(name, "lora", family, summary, citation, fn, params, weights=weights,
+                            equal_ranks=equal_ranks, random=random, notes=notes))
         return fn
 
-    return register
+    return add
 
 
-@merge_method("linear", "factor-space average A=Σw·A_i, B=Σw·B_i (reference code; approximate)",
-              equal_ranks=True)
+def _output_rank(factors: Sequence[LoraFactors], params: MergeParams) -> int:
+    return params.rank or max(f.rank for f in factors)
+
+
+def _task_values(params: MergeParams, weights: torch.Tensor, n: int) -> dict[str, Any]:
+    """A LoRA method's parameters in the form `elementwise.merge_task_vectors` takes."""
+    return {"density": [params.density or 1.0] * n, "weight": [float(w) for w in weights],
+            "rescale": params.get("rescale"), "normalize": params.get("normalize", False),
+            "majority_sign_method": params.majority_sign_method,
+            "lambda": params.get("lambda", 1.0)}
+
+
+# --------------------------------------------------------------------------- factor space, exact
+
+FACTOR, EXACT, DENSE, CORE, KNOTS, SPECTRAL = (
+    "factor space (approximate)", "exact low-rank sums", "dense ΔW (PEFT merge_utils)",
+    "core space (Panariello et al. 2025)", "KnOTS (SVD-aligned)", "spectral (TSV, Iso)")
+
+
+@lora_method("linear", FACTOR, "factor-space average A=Σw·A_i, B=Σw·B_i (reference code; "
+             "approximate)", "Mashup reference code; Huang et al. 2024, LoraHub, arXiv 2307.13269",
+             weights="share", equal_ranks=True)
 def linear(factors: Sequence[LoraFactors], weights: torch.Tensor, params: MergeParams) -> LoraFactors:
     scale = factors[0].scale
     # A_i carries its scale relative to the output's, so an adapter with another alpha still
     # enters its own term w_i²·B_i·A_i at its own strength.
     rel = torch.tensor([f.scale / scale for f in factors], dtype=weights.dtype)
-    A = merge_utils.task_arithmetic([f.A for f in factors], weights * rel)
-    B = merge_utils.task_arithmetic([f.B for f in factors], weights)
+    A = sum(w * f.A for w, f in zip(weights * rel, factors, strict=True))
+    B = sum(w * f.B for w, f in zip(weights, factors, strict=True))
     return LoraFactors(A, B, scale)
 
 
-@merge_method("cat", "exact Σ w·ΔW_i by stacking factors; rank = Σ ranks")
+@lora_method("cat", EXACT, "exact Σ w·ΔW_i by stacking factors; rank = Σ ranks",
+             "PEFT add_weighted_adapter(combination_type='cat')", weights="share")
 def cat(factors: Sequence[LoraFactors], weights: torch.Tensor, params: MergeParams) -> LoraFactors:
     scale = factors[0].scale
     A = torch.cat([(w * f.scale / scale) * f.A for f, w in zip(factors, weights, strict=True)])
@@ -146,18 +189,13 @@ def cat(factors: Sequence[LoraFactors], weights: torch.Tensor, params: MergePara
     return LoraFactors(A, B, scale)
 
 
-@merge_method("cat_svd", "exact Σ w·ΔW_i truncated to rank r via QR + small SVD (no dense ΔW)",
-              truncates=True)
+@lora_method("cat_svd", EXACT, "exact Σ w·ΔW_i truncated to rank r via QR + small SVD (no dense "
+             "ΔW)", "Eckart & Young 1936 (best rank-r approximation)", params=(RANK,),
+             weights="share")
 def cat_svd(factors: Sequence[LoraFactors], weights: torch.Tensor, params: MergeParams) -> LoraFactors:
-    rank = params.rank or max(f.rank for f in factors)
-    # ΔW = B_cat A_cat = Q_B (R_B R_A^T) Q_A^T: the SVD of the (Σr)×(Σr) core is ΔW's SVD.
     # float64 costs nothing at these sizes and keeps the core's small singular values exact.
-    B_cat = torch.cat([(w * f.scale) * f.B for f, w in zip(factors, weights, strict=True)], 1)
-    A_cat = torch.cat([f.A for f in factors])
-    q_b, r_b = torch.linalg.qr(B_cat.double())
-    q_a, r_a = torch.linalg.qr(A_cat.double().T)
-    U, S, Vh = torch.linalg.svd(r_b @ r_a.T, full_matrices=False)
-    return _from_svd(q_b @ U[:, :rank], S, Vh[:rank] @ q_a.T, rank, factors[0].scale)
+    B, A = lowrank.weighted_stack(factors, weights)
+    return lowrank.refactor(B, A, _output_rank(factors, params), factors[0].scale)
 
 
 def truncated_svd(
@@ -179,20 +217,7 @@ def truncated_svd(
     return U[:, :rank], S[:rank], V[:, :rank].T
 
 
-def _from_svd(U: torch.Tensor, S: torch.Tensor, Vh: torch.Tensor, rank: int, scale: float) -> LoraFactors:
-    """LoRA factors of U·diag(S)·Vh at exactly `rank` (zero-padded if the matrix has less).
-
-    √S goes to each side, so both factors start training at comparable magnitudes.
-    """
-    k = min(rank, S.numel())
-    root = (S[:k] / scale).sqrt()
-    A = (root[:, None] * Vh[:k]).float()
-    B = (U[:, :k] * root).float()
-    missing = rank - A.shape[0]
-    if missing > 0:
-        A = torch.cat([A, A.new_zeros(missing, A.shape[1])])
-        B = torch.cat([B, B.new_zeros(B.shape[0], missing)], dim=1)
-    return LoraFactors(A, B, scale)
+_from_svd = lowrank.to_factors  # the older name
 
 
 # --------------------------------------------------------------------------- dense methods
@@ -200,18 +225,17 @@ def _from_svd(U: torch.Tensor, S: torch.Tensor, Vh: torch.Tensor, rank: int, sca
 Combine = Callable[[list[torch.Tensor], torch.Tensor, MergeParams], torch.Tensor]
 
 
-def dense_method(name: str, summary: str, *, magnitude_prune: bool = False,
-                 **traits: bool) -> Callable[[Combine], Combine]:
+def dense_method(name: str, summary: str, citation: str, *, params: tuple[Param, ...],
+                 magnitude_prune: bool = False, random: bool = False) -> Callable[[Combine], Combine]:
     """Register a method that combines dense ΔW_i row block by row block, then truncates.
 
-    PEFT's magnitude pruning keeps the top `density` of each WHOLE ΔW_i, which a row block
-    cannot see: with `magnitude_prune`, each adapter's global threshold is found first and
-    blocks arrive already pruned. Everything else in PEFT's methods is entry-wise.
-    """
+    Magnitude pruning keeps the top `density` of each WHOLE ΔW_i, which a row block cannot
+    see: with `magnitude_prune`, each adapter's global threshold is found first and blocks
+    arrive already pruned. Everything else in these methods is entry-wise."""
 
-    def register(combine: Combine) -> Combine:
+    def add(combine: Combine) -> Combine:
         def merge(factors: Sequence[LoraFactors], weights: torch.Tensor, params: MergeParams) -> LoraFactors:
-            out_dim, in_dim = factors[0].B.shape[0], factors[0].A.shape[1]
+            out_dim, in_dim = factors[0].shape
             blocks = list(_row_blocks(out_dim, in_dim, len(factors)))
             thresholds = ([_magnitude_threshold(f, blocks, params.density) for f in factors]
                           if magnitude_prune else None)
@@ -221,44 +245,60 @@ def dense_method(name: str, summary: str, *, magnitude_prune: bool = False,
                 if thresholds is not None:
                     tasks = [t * (t.abs() >= thr) for t, thr in zip(tasks, thresholds, strict=True)]
                 merged[rows] = combine(tasks, weights, params)
-            rank = params.rank or max(f.rank for f in factors)
-            return _from_svd(*truncated_svd(merged, rank), rank, factors[0].scale)
+            rank = _output_rank(factors, params)
+            return lowrank.to_factors(*truncated_svd(merged, rank), rank, factors[0].scale)
 
-        MERGE_METHODS[name] = MergeMethod(name, merge, summary, truncates=True, **traits)
+        register(MethodSpec(name, "lora", DENSE, summary, citation, merge, (RANK, *params),
+                            random=random, notes="builds each module's dense ΔW (in row blocks)"))
         return combine
 
-    return register
+    return add
 
 
-@dense_method("task_arithmetic", "Σ w·ΔW_i, dense, truncated to rank r (cat_svd's slow twin)")
+def _combine(tasks: list[torch.Tensor], weights: torch.Tensor, params: MergeParams, *,
+             elect_sign: bool) -> torch.Tensor:
+    return elementwise.combine(tasks, weights.tolist(), elect_sign=elect_sign,
+                               normalize=params.get("normalize", False),
+                               majority_sign_method=params.majority_sign_method,
+                               lam=params.get("lambda", 1.0))
+
+
+def _drop(tasks: list[torch.Tensor], params: MergeParams) -> list[torch.Tensor]:
+    return [elementwise.drop_random(t, params.density, params.rng, params.get("rescale"))
+            for t in tasks]
+
+
+@dense_method("task_arithmetic", "Σ w·ΔW_i, dense, truncated to rank r (cat_svd's slow twin)",
+              "Ilharco et al. 2023, Task Arithmetic, arXiv 2212.04089", params=(LAMBDA,))
 def _task_arithmetic(tasks: list[torch.Tensor], weights: torch.Tensor, params: MergeParams) -> torch.Tensor:
-    return merge_utils.task_arithmetic(tasks, weights)
+    return _combine(tasks, weights, params, elect_sign=False)
 
 
 @dense_method("magnitude_prune", "keep the top-density |ΔW_i| entries, then Σ w·ΔW_i",
-              magnitude_prune=True, uses_density=True)
+              "PEFT merge_utils.magnitude_prune", params=(DENSITY, LAMBDA), magnitude_prune=True)
 def _magnitude_prune(tasks: list[torch.Tensor], weights: torch.Tensor, params: MergeParams) -> torch.Tensor:
-    return merge_utils.task_arithmetic(tasks, weights)
+    return _combine(tasks, weights, params, elect_sign=False)
 
 
 @dense_method("ties", "TIES: magnitude prune, elect signs, average the agreeing entries",
-              magnitude_prune=True, uses_density=True, uses_sign=True)
+              "Yadav et al. 2023, TIES-Merging, arXiv 2306.01708",
+              params=(DENSITY, NORMALIZE, SIGN, LAMBDA), magnitude_prune=True)
 def _ties(tasks: list[torch.Tensor], weights: torch.Tensor, params: MergeParams) -> torch.Tensor:
-    stacked = torch.stack(tasks)
-    agree = merge_utils.calculate_majority_sign_mask(stacked, params.majority_sign_method)
-    weighted = stacked * merge_utils.reshape_weight_task_tensors(stacked, weights)
-    return merge_utils.disjoint_merge(weighted, agree)
+    return _combine(tasks, weights, params, elect_sign=True)
 
 
 @dense_method("dare_linear", "DARE: drop entries at random, rescale by 1/density, Σ w·ΔW_i",
-              uses_density=True)
+              "Yu et al. 2024, DARE, arXiv 2311.03099", params=(DENSITY, RESCALE_BLOCKED, LAMBDA),
+              random=True)
 def _dare_linear(tasks: list[torch.Tensor], weights: torch.Tensor, params: MergeParams) -> torch.Tensor:
-    return merge_utils.dare_linear(tasks, weights, params.density)
+    return _combine(_drop(tasks, params), weights, params, elect_sign=False)
 
 
-@dense_method("dare_ties", "DARE drops, then TIES sign election", uses_density=True, uses_sign=True)
+@dense_method("dare_ties", "DARE drops, then TIES sign election", "Yu et al. 2024, DARE, "
+              "arXiv 2311.03099", params=(DENSITY, RESCALE_BLOCKED, NORMALIZE, SIGN, LAMBDA),
+              random=True)
 def _dare_ties(tasks: list[torch.Tensor], weights: torch.Tensor, params: MergeParams) -> torch.Tensor:
-    return merge_utils.dare_ties(tasks, weights, params.density, params.majority_sign_method)
+    return _combine(_drop(tasks, params), weights, params, elect_sign=True)
 
 
 def dense_delta(f: LoraFactors, blocks: Sequence[slice]) -> torch.Tensor:
@@ -272,14 +312,15 @@ def dense_delta(f: LoraFactors, blocks: Sequence[slice]) -> torch.Tensor:
 
 
 def _magnitude_threshold(f: LoraFactors, blocks: Sequence[slice], density: float) -> float:
-    """|x| at which PEFT's `magnitude_based_pruning` of the whole ΔW would cut."""
+    """|x| at which keeping the top `kept_count` entries of the whole ΔW would cut (at least
+    one entry stays: a density below 1/size would otherwise keep nothing)."""
     if f.rank == 0:  # ΔW = 0, pruned or not: no need to build and sort it
         return math.inf
     numel = f.B.shape[0] * f.A.shape[1]
-    keep = int(density * numel)  # PEFT's count
+    keep = elementwise.kept_count(numel, density)
     if keep >= numel:
         return -math.inf
-    return _kth_largest(dense_delta(f, blocks).abs_().view(-1), keep) if keep > 0 else math.inf
+    return _kth_largest(dense_delta(f, blocks).abs_().view(-1), keep)
 
 
 def _kth_largest(values: torch.Tensor, k: int, sample: int = 1 << 16) -> float:
@@ -304,122 +345,106 @@ def _kth_largest(values: torch.Tensor, k: int, sample: int = 1 << 16) -> float:
 
 
 def _row_blocks(rows: int, cols: int, n_tasks: int) -> Iterator[slice]:
-    step = max(1, BLOCK_BYTES // (4 * cols * n_tasks))
-    for start in range(0, rows, step):
-        yield slice(start, min(start + step, rows))
+    return elementwise.row_blocks(rows, cols, n_tasks, BLOCK_BYTES)
 
 
-# --------------------------------------------------------------------------- adapters on disk
+# --------------------------------------------------------------------------- low-rank families
+
+_CORE_CITE = "Panariello et al. 2025, Accurate and Efficient Low-Rank Model Merging in Core Space, arXiv 2509.17786"
+_CORE_NOTE = ("M_i = U_Bᵀ ΔW_i V_Aᵀ in orthonormal bases of the stacked B's and A's; "
+              "ΔW_i = U_B M_i V_A exactly, so core_task_arithmetic equals the exact sum (cat)")
+_KNOTS_CITE = "Stoica et al. 2024, Model merging with SVD to tie the KnOTS, arXiv 2410.19735"
+_KNOTS_NOTE = "[ΔW_1 … ΔW_T] = U S [V_1 … V_T], merged on the V_i, never forming ΔW"
 
 
-@dataclass
-class LoraAdapter:
-    """A PEFT LoRA adapter read into memory."""
+def _task_merge(weights: torch.Tensor, params: MergeParams, sparsifier: str | None,
+                elect_sign: bool) -> lowrank.TaskMerge:
+    def merge(tasks: list[torch.Tensor]) -> torch.Tensor:
+        values = _task_values(params, weights, len(tasks))
+        return elementwise.merge_task_vectors(tasks, values, sparsifier=sparsifier,
+                                              elect_sign=elect_sign, generator=params.rng)
 
-    path: Path
-    config: dict[str, Any]  # adapter_config.json as written
-    modules: dict[str, LoraFactors]  # saved key prefix of each target module → its factors
-    dtype: torch.dtype
-    sha256: str
-    base_model: str | None  # what it was trained on, when the folder says
-
-    @property
-    def name(self) -> str:
-        return self.path.name
+    return merge
 
 
-def read_lora_adapter(path: str | os.PathLike) -> LoraAdapter:
-    path = Path(path)
-    if not path.is_dir():
-        raise AdapterFileError(
-            f"{path}: not a folder; pass a PEFT adapter folder "
-            f"({CONFIG_FILE} + {WEIGHTS_FILE})"
-        )
-    config = _read_config(path)
-    weights_path = path / WEIGHTS_FILE
-    if not weights_path.exists():
-        pickles = sorted(p.name for p in path.iterdir() if p.name.endswith(PICKLE_SUFFIXES))
-        if pickles:
-            raise AdapterFileError(
-                f"{path} holds pickle weights ({', '.join(pickles)}) and no {WEIGHTS_FILE}; pickles "
-                "can run code when loaded, so they are refused. Convert once in a trusted "
-                "environment: `from safetensors.torch import save_file; "
-                f"save_file(torch.load('{pickles[0]}', weights_only=True), '{WEIGHTS_FILE}')`"
-            )
-        raise AdapterFileError(f"{path}: no {WEIGHTS_FILE}; is this a PEFT adapter folder?")
-    try:
-        tensors = load_file(weights_path)
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise AdapterFileError(
-            f"{weights_path}: not a readable safetensors file ({exc}); the file is damaged or "
-            "truncated: save or copy the adapter again"
-        ) from exc
-    parts: dict[str, dict[str, torch.Tensor]] = {}
-    for key, tensor in tensors.items():
-        match = _KEY.match(key)
-        if match is None:
-            raise AdapterFileError(
-                f"{weights_path}: tensor {key!r} is not a LoRA A/B factor; adapters with "
-                "modules_to_save, DoRA or bias weights cannot be merged here"
-            )
-        if not torch.isfinite(tensor).all():
-            raise AdapterFileError(
-                f"{weights_path}: tensor {key!r} holds NaN or infinite values (diverged "
-                "training?); retrain the adapter or leave it out of the merge"
-            )
-        parts.setdefault(match["module"], {})[match["part"]] = tensor
-    if not parts:
-        raise AdapterFileError(f"{weights_path}: no LoRA tensors in the file")
-    modules = {name: _factors(weights_path, name, ab, config) for name, ab in sorted(parts.items())}
-    return LoraAdapter(
-        path=path, config=config, modules=modules, dtype=next(iter(tensors.values())).dtype,
-        sha256=sha256_file(weights_path), base_model=_base_model(path, config),
-    )
+def _aligned_method(name: str, family: str, summary: str, citation: str, notes: str,
+                    space: Callable[[Sequence[LoraFactors], lowrank.TaskMerge], lowrank.Triplets],
+                    sparsifier: str | None, elect_sign: bool, params: tuple[Param, ...]) -> None:
+    """A method that runs an entry-wise merge inside an aligned low-rank space."""
+
+    def merge(factors: Sequence[LoraFactors], weights: torch.Tensor, p: MergeParams) -> LoraFactors:
+        triplets = space(factors, _task_merge(weights, p, sparsifier, elect_sign))
+        return lowrank.to_factors(*triplets, _output_rank(factors, p), factors[0].scale)
+
+    merge.__doc__ = f"{summary} ({citation})."
+    register(MethodSpec(name, "lora", family, summary, citation, merge, (RANK, *params),
+                        random=sparsifier == "random", notes=notes))
 
 
-def _read_config(path: Path) -> dict[str, Any]:
-    config_path = path / CONFIG_FILE
-    if not config_path.exists():
-        raise AdapterFileError(f"{path}: no {CONFIG_FILE}; is this a PEFT adapter folder?")
-    try:
-        config = json.loads(config_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise AdapterFileError(f"{config_path}: not valid JSON ({exc})") from exc
-    if config.get("peft_type") != "LORA":
-        raise AdapterFileError(
-            f"{config_path}: peft_type is {config.get('peft_type')!r}; only LORA adapters merge"
-        )
-    if config.get("use_dora"):
-        raise AdapterFileError(f"{config_path}: DoRA adapters (use_dora: true) cannot be merged")
-    return config
+for _name, _summary, _sparsifier, _elect, _params in [
+    ("core_task_arithmetic", "Σ w·ΔW_i in core space (exact: equals cat_svd)", None, False,
+     (LAMBDA,)),
+    ("core_magnitude_prune", "magnitude pruning of each core matrix, then Σ w·M_i", "magnitude",
+     False, (DENSITY, RESCALE_MAGNITUDE, LAMBDA)),
+    ("core_ties", "TIES on the core matrices M_i", "magnitude", True,
+     (DENSITY, RESCALE_MAGNITUDE, NORMALIZE, SIGN, LAMBDA)),
+    ("core_dare_linear", "DARE on the core matrices M_i", "random", False,
+     (DENSITY, RESCALE_DARE, LAMBDA)),
+    ("core_dare_ties", "DARE drops and TIES' sign election on the core matrices", "random", True,
+     (DENSITY, RESCALE_DARE, NORMALIZE, SIGN, LAMBDA)),
+]:
+    _aligned_method(_name, CORE, _summary, _CORE_CITE, _CORE_NOTE, lowrank.core_merge,
+                    _sparsifier, _elect, _params)
+
+_aligned_method("knots_ties", KNOTS, "TIES on the SVD-aligned V_i of [ΔW_1 … ΔW_T]", _KNOTS_CITE,
+                _KNOTS_NOTE, lowrank.knots_merge, "magnitude", True,
+                (DENSITY, NORMALIZE, SIGN, LAMBDA))
+_aligned_method("knots_dare", KNOTS, "DARE drops and TIES' election on the aligned V_i "
+                "(the paper's KnOTS-DARE-TIES)", _KNOTS_CITE, _KNOTS_NOTE, lowrank.knots_merge,
+                "random", True, (DENSITY, RESCALE_DARE, NORMALIZE, SIGN, LAMBDA))
 
 
-def _factors(file: Path, name: str, ab: dict[str, torch.Tensor], config: dict[str, Any]) -> LoraFactors:
-    if set(ab) != {"A", "B"}:
-        raise AdapterFileError(f"{file}: module {name} has lora_{''.join(ab)} but not both A and B")
-    A, B = ab["A"].float(), ab["B"].float()
-    if A.ndim != 2 or B.ndim != 2 or A.shape[0] != B.shape[1]:
-        raise AdapterFileError(
-            f"{file}: module {name} has lora_A {tuple(A.shape)} and lora_B {tuple(B.shape)}; "
-            "expected (r, in) and (out, r)"
-        )
-    alpha_pattern = config.get("alpha_pattern") or {}
-    alpha = alpha_pattern.get(get_pattern_key(alpha_pattern.keys(), name), config.get("lora_alpha", 8))
-    r = A.shape[0]
-    scale = alpha / (math.sqrt(r) if config.get("use_rslora") else r)
-    if not math.isfinite(scale) or scale <= 0:
-        raise AdapterFileError(f"{file.parent / CONFIG_FILE}: lora_alpha must be positive, got {alpha}")
-    return LoraFactors(A, B, scale)
+def _scaled(triplets: lowrank.Triplets, lam: float) -> lowrank.Triplets:
+    """λ times an SVD-shaped product: |λ| on the spectrum, its sign on U."""
+    U, S, Vh = triplets
+    return (U if lam >= 0 else -U), S * abs(lam), Vh
 
 
-def _base_model(path: Path, config: dict[str, Any]) -> str | None:
-    try:  # the demo library records its base as a path relative to the adapter
-        base = json.loads((path / META_FILE).read_text()).get("base_model")
-    except (OSError, ValueError, AttributeError):
-        base = None
-    if base:
-        return str((path / base).resolve()) if base.startswith(".") else base
-    return config.get("base_model_name_or_path")
+@lora_method("tsv_m", SPECTRAL, "TSV-M: each task's top singular vectors, bases decorrelated",
+             "Gargiulo et al. 2025, Task Singular Vectors, arXiv 2412.00081", params=(RANK, LAMBDA),
+             notes="each task keeps min(r_i, ⌊min(out, in)/T⌋) triplets (its non-zero ones)")
+def tsv_m(factors: Sequence[LoraFactors], weights: torch.Tensor, params: MergeParams) -> LoraFactors:
+    triplets = _scaled(lowrank.tsv_merge(factors, weights.tolist()), params.get("lambda", 1.0))
+    return lowrank.to_factors(*triplets, _output_rank(factors, params), factors[0].scale)
+
+
+_ISO_CITE = "Marczak et al. 2025, No Task Left Behind: Isotropic Model Merging, arXiv 2502.04959"
+_ISO_NOTE = ("the output has rank Σ r_i (a flat spectrum has no best truncation); one adapter "
+             "comes back with its spectrum flattened, by definition")
+
+
+@lora_method("iso_c", SPECTRAL, "Iso-C: the summed update with a flat spectrum", _ISO_CITE,
+             params=(LAMBDA,), notes=_ISO_NOTE)
+def iso_c(factors: Sequence[LoraFactors], weights: torch.Tensor, params: MergeParams) -> LoraFactors:
+    U, S, Vh = _scaled(lowrank.iso_c_merge(factors, weights.tolist()), params.get("lambda", 1.0))
+    return lowrank.to_factors(U, S, Vh, _own_rank(factors), factors[0].scale)
+
+
+@lora_method("iso_cts", SPECTRAL, "Iso-CTS: a common subspace plus each task's own directions, "
+             "flat spectrum", _ISO_CITE, notes=_ISO_NOTE,
+             params=(Param("common_space_fraction", 0.8, "share of the merge's directions taken "
+                           "from the common subspace", low=0, high=1), LAMBDA))
+def iso_cts(factors: Sequence[LoraFactors], weights: torch.Tensor, params: MergeParams) -> LoraFactors:
+    U, S, Vh = _scaled(lowrank.iso_cts_merge(factors, weights.tolist(),
+                                             params["common_space_fraction"]),
+                       params.get("lambda", 1.0))
+    return lowrank.to_factors(U, S, Vh, _own_rank(factors), factors[0].scale)
+
+
+def _own_rank(factors: Sequence[LoraFactors]) -> int:
+    """Σ r_i: the most directions a merge of these updates can have (zero-padded to it, so
+    every module's rank is what `cat` would give, whatever the numerical rank)."""
+    return max(1, sum(f.rank for f in factors))
 
 
 def load_lora_factors(adapter_dirs: Sequence[str | os.PathLike]) -> list[LoraAdapter]:
@@ -459,7 +484,7 @@ def check_compatible(adapters: Sequence[LoraAdapter], method: str | None = None)
                 owner[name] = (other, g)
                 continue
             a, f = owner[name]
-            if (f.B.shape[0], f.A.shape[1]) != (g.B.shape[0], g.A.shape[1]):
+            if f.shape != g.shape:
                 raise MergeConfigError(
                     f"module {name} is {f.B.shape[0]}×{f.A.shape[1]} in {a.name} but "
                     f"{g.B.shape[0]}×{g.A.shape[1]} in {other.name}: different base models"
@@ -470,6 +495,40 @@ def check_compatible(adapters: Sequence[LoraAdapter], method: str | None = None)
                     f"{a.name} has rank {f.rank} and {other.name} rank {g.rank} (module "
                     f"{name}); use 'cat' or 'cat_svd', which merge any ranks"
                 )
+    _check_saved(adapters, method)
+
+
+def _check_saved(adapters: Sequence[LoraAdapter], method: str | None,
+                 weights: Sequence[float] | None = None) -> None:
+    """Whole saved modules merge only as an average: the same modules in every adapter, of
+    one shape (a resized vocabulary must be resized alike), and, once the method and the
+    weights are known, a method linear in the updates with weights summing to 1."""
+    if not any(a.saved for a in adapters):
+        return
+    first = adapters[0]
+    for other in adapters:
+        if other.saved.keys() != first.saved.keys():
+            diff = sorted(other.saved.keys() ^ first.saved.keys())[0]
+            raise MergeConfigError(
+                f"{first.name} and {other.name} save different whole modules (modules_to_save; "
+                f"e.g. {diff}): where one adapter has none, its value is the base's, which a "
+                f"LoRA merge does not have; {FOLD_HINT}")
+        for key, tensor in other.saved.items():
+            if tensor.shape != first.saved[key].shape:
+                raise MergeConfigError(
+                    f"{key} is {list(first.saved[key].shape)} in {first.name} but "
+                    f"{list(tensor.shape)} in {other.name} (differently resized vocabularies?); "
+                    "they cannot be merged entry by entry")
+    if method is not None and method not in LINEAR_IN_UPDATES:
+        raise MergeConfigError(
+            f"the adapters save whole modules ({', '.join(sorted(first.saved))}); '{method}' "
+            "would prune or rotate their LoRA updates but could only average those modules: "
+            f"use one of {', '.join(sorted(LINEAR_IN_UPDATES))}, or {FOLD_HINT}")
+    if weights is not None and abs(math.fsum(weights) - 1) > 1e-6:
+        raise MergeConfigError(
+            f"the adapters save whole modules ({', '.join(sorted(first.saved))}); their average "
+            f"Σ w_i W_i equals the merge of those modules only when the weights sum to 1, and "
+            f"{list(weights)} sum to {math.fsum(weights):g}: rescale the weights, or {FOLD_HINT}")
 
 
 def union_modules(adapters: Sequence[LoraAdapter]) -> list[str]:
@@ -489,45 +548,34 @@ def module_factors(adapters: Sequence[LoraAdapter], name: str) -> list[LoraFacto
 def validate_params(
     method: str,
     n_adapters: int,
-    weights: Sequence[float],
+    weights: Sequence[float] | None,
     *,
     rank: int | None = None,
     density: float | None = None,
     seed: int = 0,
-    majority_sign_method: str = "total",
-) -> tuple[MergeMethod, MergeParams]:
-    """Check everything that needs no file, before any work starts."""
-    spec = MERGE_METHODS.get(method)
-    if spec is None:
-        raise MergeConfigError(f"unknown merge method {method!r}; choose from {', '.join(MERGE_METHODS)}")
+    majority_sign_method: str | None = None,
+    params: Mapping[str, Any] | None = None,
+) -> tuple[MethodSpec, MergeParams]:
+    """Check everything that needs no file, before any work starts. `params` holds any other
+    parameter by its registry name (e.g. {"lambda": 0.5, "normalize": True}); a parameter the
+    method does not use is an error that names it. `seed` is accepted by every method (a
+    study passes one to all) and used by the random ones."""
+    spec = get("lora", method)
     if n_adapters < 1:
         raise MergeConfigError("no adapters to merge")
-    if len(weights) != n_adapters:
-        raise MergeConfigError(
-            f"got {len(weights)} weights for {n_adapters} adapters; give one weight per adapter"
-        )
-    if not all(math.isfinite(float(w)) for w in weights):
-        raise MergeConfigError(f"weights must be finite numbers, got {list(weights)}")
-    if spec.uses_density:
-        if density is None:
-            raise MergeConfigError(f"method '{method}' needs a density in (0, 1], e.g. 0.2")
-        if not 0 < density <= 1:
-            raise MergeConfigError(f"density must be in (0, 1], got {density}")
-    elif density is not None:
-        raise MergeConfigError(f"method '{method}' does not prune; drop the density")
-    if rank is not None:
-        if not spec.truncates:
-            truncating = ", ".join(m.name for m in MERGE_METHODS.values() if m.truncates)
-            raise MergeConfigError(
-                f"method '{method}' keeps the adapters' rank; a rank applies to {truncating}"
-            )
-        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
-            raise MergeConfigError(f"rank must be an integer ≥ 1, got {rank!r}")
-    if majority_sign_method not in SIGN_METHODS:
-        raise MergeConfigError(
-            f"majority_sign_method must be one of {', '.join(SIGN_METHODS)}, got {majority_sign_method!r}"
-        )
-    return spec, MergeParams(rank, density, majority_sign_method, seed)
+    check_weights(spec, weights, n_adapters)
+    named = {k: v for k, v in (("rank", rank), ("density", density),
+                               ("majority_sign_method", majority_sign_method)) if v is not None}
+    if twice := sorted(set(named) & set(params or {})):  # --density 0.3 --param density=0.5
+        raise MergeConfigError(f"{', '.join(twice)} given twice (as an option and in params); "
+                               "give each once")
+    given = {**(params or {}), **named}
+    values = resolve_params(spec, given, n_adapters)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise MergeConfigError(f"seed must be an integer, got {seed!r}")
+    core = {k: values.pop(k) for k in ("rank", "density") if k in values}
+    sign = values.pop("majority_sign_method", "total")
+    return spec, MergeParams(core.get("rank"), core.get("density"), sign, seed, values)
 
 
 @dataclass
@@ -540,9 +588,10 @@ class MergedLora:
     params: MergeParams
     # The inputs targeted different modules: no input's config describes `modules`.
     mixed_targets: bool = False
+    saved: dict[str, torch.Tensor] = field(default_factory=dict)  # whole modules, averaged
 
     def state_dict(self, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
-        out = {}
+        out = {key: t.to(dtype).contiguous() for key, t in self.saved.items()}
         for name, f in self.modules.items():
             out[f"{name}.lora_A.weight"] = f.A.to(dtype).contiguous()
             out[f"{name}.lora_B.weight"] = f.B.to(dtype).contiguous()
@@ -576,28 +625,46 @@ def _alpha(f: LoraFactors) -> float | int:
     return int(round(alpha)) if abs(alpha - round(alpha)) < 1e-9 else alpha
 
 
+def module_seed(seed: int, name: str) -> int:
+    """A random method's seed for one module: a function of the merge's seed and the module's
+    name only, so a merge does not depend on which other modules it covers."""
+    return int.from_bytes(sha256(f"{seed}:{name}".encode()).digest()[:7], "little")
+
+
 def merge_factors(
     adapters: Sequence[LoraAdapter],
-    weights: Sequence[float],
-    method: str = "linear",
+    weights: Sequence[float] | None,
+    method: str = defaults.MERGE_METHOD,
     *,
     rank: int | None = None,
     density: float | None = None,
     seed: int = 0,
-    majority_sign_method: str = "total",
+    majority_sign_method: str | None = None,
+    params: Mapping[str, Any] | None = None,
 ) -> MergedLora:
-    """Merge adapters already in memory; no file is touched (weight searches call this often)."""
-    spec, params = validate_params(method, len(adapters), weights, rank=rank, density=density,
-                                   seed=seed, majority_sign_method=majority_sign_method)
+    """Merge adapters already in memory; no file is touched (weight searches call this often).
+    `weights=None` takes the method's default (1/k for shares, 1 each for scales)."""
+    spec, resolved = validate_params(method, len(adapters), weights, rank=rank, density=density,
+                                     seed=seed, majority_sign_method=majority_sign_method,
+                                     params=params)
+    weights = check_weights(spec, weights, len(adapters))
     check_compatible(adapters, method)
-    w = torch.tensor([float(x) for x in weights], dtype=torch.float32)
-    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
-        torch.manual_seed(seed)  # DARE draws from the global RNG; keep it a function of `seed`
-        warnings.filterwarnings("ignore", message="The density .* no pruning will be performed")
-        modules = {name: spec.fn(module_factors(adapters, name), w, params)
-                   for name in union_modules(adapters)}
+    _check_saved(adapters, method, weights)
+    w = torch.tensor(weights, dtype=torch.float32)
+    names = union_modules(adapters)
+    if spec.random and spec.family == DENSE:  # its drops see each whole ΔW: check before work
+        shapes = {name: module_factors(adapters, name)[0].shape for name in names}
+        elementwise.check_density(shapes, resolved.density, "module")
+    modules = {}
+    for name in names:
+        params = resolved
+        if spec.random:  # a generator per module: the merge of one module never moves another
+            params = replace(resolved, rng=torch.Generator().manual_seed(module_seed(seed, name)))
+        modules[name] = spec.fn(module_factors(adapters, name), w, params)
+    saved = {key: sum(wi * a.saved[key] for wi, a in zip(weights, adapters, strict=True))
+             for key in adapters[0].saved}
     mixed = any(a.modules.keys() != adapters[0].modules.keys() for a in adapters)
-    return MergedLora(modules, method, [float(x) for x in weights], params, mixed)
+    return MergedLora(modules, method, weights, resolved, mixed, saved)
 
 
 @dataclass
@@ -615,41 +682,55 @@ class MergeRecord:
     timings: dict[str, float] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     kind: str = "mashup-merge"
-    version: int = 1
+    version: int = 2
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def record_params(spec: MethodSpec, params: MergeParams) -> dict[str, Any]:
+    """The parameters that shaped this merge: the method's own (defaults included), and the
+    seed only when the method draws random numbers."""
+    values = {k: v for k, v in params.as_dict().items()
+              if k in spec.param_names and v is not None}
+    if spec.truncates and values.get("rank") is None:
+        values.pop("rank", None)
+    if spec.random:
+        values["seed"] = params.seed
+    return values
 
 
 def merge_adapters(
     adapter_dirs: Sequence[str | os.PathLike],
-    weights: Sequence[float],
+    weights: Sequence[float] | None,
     method: str,
     out_dir: str | os.PathLike,
     *,
     rank: int | None = None,
     density: float | None = None,
     seed: int = 0,
-    majority_sign_method: str = "total",
+    majority_sign_method: str | None = None,
+    params: Mapping[str, Any] | None = None,
     overwrite: bool = False,
     extra: dict[str, Any] | None = None,
 ) -> MergeRecord:
-    """Merge adapter folders into a new PEFT adapter folder `out_dir`, atomically."""
+    """Merge adapter folders into a new PEFT adapter folder `out_dir`, atomically, with its
+    `merge_record.json`, its recipe (`mergekit_config.yml`) and a model card (`README.md`)."""
     start = time.perf_counter()
-    validate_params(method, len(adapter_dirs), weights, rank=rank, density=density, seed=seed,
-                    majority_sign_method=majority_sign_method)
+    spec, _ = validate_params(method, len(adapter_dirs), weights, rank=rank, density=density,
+                              seed=seed, majority_sign_method=majority_sign_method, params=params)
     out_dir = Path(out_dir).resolve()
     if out_dir.is_file() or (out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite):
         raise MergeConfigError(f"{out_dir} already exists; choose another output folder or overwrite it")
     adapters = load_lora_factors(adapter_dirs)
     loaded = time.perf_counter()
     merged = merge_factors(adapters, weights, method, rank=rank, density=density, seed=seed,
-                           majority_sign_method=majority_sign_method)
+                           majority_sign_method=majority_sign_method, params=params)
     done = time.perf_counter()
+    inputs = [{"path": str(a.path.resolve()), "sha256": a.sha256} for a in adapters]
+    values = record_params(spec, merged.params)
     record = MergeRecord(
-        method=method, weights=merged.weights,
-        inputs=[{"path": str(a.path.resolve()), "sha256": a.sha256} for a in adapters],
-        params={k: v for k, v in asdict(merged.params).items() if v is not None},
+        method=method, weights=merged.weights, inputs=inputs, params=values,
         rank=merged.rank, out_dir=str(out_dir), base_model=adapters[0].base_model, seconds=0.0,
         timings={"load": loaded - start, "merge": done - loaded}, extra=extra or {},
     )
@@ -661,25 +742,36 @@ def merge_adapters(
         record.timings["write"] = time.perf_counter() - done
         record.seconds = time.perf_counter() - start
         write_json_atomic(tmp / RECORD_FILE, record.to_dict())
+        text = recipe.recipe_yaml(spec, [i["path"] for i in inputs], merged.weights, values)
+        (tmp / recipe.RECIPE_FILE).write_text(text)
+        (tmp / recipe.CARD_FILE).write_text(recipe.model_card(
+            spec, name=out_dir.name, inputs=inputs, weights=merged.weights, values=values,
+            base=adapters[0].base_model, recipe=text, seconds=record.seconds,
+            extra={"rank": merged.rank, **(extra or {})}))
 
     _replace_dir_atomically(out_dir, write)
     return record
 
 
 def _replace_dir_atomically(out_dir: Path, write: Callable[[Path], None]) -> None:
-    """Fill a hidden sibling folder, then rename it into place: a killed merge leaves no half."""
+    """Fill a hidden sibling folder, then rename it into place: a killed merge leaves no half
+    (and the next merge into that folder removes what a killed one left); a full disk or a
+    read-only folder is a `WriteError` naming `out_dir`, with the old output kept."""
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
     old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        write(tmp)
-        if out_dir.exists():
-            os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-    finally:
+    clean_stale_temporaries(out_dir.parent)
+    with writing(out_dir, cleanup=tmp):
         shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        try:
+            write(tmp)
+            usual_permissions(tmp)
+            if out_dir.exists():
+                os.replace(out_dir, old)
+            os.replace(tmp, out_dir)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(old, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- into a live model
@@ -688,6 +780,11 @@ def _replace_dir_atomically(out_dir: Path, write: Callable[[Path], None]) -> Non
 @torch.no_grad()
 def load_into_peft(model, merged: MergedLora, adapter_name: str = SEARCH_SLOT) -> None:
     """Copy a merge into an existing LoRA slot of a PeftModel (no disk, no re-wrapping)."""
+    if merged.saved:
+        raise MergeConfigError(
+            f"the merge holds whole modules ({', '.join(sorted(merged.saved))}), which a LoRA "
+            "slot cannot: evaluating it in memory would silently drop them; save it with "
+            "`merge_adapters` and load the folder")
     layers = dict(model.named_modules())
     for name, f in merged.modules.items():
         layer = layers.get(name)

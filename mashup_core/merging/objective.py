@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from mashup_core import defaults
 from mashup_core.merging.lora import (
     SEARCH_SLOT,
     LoraAdapter,
@@ -24,8 +25,8 @@ class MergeObjective:
     factors into a spare LoRA slot and evaluates. `maximize` tells the search which way is up.
     """
 
-    def __init__(self, model, tokenizer, adapters: Sequence[LoraAdapter], examples, method: str = "linear",
-                 *, metric: str = "acc", l1: float = 0.0, batch_size: int = 32,
+    def __init__(self, model, tokenizer, adapters: Sequence[LoraAdapter], examples, method: str = defaults.MERGE_METHOD,
+                 *, metric: str = "acc", l1: float = 0.0, batch_size: int = defaults.EVAL_BATCH_SIZE,
                  adapter_name: str = SEARCH_SLOT, **merge_options: Any):
         if metric not in ("acc", "nll"):
             raise MergeConfigError(f"metric must be 'acc' or 'nll', got {metric!r}")
@@ -57,7 +58,7 @@ class MergeObjective:
         return result.acc - penalty if self.maximize else result.nll + penalty
 
 
-def make_merge_objective(model, tokenizer, factors: Sequence[LoraAdapter], examples, method: str = "linear",
+def make_merge_objective(model, tokenizer, factors: Sequence[LoraAdapter], examples, method: str = defaults.MERGE_METHOD,
                          metric: str = "acc", l1: float = 0.0, **merge_options: Any) -> MergeObjective:
     """See `MergeObjective`; `factors` come from `load_lora_factors`."""
     return MergeObjective(model, tokenizer, factors, examples, method, metric=metric, l1=l1, **merge_options)

@@ -31,7 +31,10 @@ from typing import Any
 
 import numpy as np
 
+from mashup_core import defaults
 from mashup_core.errors import MashupError
+from mashup_core.jobs.background import get_job, mark_running, start_job, update_job
+from mashup_core.jobs.record import JobError
 from mashup_core.merging.weights import WeightSearchError, search_weights
 from mashup_core.workspace import Workspace, read_json, write_json_atomic
 
@@ -154,7 +157,7 @@ class MultiTargetObjective:
     """
 
     def __init__(self, model, tokenizer, factors, targets: Mapping[str, Sequence], *,
-                 method: str = DEFAULT_METHOD, batch_size: int = 32, **merge_options: Any):
+                 method: str = DEFAULT_METHOD, batch_size: int = defaults.EVAL_BATCH_SIZE, **merge_options: Any):
         from mashup_core.merging.lora import SEARCH_SLOT
         from mashup_core.merging.objective import MergeObjective
 
@@ -245,7 +248,7 @@ def check_targets(targets: Sequence[str], held_out: str | None = None) -> None:
 def recycle_weights(base_model, tokenizer, factors: Sequence, targets: Mapping[str, Sequence], *,
                     objective: str | Scalarisation = "mean", budget: int = 60, seed: int = 0,
                     held_out: Sequence | None = None, method: str = DEFAULT_METHOD,
-                    batch_size: int = 32, on_progress: Progress | None = None,
+                    batch_size: int = defaults.EVAL_BATCH_SIZE, on_progress: Progress | None = None,
                     evaluator: MultiTargetObjective | None = None,
                     **merge_options: Any) -> RecycleResult:
     """One weight per adapter of `factors` (`lora.load_lora_factors`), by CMA-ES over [0, 1]
@@ -302,7 +305,7 @@ def recycle_weights(base_model, tokenizer, factors: Sequence, targets: Mapping[s
 def recycle_front(base_model, tokenizer, factors: Sequence, targets: Mapping[str, Sequence], *,
                   objective: str = "mean", budget: int = 60, front_k: int = 0, seed: int = 0,
                   held_out: Sequence | None = None, method: str = DEFAULT_METHOD,
-                  batch_size: int = 32, on_progress: Progress | None = None,
+                  batch_size: int = defaults.EVAL_BATCH_SIZE, on_progress: Progress | None = None,
                   **merge_options: Any) -> dict[str, Any]:
     """The main search, `front_k` preference-weighted searches (sharing `budget`: each gets
     budget // (front_k + 1), the main one the rest), the reference points, and the front.
@@ -436,10 +439,10 @@ class RecycleRequest:
     checkpoints: tuple[str, ...] = ()  # () = every LoRA checkpoint of the library
     budget: int = 60
     front_k: int = 0
-    n: int = 64  # rows per target (train split, seeded sample)
+    n: int = defaults.STUDY_N  # rows per target (train split, seeded sample)
     seed: int = 0
     method: str = DEFAULT_METHOD
-    batch_size: int = 32
+    batch_size: int = defaults.EVAL_BATCH_SIZE
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -448,7 +451,7 @@ class RecycleRequest:
 def library_choice(ws: Workspace, wanted: Sequence[str] = ()) -> list:
     """The checkpoints to weigh: `wanted` by name (each must be a LoRA checkpoint of the
     library), else every LoRA checkpoint except merges this module wrote."""
-    from mashup_core.models.library import workspace_library
+    from mashup_core.config import workspace_library
 
     scan = workspace_library(ws)
     loras = [c for c in scan.checkpoints if c.kind == "lora"]
@@ -490,8 +493,8 @@ def validate_request(ws: Workspace, req: RecycleRequest) -> list:
 
 
 def target_rows(ws: Workspace, name: str, n: int, seed: int) -> list:
-    from mashup_core.config import find_target
-    from mashup_core.data.targets import load_target, sample_examples
+    from mashup_core.config import find_target, load_target
+    from mashup_core.data.examples import sample_examples
 
     return sample_examples(load_target(find_target(ws, name, "train"), ws), n, seed)
 
@@ -598,51 +601,50 @@ def job_dir(ws: Workspace) -> Path:
 
 
 def launch_recycle(ws: Workspace, req: RecycleRequest) -> str:
-    """Run `mashup search-weights --targets ...` detached (it outlives the page); returns the
-    id its result will be saved under. Bad inputs fail here, before anything starts."""
+    """Run the search in the background (the job layer's kind "recycle": it outlives the
+    page); returns the id its result will be saved under. Bad inputs fail here, before
+    anything starts."""
     from mashup_core.access import require_write
-    from mashup_core.jobs.processes import process_start, spawn_detached
 
     require_write("launching a recycle search")
     validate_request(ws, req)
     front_id = new_front_id(req)
-    folder = job_dir(ws)
-    folder.mkdir(parents=True, exist_ok=True)
-    args = ["search-weights", "--targets", ",".join(req.targets), "--objective", req.objective,
-            "--budget", str(req.budget), "--front", str(req.front_k), "--n", str(req.n),
-            "--seed", str(req.seed), "--method", req.method, "--batch-size", str(req.batch_size),
-            "--id", front_id, "--workspace", str(ws.root), "--no-progress"]
-    if req.held_out:
-        args += ["--held-out", req.held_out]
-    if req.checkpoints:
-        args += ["--checkpoints", ",".join(req.checkpoints)]
-    pid = spawn_detached(args, folder / f"{front_id}.log", mode="w")
-    write_json_atomic(folder / f"{front_id}.json", {"pid": pid, "started": time.time(),
-                                                   "proc_start": process_start(pid),
-                                                   "request": req.to_dict()})
+    # The job's record: what it searches is read from here.
+    write_json_atomic(job_dir(ws) / f"{front_id}.json",
+                      {"state": "queued", "created": time.time(), "request": req.to_dict()})
+    start_job(ws, "recycle", front_id, error=RecycleError)
     return front_id
 
 
 def recycle_job(ws: Workspace, front_id: str) -> dict[str, Any]:
-    """A launched search: state done (its result is saved), running, or failed (with the
-    log's last lines); {} if none was launched under that id."""
-    from mashup_core.jobs.processes import process_alive
-
-    job = read_json(job_dir(ws) / f"{front_id}.json")
-    if not isinstance(job, dict):
+    """A launched search's record: state queued | running | done (its result is saved) |
+    failed | cancelled | killed, with its progress and error; {} if none has that id."""
+    try:
+        job = get_job(ws, "recycle", front_id)
+    except JobError:
         return {}
-    if (recycle_dir(ws) / f"{front_id}.json").exists():
-        return {**job, "state": "done"}
-    if process_alive(job.get("pid"), job.get("proc_start")):
-        return {**job, "state": "running"}
-    log = job_dir(ws) / f"{front_id}.log"
-    tail = log.read_text(errors="replace").strip().splitlines()[-3:] if log.exists() else []
-    return {**job, "state": "failed", "error": " ".join(tail) or "the job ended without a result"}
+    return {**job.fields, **job.to_dict()}
 
 
-def running_jobs(ws: Workspace) -> list[str]:
-    folder = job_dir(ws)
-    if not folder.is_dir():
-        return []
-    return [p.stem for p in sorted(folder.glob("*.json"))
-            if recycle_job(ws, p.stem).get("state") == "running"]
+def run_recycle_job(ws: Workspace, front_id: str) -> dict[str, Any]:
+    """The job itself: the recorded request's search, its progress in the record as it goes."""
+    stored = read_json(job_dir(ws) / f"{front_id}.json", {}).get("request") or {}
+    req = RecycleRequest(**{k: tuple(v) if isinstance(v, list) else v for k, v in stored.items()})
+    mark_running(ws, "recycle", front_id, os.getpid())
+    written = [0.0]
+
+    def progress(index: int, _value: float, _best: float) -> None:
+        if time.monotonic() - written[0] >= 1.0 or index + 1 >= req.budget:
+            update_job(ws, "recycle", front_id, progress={
+                "done": index + 1, "total": req.budget, "unit": "evaluations"})
+            written[0] = time.monotonic()
+
+    try:
+        front = run_recycle(ws, req, on_progress=progress, front_id=front_id)
+    except BaseException as exc:
+        update_job(ws, "recycle", front_id, state="failed", finished=time.time(),
+                   error=f"{type(exc).__name__}: {exc}")
+        raise
+    update_job(ws, "recycle", front_id, state="done", finished=time.time(),
+               result=str(recycle_dir(ws) / f"{front_id}.json"))
+    return front

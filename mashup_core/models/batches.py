@@ -30,9 +30,36 @@ def left_padded(rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, 
     return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
 
 
+def _forward_parameters(model):
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT
+    return inspect.signature(inner.forward).parameters
+
+
+def _library_cache_name() -> str:
+    """What this transformers calls the KV cache argument: `cache` from 5.2x (which deprecates
+    `past_key_values` for removal in 5.40), `past_key_values` before."""
+    from transformers import LlamaForCausalLM
+
+    return "cache" if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters else "past_key_values"
+
+
+def cache_argument(model, cache) -> dict:
+    """The KV cache as the model's forward takes it: its own parameter's name, or (a forward of
+    **kwargs, a wrapper) the installed transformers' name."""
+    params = _forward_parameters(model)
+    for name in ("cache", "past_key_values"):
+        if name in params:
+            return {name: cache}
+    return {_library_cache_name(): cache}
+
+
+def output_cache(output):
+    """The KV cache a forward returned, under either name."""
+    return output.cache if getattr(output, "cache", None) is not None else output.past_key_values
+
+
 def keep_last_logits(model, n: int) -> dict[str, int]:
     """`logits_to_keep=n` for models whose forward takes it, so only the last n positions go
     through the output head; {} for any other model, whose callers read the same last n
     positions of the full logits (`logits[:, -n:]` is right either way)."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT
-    return {"logits_to_keep": n} if "logits_to_keep" in inspect.signature(inner.forward).parameters else {}
+    return {"logits_to_keep": n} if "logits_to_keep" in _forward_parameters(model) else {}

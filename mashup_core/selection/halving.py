@@ -31,24 +31,24 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mashup_core.data.targets import MCExample
+from mashup_core import defaults
+from mashup_core.data.examples import MCExample
 from mashup_core.selection.scoring import (
     BASE_ROW,
-    SCORERS,
+    LibraryScorer,
     ScoreRow,
     ScoreTable,
     ScoringError,
-    base_in_slot,
-    cached_inputs,
     get_scorer,
-    score_library,
+    row_from_per_example,
 )
+from mashup_core.selection.store import base_in_slot, cached_inputs
 from mashup_core.workspace import Workspace, write_json_atomic
 
 if TYPE_CHECKING:
     from mashup_core.models.library import Checkpoint
 
-HALVING_VERSION = 2  # 2: ties at a cut kept, margin, seconds per round
+HALVING_VERSION = 3  # 2: ties at a cut kept, margin, seconds per round; 3: token_acc
 
 # Defaults of the CLI, the dashboard and the functions (benchmarks/bench_halving.py): eta 4
 # and a first round of 4 examples keep halving's cost near 0.16x on 200 adapters; a margin of
@@ -92,6 +92,13 @@ class HalvingResult:
     excluded: list[str] = field(default_factory=list)  # never scored (own task, by name)
     margin: float = 0.0  # standard errors of grace around the k-th best (`survivors`)
     from_cache: bool = False
+    # Adapters read and copied into the scorer's bank over the rounds, and the seconds it took;
+    # of those, the ones brought back after the bank dropped them for room (what a later round
+    # pays; PEFT's path re-injects every survivor instead).
+    loads: int = 0
+    load_s: float = 0.0
+    reloads: int = 0
+    reload_s: float = 0.0
 
     @property
     def cost_ratio(self) -> float:
@@ -146,10 +153,8 @@ def _table(per: dict[str, dict[str, list[float]]], meta: dict[str, tuple], names
     """The rows of `names` (and the base) on the first n examples, from per-example values."""
 
     def row(name: str) -> ScoreRow:
-        values = {s: math.fsum(per[name][s][:n]) / n for s in SCORERS}
         source_task, kind = meta[name]
-        return ScoreRow(name, source_task, values["acc"], values["acc_norm"], values["nll"], n,
-                        seconds[name], kind)
+        return row_from_per_example(name, source_task, kind, seconds[name], per[name], range(n))
 
     return ScoreTable(rows=[row(name) for name in names], base=row(BASE_ROW), target=target,
                       per_example={name: {s: v[:n] for s, v in per[name].items()}
@@ -253,10 +258,10 @@ def _candidates(names: Sequence[str], source_tasks: Sequence[str | None], k: int
 
 def successive_halving(
     base_model, tokenizer, checkpoints: Sequence[Checkpoint], examples: Sequence[MCExample], *,
-    scorer: str = "nll", k: int = 2, eta: float = DEFAULT_ETA, min_n: int = DEFAULT_MIN_N,
+    scorer: str = defaults.SCORER, k: int = defaults.TOP_K, eta: float = DEFAULT_ETA, min_n: int = DEFAULT_MIN_N,
     margin: float = DEFAULT_MARGIN, exclude_task: str | None = None,
-    exclude_names: Iterable[str] = (), batch_size: int = 32, progress: bool = False,
-    target: str | None = None,
+    exclude_names: Iterable[str] = (), batch_size: int = defaults.EVAL_BATCH_SIZE, progress: bool = False,
+    target: str | None = None, use_bank: bool = True,
 ) -> HalvingResult:
     """Successive halving over `checkpoints` on `examples` (already sampled; prefixes nested).
 
@@ -271,20 +276,24 @@ def successive_halving(
                              [getattr(c, "source_task", None) for c in checkpoints], k,
                              exclude_task, exclude_names)
     by_name = {c.name: c for c in checkpoints}
+    # One scorer for every round: survivors stay in its adapter bank, so a round loads only
+    # what the bank dropped for room (`LibraryScorer.loads` counts them).
+    with LibraryScorer(base_model, tokenizer, batch_size=batch_size, use_bank=use_bank) as scorer_:
 
-    def score_part(alive: list[str], lo: int, hi: int) -> ScoreTable:
-        return score_library(base_model, tokenizer, [by_name[a] for a in alive], examples[lo:hi],
-                             batch_size=batch_size, progress=progress)
+        def score_part(alive: list[str], lo: int, hi: int) -> ScoreTable:
+            return scorer_.score([by_name[a] for a in alive], examples[lo:hi], progress=progress)
 
-    rounds, table, cost = _halve(score_part, candidates, len(examples), scorer=s.name, k=k,
-                                 eta=eta, min_n=min_n, margin=margin, target=target)
+        rounds, table, cost = _halve(score_part, candidates, len(examples), scorer=s.name, k=k,
+                                     eta=eta, min_n=min_n, margin=margin, target=target)
     return HalvingResult(s.name, k, eta, min_n, len(examples), table.rank(s.name), rounds, table,
                          cost, (len(candidates) + 1) * len(examples),
-                         [c.name for c in checkpoints if c.name not in candidates], margin=margin)
+                         [c.name for c in checkpoints if c.name not in candidates], margin=margin,
+                         loads=scorer_.loads, load_s=round(scorer_.load_s, 4),
+                         reloads=scorer_.reloads, reload_s=round(scorer_.reload_s, 4))
 
 
 def halving_from_table(
-    full: ScoreTable, *, scorer: str = "nll", k: int = 2, eta: float = DEFAULT_ETA,
+    full: ScoreTable, *, scorer: str = defaults.SCORER, k: int = defaults.TOP_K, eta: float = DEFAULT_ETA,
     min_n: int = DEFAULT_MIN_N, margin: float = DEFAULT_MARGIN, exclude_task: str | None = None,
     exclude_names: Iterable[str] = (),
 ) -> HalvingResult:
@@ -313,10 +322,10 @@ def halving_from_table(
 
 def successive_halving_cached(
     ws: Workspace, checkpoints: Sequence[Checkpoint], examples: Sequence[MCExample], *,
-    n: int = 64, seed: int | None = None, base_path: str | Path | None = None,
-    target: str | None = None, scorer: str = "nll", k: int = 2, eta: float = DEFAULT_ETA,
+    n: int = defaults.STUDY_N, seed: int | None = None, base_path: str | Path | None = None,
+    target: str | None = None, scorer: str = defaults.SCORER, k: int = defaults.TOP_K, eta: float = DEFAULT_ETA,
     min_n: int = DEFAULT_MIN_N, margin: float = DEFAULT_MARGIN, exclude_task: str | None = None,
-    batch_size: int = 32, progress: bool = True, device: str | None = None,
+    batch_size: int = defaults.EVAL_BATCH_SIZE, progress: bool = True, device: str | None = None,
     refresh: bool = False,
 ) -> HalvingResult:
     """`successive_halving` on `sample_examples(examples, n, seed)`, remembered in the workspace
@@ -343,24 +352,6 @@ def successive_halving_cached(
     write_json_atomic(path, {"kind": "mashup-halving", "version": HALVING_VERSION,
                              "settings": settings, "result": result.to_dict()})
     return result
-
-
-def halving_for_target(ws: Workspace, target: dict[str, Any], n: int, **settings: Any) -> HalvingResult:
-    """`successive_halving_cached` on a target of the dashboard (the library of the config, the
-    target's train split), as `views.relevance_table` scores it in full."""
-    from mashup_core.config import resolve_config, target_name
-    from mashup_core.data.targets import TargetSpec, load_target
-    from mashup_core.views.library import library_scan
-
-    config = resolve_config(ws)
-    scan = library_scan(ws)
-    if not scan.checkpoints:
-        raise ScoringError("the library has no usable checkpoint to score")
-    spec = TargetSpec.from_dict({"split": "train", **target})
-    examples = load_target(spec.with_split("train"), ws)
-    return successive_halving_cached(ws, scan.checkpoints, examples, n=n,
-                                     base_path=config.base_model, target=target_name(target),
-                                     progress=False, **settings)
 
 
 def agreement(halving: HalvingResult, full: ScoreTable, *, exclude_task: str | None = None,

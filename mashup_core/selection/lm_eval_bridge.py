@@ -17,7 +17,7 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from mashup_core.data.targets import MCExample
+from mashup_core.data.examples import MCExample
 from mashup_core.errors import MashupError
 
 TASK_FILE = "task.yaml"

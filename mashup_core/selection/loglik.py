@@ -20,18 +20,33 @@ from typing import Any
 
 import torch
 
-from mashup_core.data.targets import MCExample
-from mashup_core.errors import MashupError
-from mashup_core.models.batches import keep_last_logits, left_padded
+from mashup_core import defaults
+from mashup_core.data.examples import DatasetError, MCExample
+from mashup_core.data.prompts import (  # noqa: F401  (the letter layout, re-exported)
+    CHAR_SAFE_LETTERS,
+    PLAIN_LETTERS,
+    LetterFormat,
+    LetterPromptError,
+    answer_text,
+    counted_tokens,
+    letter_format_for,
+    special_ids,
+    trim_answer,
+)
+from mashup_core.models.batches import cache_argument, keep_last_logits, left_padded, output_cache
 
 
 @dataclass
 class ChoiceScores:
-    """Per example, per choice: summed answer log-probability and its length."""
+    """Per example, per choice: summed answer log-probability and its length; and of the
+    answer tokens token accuracy counts (`counted`), how many are the argmax over the whole
+    vocabulary (`hits`), from the same forward."""
 
     logprobs: list[list[float]]
     num_tokens: list[list[int]]
     num_bytes: list[list[int]]
+    hits: list[list[int]] | None = None
+    counted: list[list[int]] | None = None
 
 
 @dataclass
@@ -41,9 +56,16 @@ class MCResult:
     nll: float  # mean over examples of the gold answer's per-token negative log-likelihood
     n: int
     correct: list[bool]
+    # The reference pipeline's relevance: the share of the gold answers' counted tokens whose
+    # teacher-forced argmax is the gold token, pooled over the examples' tokens; exact match:
+    # the share of examples whose counted tokens are all right.
+    token_acc: float = float("nan")
+    exact_match: float = float("nan")
+    answer_tokens: int = 0  # counted gold-answer tokens: token_acc's denominator
 
     def as_dict(self) -> dict[str, float]:
-        return {"acc": self.acc, "acc_norm": self.acc_norm, "nll": self.nll, "n": self.n}
+        return {"acc": self.acc, "acc_norm": self.acc_norm, "nll": self.nll,
+                "token_acc": self.token_acc, "exact_match": self.exact_match, "n": self.n}
 
 
 def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
@@ -62,26 +84,47 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
 
 @dataclass(frozen=True)
 class EncodedExample:
-    """One example's token ids as `encode_pair` splits them: the prompt once, each answer."""
+    """One example's token ids as `encode_pair` splits them: the prompt once, each answer; and
+    per answer token whether token accuracy counts it (`data.prompts.counted_tokens`)."""
 
     context: list[int]
     continuations: list[list[int]]
     num_bytes: list[int]
+    counted: list[list[bool]]
 
 
-def encode_examples(tokenizer, examples: Sequence[MCExample]) -> list[EncodedExample]:
-    """Tokenise each example once (scoring a library reuses it for every adapter)."""
+def encode_examples(tokenizer, examples: Sequence[MCExample],
+                    max_length: int | None = None) -> list[EncodedExample]:
+    """Tokenise each example once (scoring a library reuses it for every adapter).
+
+    A reference-format row's answer is cut from its whole conversation, as the reference
+    pipeline cuts it: the tokens after the prompt's, less the template's closing ones. With
+    `max_length` (the model's context), a row whose prompt and answer do not fit is refused
+    with where it came from (`data.limits`), a grossly long one before it is tokenised."""
+    from mashup_core.data.limits import check_lengths, check_tokens
+
+    check_lengths(examples, max_length)
+    specials = special_ids(tokenizer)
     out = []
-    for ex in examples:
-        pairs = [encode_pair(tokenizer, ex.prompt, choice) for choice in ex.choices]
-        out.append(EncodedExample(pairs[0][0], [cont for _, cont in pairs],
-                                  [len(choice.encode("utf-8")) for choice in ex.choices]))
+    for index, ex in enumerate(examples):
+        pairs = [encode_pair(tokenizer, ex.prompt, answer_text(ex, j)) for j in range(len(ex.choices))]
+        continuations = [cont for _, cont in pairs]
+        if ex.meta.get("turn"):
+            continuations = [trim_answer(tokenizer, cont, specials) for cont in continuations]
+        if not all(continuations):
+            raise DatasetError(f"an answer of the row {ex.prompt[-60:]!r} has no tokens: "
+                               f"{ex.choices!r}")
+        for j, cont in enumerate(continuations):
+            check_tokens(ex, index, len(pairs[0][0]) + len(cont), max_length, f"choice {j + 1}")
+        out.append(EncodedExample(pairs[0][0], continuations,
+                                  [len(choice.encode("utf-8")) for choice in ex.choices],
+                                  [counted_tokens(tokenizer, c, specials) for c in continuations]))
     return out
 
 
 @torch.no_grad()
 def choice_loglikelihoods(
-    model, tokenizer, examples: Sequence[MCExample], batch_size: int = 32
+    model, tokenizer, examples: Sequence[MCExample], batch_size: int = defaults.EVAL_BATCH_SIZE
 ) -> ChoiceScores:
     return library_loglikelihoods(model, tokenizer, examples, None, batch_size)[0]
 
@@ -89,7 +132,7 @@ def choice_loglikelihoods(
 @torch.no_grad()
 def library_loglikelihoods(
     model, tokenizer, examples: Sequence[MCExample], adapter_names: Sequence[str] | None,
-    batch_size: int = 32, encoded: Sequence[EncodedExample] | None = None,
+    batch_size: int = defaults.EVAL_BATCH_SIZE, encoded: Sequence[EncodedExample] | None = None,
     max_batch_tokens: int | None = None,
 ) -> list[ChoiceScores]:
     """Per-choice log-likelihoods of every example under each adapter of a PEFT model.
@@ -120,7 +163,9 @@ def library_loglikelihoods(
     packed = packs_choices(model, max(len(e.context) + sum(map(len, e.continuations)) for e in enc))
     prefix = _run_shared_prompt(model, enc, names, device) if packed else None
     sums: list[torch.Tensor] = []
+    hits: list[torch.Tensor] = []
     for chunk in _batches(rows, [_row_width(enc[i]) for i, _ in rows], batch_size, budget):
+        check_memory(model, len(chunk), max(_row_width(enc[i]) for i, _ in chunk), device)
         row_names = None if adapter_names is None else [names[a] for _, a in chunk]
         if row_names and len(set(row_names)) == 1 and row_names[0] != "__base__":
             # One adapter: PEFT's plain path (the mixed one gathers and scatters every LoRA
@@ -128,22 +173,65 @@ def library_loglikelihoods(
             if model.active_adapter != row_names[0]:
                 model.set_adapter(row_names[0])
             row_names = None
-        contexts = [enc[i].context for i, _ in chunk]
-        continuations = [enc[i].continuations for i, _ in chunk]
+        batch = [enc[i] for i, _ in chunk]
         if packed:
-            sums.append(_score_batch_packed(model, contexts, continuations, pad, device, row_names,
-                                            prefix, [a for _, a in chunk]))
+            s_, h_ = _score_batch_packed(model, batch, pad, device, row_names, prefix,
+                                         [a for _, a in chunk])
         else:
-            sums.append(_score_batch_cached(model, contexts, continuations, pad, device, row_names))
-    flat = torch.cat(sums).cpu().tolist() if sums else []  # the one host sync
+            s_, h_ = _score_batch_cached(model, batch, pad, device, row_names)
+        sums.append(s_)
+        hits.append(h_)
+    # The one host sync: sums and hit counts together.
+    flat, flat_hits = (torch.stack([torch.cat(sums), torch.cat(hits).to(sums[0].dtype)]).cpu().tolist()
+                       if sums else ([], []))
     per: list[list[list[float] | None]] = [[None] * len(enc) for _ in names]
+    per_hits: list[list[list[int] | None]] = [[None] * len(enc) for _ in names]
     r = 0
     for i, a in rows:
         k = len(enc[i].continuations)
         per[a][i] = flat[r : r + k]
+        per_hits[a][i] = [round(h) for h in flat_hits[r : r + k]]
         r += k
+    counted = [[sum(c) for c in e.counted] for e in enc]
     return [ChoiceScores(logprobs=per[a], num_tokens=[[len(c) for c in e.continuations] for e in enc],
-                         num_bytes=[list(e.num_bytes) for e in enc]) for a in range(len(names))]
+                         num_bytes=[list(e.num_bytes) for e in enc], hits=per_hits[a],
+                         counted=counted) for a in range(len(names))]
+
+
+def batch_bytes(model, rows: int, width: int) -> int:
+    """About what one scoring forward of `rows` × `width` tokens holds at its peak: the 4D mask
+    (bool and additive), each layer's activations, and the logits of the kept columns (at most
+    the whole row) with their float copy."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = inner.config.get_text_config() if hasattr(inner.config, "get_text_config") else inner.config
+    hidden = getattr(config, "hidden_size", 1024)
+    vocab = getattr(config, "vocab_size", 32000)
+    element = next(model.parameters()).element_size()
+    mask = rows * width * width * (1 + element)
+    activations = rows * width * hidden * element * 12  # a block's q/k/v/o and MLP at once
+    logits = rows * width * vocab * (element + 4)
+    return mask + activations + logits
+
+
+def check_memory(model, rows: int, width: int, device: torch.device) -> None:
+    """Refuse a forward whose estimate exceeds the memory free on its device, before it runs
+    (it would swap the machine to a halt or kill the process instead)."""
+    need = batch_bytes(model, rows, width)
+    if device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0]
+    else:
+        import psutil
+
+        free = psutil.virtual_memory().available
+    if need > 0.9 * free:
+        raise MemoryLimitError(
+            f"a scoring forward of {rows} rows x {width} tokens needs about {need / 2**30:.1f} GiB "
+            f"and {free / 2**30:.1f} GiB are free on {device.type}; lower the batch size, or "
+            "shorten the rows")
+
+
+class MemoryLimitError(DatasetError):
+    """A forward that would not fit in the memory left."""
 
 
 def default_batch_tokens(device: torch.device) -> int:
@@ -227,7 +315,7 @@ def _run_shared_prompt(model, enc: Sequence[EncodedExample], names: list, device
     mixed = {} if names == [None] else {"adapter_names": list(names)}
     out = model(input_ids=torch.tensor([first[:n]] * len(names), device=device), use_cache=True,
                 **keep_last_logits(model, 1), **mixed)
-    return SharedPrompt(n, out.past_key_values)
+    return SharedPrompt(n, output_cache(out))
 
 
 def packs_choices(model, width: int) -> bool:
@@ -243,10 +331,11 @@ def packs_choices(model, width: int) -> bool:
     return window is None or window >= width
 
 
-def _score_batch_packed(model, contexts, continuations, pad, device, adapter_names=None,
+def _score_batch_packed(model, batch: Sequence[EncodedExample], pad, device, adapter_names=None,
                         prompt: SharedPrompt | None = None,
-                        adapter_rows: Sequence[int] = ()) -> torch.Tensor:
-    """Summed answer log-probabilities, one per (context row, choice), flat, on `device`.
+                        adapter_rows: Sequence[int] = ()) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed answer log-probabilities, and how many counted answer tokens are the argmax over
+    the vocabulary, one each per (row, choice), flat, on `device`.
 
     One forward per batch: each row is its prompt, then every choice's tokens but the last,
     each choice seeing the prompt and its own earlier tokens only (a 4D mask) at the positions
@@ -255,13 +344,16 @@ def _score_batch_packed(model, contexts, continuations, pad, device, adapter_nam
     """
     mixed = {} if adapter_names is None else {"adapter_names": list(adapter_names)}
     skip = prompt.length if prompt is not None else 0
-    contexts = [ctx[skip:] for ctx in contexts]
+    contexts = [e.context[skip:] for e in batch]
+    continuations = [e.continuations for e in batch]
     shared = [shared_answer_tokens(c) for c in continuations]
     bodies, groups, positions = [], [], []
-    # Per scored token: (row, position in the row that predicts it, token, output index).
-    row_of, pos_of, token_of, out_of = [], [], [], []
+    # Per scored token: (row, position in the row that predicts it, token, output index, counted).
+    row_of, pos_of, token_of, out_of, counted_of = [], [], [], [], []
     out = 0
     for r, (ctx, conts, s) in enumerate(zip(contexts, continuations, shared, strict=True)):
+        for mask in batch[r].counted:
+            counted_of += mask
         prompt_ids = ctx + conts[0][:s]
         body, group, pos = list(prompt_ids), [0] * len(prompt_ids), list(range(skip, skip + len(prompt_ids)))
         row_predictors = []
@@ -308,22 +400,28 @@ def _score_batch_packed(model, contexts, continuations, pad, device, adapter_nam
     keep = max(-p for p in pos_of)  # the columns whose logits are read, at the rows' end
     logits = model(
         input_ids=ids.to(device), attention_mask=additive[:, None],
-        position_ids=pos_ids.to(device), past_key_values=cache, use_cache=False,
+        position_ids=pos_ids.to(device), **cache_argument(model, cache), use_cache=False,
         **keep_last_logits(model, keep), **mixed,
     ).logits[:, -keep:].float()
     del cache
     row_t = torch.tensor(row_of, device=device)
     col_t = torch.tensor(pos_of, device=device) + keep
-    picked = (logits[row_t, col_t, torch.tensor(token_of, device=device)]
-              - logits.logsumexp(-1)[row_t, col_t])
-    return torch.zeros(out, device=device).index_add_(0, torch.tensor(out_of, device=device), picked)
+    token_t = torch.tensor(token_of, device=device)
+    picked = logits[row_t, col_t, token_t] - logits.logsumexp(-1)[row_t, col_t]
+    hit = (logits.argmax(-1)[row_t, col_t] == token_t) & torch.tensor(counted_of, device=device)
+    out_t = torch.tensor(out_of, device=device)
+    return (torch.zeros(out, device=device).index_add_(0, out_t, picked),
+            torch.zeros(out, dtype=torch.long, device=device).index_add_(0, out_t, hit.long()))
 
 
-def _score_batch_cached(model, contexts, continuations, pad, device, adapter_names=None) -> torch.Tensor:
+def _score_batch_cached(model, batch: Sequence[EncodedExample], pad, device,
+                        adapter_names=None) -> tuple[torch.Tensor, torch.Tensor]:
     """`_score_batch_packed` for models whose attention takes no custom mask (or has a sliding
     window): the prompts run first, their cache is copied to every choice, then the choices'
     tokens run."""
     mixed = {} if adapter_names is None else {"adapter_names": list(adapter_names)}
+    contexts = [e.context for e in batch]
+    continuations = [e.continuations for e in batch]
     n_ex = len(contexts)
     n_choices = [len(c) for c in continuations]
     # Left-pad prompts so every prompt ends at the same column and the cache lines up.
@@ -344,20 +442,25 @@ def _score_batch_cached(model, contexts, continuations, pad, device, adapter_nam
     ans_width = max(1, max(len(c) for c in flat))
     ans_ids = torch.full((len(flat), ans_width), pad, dtype=torch.long)
     ans_mask = torch.zeros((len(flat), ans_width), dtype=torch.long)
+    counted = torch.zeros((len(flat), ans_width), dtype=torch.bool)
+    masks = [m for e in batch for m in e.counted]
     for r, ids in enumerate(flat):
         ans_ids[r, : len(ids)] = torch.tensor(ids, dtype=torch.long)
         ans_mask[r, : len(ids)] = 1
+        counted[r, : len(ids)] = torch.tensor(masks[r], dtype=torch.bool)
     row_example = torch.arange(n_ex).repeat_interleave(repeats).to(device)
     targets = ans_ids.to(device)
     tok_logp = torch.empty(ans_ids.shape, device=device)
     # Read in place, log p = logit - logsumexp: a log-softmax copy per choice would be a
     # vocabulary per row.
     tok_logp[:, 0] = last_logits[row_example, targets[:, 0]] - last_lse[row_example]
+    tok_hit = torch.zeros(ans_ids.shape, dtype=torch.bool, device=device)
+    tok_hit[:, 0] = last_logits.argmax(-1)[row_example] == targets[:, 0]
     del last_logits
     if ans_width > 1:
         # Token t of an answer is predicted by answer token t-1, so the last column is never
         # an input that matters: run all but it (one-token answers need no second pass at all).
-        cache = first.past_key_values
+        cache = output_cache(first)
         if all(k == n_choices[0] for k in n_choices):
             cache.batch_repeat_interleave(n_choices[0])
         else:
@@ -371,7 +474,8 @@ def _score_batch_cached(model, contexts, continuations, pad, device, adapter_nam
         second = model(
             input_ids=ans_ids[:, :-1].to(device),
             attention_mask=torch.cat([row_ctx_mask, ans_mask[:, :-1]], dim=1).to(device),
-            position_ids=ans_pos.to(device), past_key_values=cache, use_cache=False, **mixed,
+            position_ids=ans_pos.to(device), **cache_argument(model, cache), use_cache=False,
+            **mixed,
         )
         # Only the logits are needed now: let the prompts' cache (one copy per choice) and, for
         # bf16 models, the bf16 logits go before the float copy is made.
@@ -380,7 +484,8 @@ def _score_batch_cached(model, contexts, continuations, pad, device, adapter_nam
         del second
         tok_logp[:, 1:] = (logits.gather(2, targets[:, 1:, None]).squeeze(2)
                            - logits.logsumexp(-1))
-    return (tok_logp * ans_mask.to(device)).sum(1)
+        tok_hit[:, 1:] = logits.argmax(-1) == targets[:, 1:]
+    return (tok_logp * ans_mask.to(device)).sum(1), (tok_hit & counted.to(device)).long().sum(1)
 
 
 def mc_result(examples: Sequence[MCExample], scores: ChoiceScores) -> MCResult:
@@ -394,14 +499,24 @@ def mc_result(examples: Sequence[MCExample], scores: ChoiceScores) -> MCResult:
         correct_norm.append(max(range(len(normed)), key=normed.__getitem__) == ex.gold)
         nlls.append(-lp[ex.gold] / max(ntok[ex.gold], 1))
     n = len(examples)
+    token_acc, exact_match, answer_tokens = float("nan"), float("nan"), 0
+    if scores.hits is not None and scores.counted is not None:
+        gold_hits = [h[ex.gold] for ex, h in zip(examples, scores.hits, strict=True)]
+        gold_counted = [c[ex.gold] for ex, c in zip(examples, scores.counted, strict=True)]
+        answer_tokens = sum(gold_counted)
+        # Pooled over tokens, as the reference sums correct and total tokens over the split;
+        # an example with no counted token counts as no exact match (its denominator is n).
+        token_acc = sum(gold_hits) / answer_tokens if answer_tokens else 0.0
+        exact_match = sum(c > 0 and h == c for h, c in zip(gold_hits, gold_counted, strict=True)) / n
     return MCResult(
         acc=sum(correct) / n, acc_norm=sum(correct_norm) / n, nll=sum(nlls) / n, n=n,
-        correct=correct,
+        correct=correct, token_acc=token_acc, exact_match=exact_match, answer_tokens=answer_tokens,
     )
 
 
-def evaluate_mc(model, tokenizer, examples: Sequence[MCExample], batch_size: int = 32) -> MCResult:
-    """Accuracy, length-normalised accuracy and answer NLL of `model` on `examples`."""
+def evaluate_mc(model, tokenizer, examples: Sequence[MCExample], batch_size: int = defaults.EVAL_BATCH_SIZE) -> MCResult:
+    """Accuracy, length-normalised accuracy, answer NLL, token accuracy and exact match of
+    `model` on `examples`, from one forward per batch."""
     was_training = model.training
     model.eval()
     try:
@@ -411,51 +526,11 @@ def evaluate_mc(model, tokenizer, examples: Sequence[MCExample], batch_size: int
 
 
 # --- Letter-prompt accuracy ---------------------------------------------------------------
-# The reference code's second metric: show the options with letters and read the model's
-# next-token preference among the letters only. It needs no answer scoring, but it only means
-# something for models that learned the lettered format (instruction-tuned ones do; the demo's
-# tiny models mostly do not), so it complements `evaluate_mc` rather than replacing it.
-
-
-class LetterPromptError(MashupError, ValueError):
-    """The tokenizer cannot spell the lettered prompt (a letter is unknown or not one token)."""
-
-
-@dataclass(frozen=True)
-class LetterFormat:
-    letters: str = "ABCDEFGHIJ"
-    option: str = "\n{letter}. {choice}"
-    answer: str = "\nAnswer:"
-    # BPE vocabularies have " A" as one token, so the space belongs to the letter; for
-    # character vocabularies the space is its own token and joins the prompt instead.
-    letter_prefix: str = " "
-
-    def prompt(self, ex: MCExample) -> str:
-        if len(ex.choices) > len(self.letters):
-            raise LetterPromptError(
-                f"{len(ex.choices)} choices but only {len(self.letters)} letters "
-                f"({self.letters!r}); pass a LetterFormat with more letters"
-            )
-        options = "".join(
-            self.option.format(letter=letter, choice=choice)
-            for letter, choice in zip(self.letters, ex.choices, strict=False)
-        )
-        return f"{ex.prompt}{options}{self.answer}"
-
-
-# The reference format, and the same layout in characters the demo's char vocabulary has.
-REFERENCE_LETTERS = LetterFormat()
-CHAR_SAFE_LETTERS = LetterFormat(letters="abcdefghij", option=" {letter}. {choice}", answer=" answer:")
-
-
-def letter_format_for(tokenizer) -> LetterFormat:
-    """The reference format if the tokenizer can spell it without unknown tokens, else the
-    lowercase one-line layout (the demo's char tokenizer has no capitals or newlines)."""
-    unk = tokenizer.unk_token_id
-    probe = REFERENCE_LETTERS.prompt(MCExample("q", ("x", "y"), 0)) + " " + REFERENCE_LETTERS.letters
-    if unk is None or unk not in tokenizer(probe)["input_ids"]:
-        return REFERENCE_LETTERS
-    return CHAR_SAFE_LETTERS
+# MMLU-style: show the options with letters and read the model's next-token preference among
+# the letters only. It needs no answer scoring, but it only means something for models that
+# learned the lettered format (instruction-tuned ones do; the demo's tiny models mostly do
+# not), so it complements `evaluate_mc` rather than replacing it. (The reference pipeline's
+# metric is `token_acc`: teacher-forced, over the whole vocabulary.)
 
 
 def _letter_setup(tokenizer, fmt: LetterFormat, n_letters: int) -> tuple[str, list[int]]:
@@ -475,7 +550,7 @@ def _letter_setup(tokenizer, fmt: LetterFormat, n_letters: int) -> tuple[str, li
 @torch.no_grad()
 def letter_logits(
     model, tokenizer, examples: Sequence[MCExample], fmt: LetterFormat | None = None,
-    batch_size: int = 32,
+    batch_size: int = defaults.EVAL_BATCH_SIZE,
 ) -> list[list[float]]:
     """Per example, the next-token logit of each option's letter after the lettered prompt."""
     fmt = fmt or letter_format_for(tokenizer)
@@ -503,7 +578,7 @@ def letter_logits(
 
 def letter_accuracy(
     model, tokenizer, examples: Sequence[MCExample], fmt: LetterFormat | None = None,
-    batch_size: int = 32,
+    batch_size: int = defaults.EVAL_BATCH_SIZE,
 ) -> float:
     """Share of examples whose gold letter has the highest next-token logit among the letters.
 

@@ -1,9 +1,12 @@
 """Relevance scoring: how well does each library checkpoint already do on the target?
 
 Mashup Learning ranks a library's checkpoints on a small sample of the target's train split
-and merges the best few. The paper's text ranks by answer loss, the reference code by answer
-accuracy; both come from one `choice_loglikelihoods` pass per checkpoint, so every scorer in
-`SCORERS` costs one pass in all.
+and merges the best few. The paper's text ranks by answer loss (`nll`); the reference code by
+teacher-forced token accuracy on the answer (`token_acc`: the share of answer tokens whose
+argmax over the vocabulary is the gold token, over 256 train rows); lm-eval's multiple-choice
+accuracy is `acc` / `acc_norm` (the gold choice has the highest log-likelihood). All come from
+one `choice_loglikelihoods` pass per checkpoint, so every scorer in `SCORERS` costs one pass in
+all.
 
 The base model is loaded once by the caller. Adapters are attached to one `PeftModel` in groups
 sized by memory, every adapter of a group (and the base) scored in the same forwards with PEFT's
@@ -15,9 +18,6 @@ one scored sample, without running the model again.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
 import math
 import random
 import time
@@ -27,8 +27,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mashup_core.data.targets import MCExample, sample_examples
-from mashup_core.errors import MashupError
+from mashup_core import defaults
+from mashup_core.data.examples import MCExample, sample_examples
 from mashup_core.selection.loglik import (
     ChoiceScores,
     choice_loglikelihoods,
@@ -36,56 +36,22 @@ from mashup_core.selection.loglik import (
     library_loglikelihoods,
     mc_result,
 )
-from mashup_core.workspace import Workspace, write_json_atomic
+from mashup_core.selection.scorers import (  # noqa: F401  (the registry, where scoring is)
+    AUXILIARY,
+    EVAL_METRICS,
+    SCORERS,
+    Scorer,
+    ScoringError,
+    get_scorer,
+)
 
 if TYPE_CHECKING:  # one Checkpoint type: the library's (scoring reads name, path, source_task, kind)
     from mashup_core.models.library import Checkpoint
 
 BASE_ROW = "(base model)"  # parentheses: no library folder is named like this
-CACHE_VERSION = 1
-
-
-class ScoringError(MashupError):
-    """Scoring cannot run or a selection cannot be made; the message says what to change."""
-
-
-class NotCachedError(ScoringError):
-    """`score_library_cached(cached_only=True)` found no cached table: nothing was scored."""
-
-
-@dataclass(frozen=True)
-class Scorer:
-    name: str  # also the `ScoreRow` field that holds its value
-    higher_is_better: bool
-    label: str
-    description: str
-
-    def sort_key(self, value: float) -> float:
-        """Smaller sorts first, whatever the direction."""
-        return -value if self.higher_is_better else value
-
-    def better(self, a: float, b: float) -> bool:
-        return a > b if self.higher_is_better else a < b
-
-
-SCORERS: dict[str, Scorer] = {
-    s.name: s
-    for s in (
-        Scorer("nll", False, "answer NLL per token",
-               "mean negative log-likelihood per token of the gold answer (the paper's text)"),
-        Scorer("acc", True, "accuracy",
-               "share of examples whose gold answer has the highest log-likelihood (the reference code)"),
-        Scorer("acc_norm", True, "length-normalised accuracy",
-               "accuracy with each choice's log-likelihood divided by its length in bytes (lm-eval)"),
-    )
-}
-
-
-def get_scorer(name: str) -> Scorer:
-    try:
-        return SCORERS[name]
-    except KeyError:
-        raise ScoringError(f"unknown scorer {name!r}; choose from {', '.join(SCORERS)}") from None
+FULL_SKIPPED = ("full-model checkpoint: scoring it means loading a whole model; pass "
+                "include_full=True (slower) to score it")
+CACHE_VERSION = 2  # 2: token_acc and exact_match in every table
 
 
 @dataclass
@@ -98,9 +64,20 @@ class ScoreRow:
     n: int
     seconds: float  # adapter load + scoring pass
     kind: str = "lora"
+    token_acc: float = math.nan  # nan: a table written before token accuracy was scored
+    exact_match: float = math.nan
 
     def value(self, scorer: str) -> float:
         return getattr(self, get_scorer(scorer).name)
+
+
+def row_from_per_example(name: str, source_task: str | None, kind: str, seconds: float,
+                         per: dict[str, Sequence[float]], indices: Sequence[int]) -> ScoreRow:
+    """A row on the examples at `indices`, from its per-example values: what scoring those
+    examples alone would have given (every scorer's own mean, pooled ones pooled)."""
+    means = {s.name: s.mean(per, indices) for s in SCORERS.values() if s.name in per}
+    return ScoreRow(name=name, source_task=source_task, n=len(indices), seconds=seconds, kind=kind,
+                    **{"acc": math.nan, "acc_norm": math.nan, "nll": math.nan, **means})
 
 
 @dataclass
@@ -111,6 +88,10 @@ class ScoreTable:
     base: ScoreRow | None
     target: str | None = None
     skipped: dict[str, str] = field(default_factory=dict)  # checkpoint name -> reason
+    # Asked for but not in the score store (a table read with `cached_only`): not scored yet.
+    unscored: list[str] = field(default_factory=list)
+    # Per checkpoint: where its weights came from (path; Hub repo id and revision if any).
+    provenance: dict[str, dict[str, str | None]] = field(default_factory=dict)
     # Per row name (base included), per scorer: the value on each example, in sample order.
     per_example: dict[str, dict[str, list[float]]] = field(default_factory=dict, repr=False)
     # Raw per-choice log-likelihoods of this run; in memory only (not in to_dict / the cache).
@@ -171,9 +152,8 @@ class ScoreTable:
             raise ScoringError("this table has no per-example results (saved by an old version?)")
 
         def restrict(row: ScoreRow) -> ScoreRow:
-            values = self.per_example[row.name]
-            means = {s: math.fsum(values[s][i] for i in indices) / len(indices) for s in SCORERS}
-            return ScoreRow(**{**asdict(row), **means, "n": len(indices)})
+            return row_from_per_example(row.name, row.source_task, row.kind, row.seconds,
+                                        self.per_example[row.name], indices)
 
         return ScoreTable(
             rows=[restrict(r) for r in self.rows],
@@ -195,6 +175,7 @@ class ScoreTable:
             "base": asdict(self.base) if self.base else None,
             "rows": [asdict(r) for r in self.rows],
             "skipped": self.skipped, "per_example": self.per_example,
+            "provenance": self.provenance,
             "scorers": {s.name: {"higher_is_better": s.higher_is_better, "label": s.label}
                         for s in SCORERS.values()},
         }
@@ -205,7 +186,7 @@ class ScoreTable:
             rows=[ScoreRow(**r) for r in data["rows"]],
             base=ScoreRow(**data["base"]) if data.get("base") else None,
             target=data.get("target"), skipped=dict(data.get("skipped", {})),
-            per_example=data.get("per_example", {}),
+            per_example=data.get("per_example", {}), provenance=data.get("provenance", {}),
         )
 
     def to_frame(self):
@@ -226,13 +207,16 @@ class ScoreTable:
 
 
 def _per_example(examples: Sequence[MCExample], scores: ChoiceScores) -> dict[str, list[float]]:
-    """Each scorer on each example alone; their means are `mc_result` on the whole sample."""
+    """Each scorer on each example alone (and each example's counted answer tokens); their
+    means (`Scorer.mean`) are `mc_result` on the whole sample."""
     singles = [
-        mc_result([ex], ChoiceScores([lp], [nt], [nb]))
-        for ex, lp, nt, nb in zip(examples, scores.logprobs, scores.num_tokens, scores.num_bytes,
-                                  strict=True)
+        mc_result([ex], ChoiceScores([lp], [nt], [nb], [h], [c]))
+        for ex, lp, nt, nb, h, c in zip(examples, scores.logprobs, scores.num_tokens,
+                                        scores.num_bytes, scores.hits, scores.counted, strict=True)
     ]
-    return {s: [float(getattr(r, s)) for r in singles] for s in SCORERS}
+    per = {s: [float(getattr(r, s)) for r in singles] for s in SCORERS}
+    per["answer_tokens"] = [float(r.answer_tokens) for r in singles]
+    return per
 
 
 def _measure(model, tokenizer, examples, batch_size, name, source_task, kind, started, table):
@@ -245,7 +229,7 @@ def _row(examples, scores: ChoiceScores, name, source_task, kind, seconds, table
     table.per_example[name] = _per_example(examples, scores)
     table.choice_scores[name] = scores
     return ScoreRow(name, source_task, result.acc, result.acc_norm, result.nll, result.n,
-                    seconds, kind)
+                    seconds, kind, result.token_acc, result.exact_match)
 
 
 def _attach(peft_model, base_model, path: Path, adapter: str):
@@ -307,126 +291,253 @@ def _mixable(peft_model, adapter: str) -> bool:
         config, "use_dora", False)
 
 
+# Adapters the bank holds at once: as many as fit in `group_budget` bytes of stacked factors,
+# at most this many (each batch holds one or two adapters' rows anyway; more slots only spare
+# reloads when halving comes back to an adapter).
+MAX_BANK_SLOTS = 64
+
+
+class LibraryScorer:
+    """Scores checkpoints on examples against one base model, keeping what it loaded.
+
+    LoRA adapters go into an adapter bank (`selection.bank`): their factors are copied into
+    stacked slots of the base's layers and every row of a batch runs with its own adapter's
+    factors, gathered (the base's rows, "__base__", ride along in the first batches). Loading
+    is a copy into a free slot, so a second call (halving's next round) that asks for
+    adapters still in the bank loads nothing. Adapters the bank does not compute (DoRA,
+    lora_bias, saved modules, other PEFT types) are scored through PEFT's mixed-adapter
+    batches, in groups sized by memory (`group_budget`, at most `MAX_GROUP`). Full-model
+    checkpoints (kind='full') are skipped with a reason unless `include_full`, which loads
+    each one. A checkpoint that fails to load is skipped with the error as its reason.
+    `close()` hands the bare base model back.
+    """
+
+    def __init__(self, base_model, tokenizer, *, batch_size: int = defaults.EVAL_BATCH_SIZE,
+                 max_group: int | None = None, use_bank: bool = True, slots: int | None = None):
+        self.base_model, self.tokenizer, self.batch_size = base_model, tokenizer, batch_size
+        self.max_group = max(1, max_group or MAX_GROUP)
+        self.use_bank = use_bank
+        self.slots = slots  # the bank's size; None: as many as fit in `group_budget` bytes
+        self._base_wanted = True
+        self.bank = None  # a BankedModel once the first bankable adapter arrives
+        self.loads = 0  # adapters copied into the bank
+        self.load_s = 0.0  # seconds spent reading adapters and copying them into the bank
+        # Of those, adapters brought back after the bank dropped them for room (what halving's
+        # later rounds pay; PEFT's path re-injects every survivor instead), and their seconds.
+        self.reloads, self.reload_s = 0, 0.0
+        self._ever: set[str] = set()
+        self.was_training = base_model.training
+        base_model.eval()
+
+    def __enter__(self) -> LibraryScorer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.bank is not None:
+            self.bank.close()
+            self.bank = None
+        self.base_model.train(self.was_training)
+
+    def score(self, checkpoints: Sequence[Checkpoint], examples: Sequence[MCExample], *,
+              progress: bool = True, target: str | None = None,
+              include_full: bool = False, with_base: bool = True) -> ScoreTable:
+        """The base model and every checkpoint on `examples` (already sampled). A row's
+        `seconds` is its load time plus its share of its group's forwards. `with_base=False`:
+        no base row (a share of a library scored elsewhere, `selection.fanout`)."""
+        from tqdm.auto import tqdm
+
+        from mashup_core.selection.bank import BankError, read_bank_adapter
+
+        examples = list(examples)
+        if not examples:
+            raise ScoringError("no target examples to score on")
+        self._base_wanted = with_base
+        names = [c.name for c in checkpoints]
+        if dupes := sorted({n for n in names if names.count(n) > 1}):
+            raise ScoringError(f"checkpoint names must be unique; repeated: {', '.join(dupes)}")
+        table = ScoreTable(rows=[], base=None, target=target)
+        rows: dict[str, ScoreRow] = {}
+        from mashup_core.data.limits import context_length
+
+        encoded = encode_examples(self.tokenizer, examples, context_length(self.base_model))
+        group: list[tuple[Any, float]] = []  # (checkpoint, load seconds) in the bank
+        through_peft: list = []
+        for ckpt in tqdm(checkpoints, desc="score checkpoints", disable=not progress):
+            started = time.perf_counter()
+            if getattr(ckpt, "kind", "lora") == "full":
+                if include_full:
+                    rows[ckpt.name] = _score_full(ckpt, self.base_model, self.tokenizer, examples,
+                                                  self.batch_size, started, table)
+                else:
+                    table.skipped[ckpt.name] = FULL_SKIPPED
+                continue
+            if not self.use_bank:
+                through_peft.append(ckpt)
+                continue
+            if self.bank is None or ckpt.name not in self.bank.loaded:
+                try:
+                    adapter = read_bank_adapter(ckpt.path, ckpt.name)
+                    self._room(adapter, keep={c.name for c, _ in group})
+                    self.bank.load(adapter)
+                    self.loads += 1
+                    self.load_s += time.perf_counter() - started
+                    if ckpt.name in self._ever:
+                        self.reloads += 1
+                        self.reload_s += time.perf_counter() - started
+                    self._ever.add(ckpt.name)
+                except BankError:  # what the bank does not compute, PEFT does
+                    through_peft.append(ckpt)
+                    continue
+                except Exception as exc:  # one broken checkpoint must not stop the rest
+                    table.skipped[ckpt.name] = f"cannot load the adapter at {ckpt.path}: {exc}"
+                    continue
+            group.append((ckpt, time.perf_counter() - started))
+            if self.bank.free_slots() == 0 and len(group) == self.bank.slots:
+                self._run_bank(group, examples, encoded, table, rows)
+        if group:
+            self._run_bank(group, examples, encoded, table, rows)
+        if through_peft:
+            self._run_peft(through_peft, examples, encoded, table, rows)
+        if table.base is None and with_base:  # no adapter ran beside it
+            table.base = _measure(self.base_model, self.tokenizer, examples, self.batch_size,
+                                  BASE_ROW, None, "base", time.perf_counter(), table)
+        if not with_base and table.base is not None:
+            table.per_example.pop(BASE_ROW, None)
+            table.choice_scores.pop(BASE_ROW, None)
+            table.base = None
+        table.rows = [rows[c.name] for c in checkpoints if c.name in rows]
+        table.provenance = {c.name: provenance(c) for c in checkpoints if c.name in rows}
+        return table
+
+    def _room(self, adapter, keep: set[str]) -> None:
+        """A bank with a free slot for `adapter`: made on first use, sized by memory; when full,
+        an adapter loaded earlier and not in the current group leaves."""
+        from mashup_core.selection.bank import BankedModel, slots_for
+
+        if self.bank is None:
+            slots = self.slots or min(MAX_BANK_SLOTS, slots_for(self.base_model, [adapter],
+                                                                group_budget(self.base_model)))
+            self.bank = BankedModel(self.base_model, slots)
+        if self.bank.free_slots() == 0:
+            leaving = next((n for n in self.bank.loaded if n not in keep), None)
+            if leaving is None:
+                raise ScoringError("internal: the bank is full with the current group")
+            self.bank.unload(leaving)
+
+    def _run_bank(self, group, examples, encoded, table, rows) -> None:
+        with_base = table.base is None and self._base_wanted
+        run = (["__base__"] if with_base else []) + [c.name for c, _ in group]
+        started = time.perf_counter()
+        scores = library_loglikelihoods(self.bank, self.tokenizer, examples, run, self.batch_size,
+                                        encoded)
+        share = (time.perf_counter() - started) / len(run)
+        if with_base:
+            table.base = _row(examples, scores.pop(0), BASE_ROW, None, "base", share, table)
+        for (ckpt, load_s), sc in zip(group, scores, strict=True):
+            rows[ckpt.name] = _row(examples, sc, ckpt.name, getattr(ckpt, "source_task", None),
+                                   "lora", load_s + share, table)
+        group.clear()
+
+    def _run_peft(self, checkpoints, examples, encoded, table, rows) -> None:
+        """PEFT's mixed-adapter batches for what the bank does not hold (see `_attach`)."""
+        base = self.bank.close() if self.bank is not None else self.base_model
+        self.bank = None
+        budget, cap = group_budget(base), self.max_group
+        peft_model, group, group_bytes = None, [], 0
+
+        def run_group() -> None:
+            nonlocal group_bytes
+            adapters = [a for a, _, _ in group]
+            with_base = table.base is None and self._base_wanted
+            run = (["__base__"] if with_base else []) + adapters
+            started = time.perf_counter()
+            try:
+                peft_model.set_adapter(adapters[0])  # rows name their adapters; PEFT wants one active
+                scores = library_loglikelihoods(peft_model, self.tokenizer, examples, run,
+                                                self.batch_size, encoded)
+                share = (time.perf_counter() - started) / len(run)
+                if with_base:
+                    table.base = _row(examples, scores.pop(0), BASE_ROW, None, "base", share, table)
+                for (_, ckpt, load_s), sc in zip(group, scores, strict=True):
+                    rows[ckpt.name] = _row(examples, sc, ckpt.name, getattr(ckpt, "source_task", None),
+                                           "lora", load_s + share, table)
+            finally:
+                # Freed as soon as measured: kept, 200 rank-16 adapters of a 7B model would hold
+                # ~17 GB. The PEFT layers stay for the next group.
+                with warnings.catch_warnings():  # "Adapter ckpt3 was active which is now deleted"
+                    warnings.filterwarnings("ignore", message="Adapter .* was active")
+                    for adapter in adapters:
+                        peft_model.delete_adapter(adapter)
+                group.clear()
+                group_bytes = 0
+
+        try:
+            for i, ckpt in enumerate(checkpoints):
+                started = time.perf_counter()
+                size = _adapter_bytes(ckpt.path)
+                if group and (len(group) >= cap or group_bytes + size > budget):
+                    run_group()
+                adapter = f"ckpt{i}"  # library names may hold characters a module name cannot
+                try:
+                    peft_model = _attach(peft_model, base, ckpt.path, adapter)
+                except Exception as exc:  # one broken checkpoint must not stop the rest
+                    table.skipped[ckpt.name] = f"cannot load the adapter at {ckpt.path}: {exc}"
+                    continue
+                self.loads += 1
+                self.load_s += time.perf_counter() - started
+                if ckpt.name in self._ever:  # injected again: what halving's rounds cost here
+                    self.reloads += 1
+                    self.reload_s += time.perf_counter() - started
+                self._ever.add(ckpt.name)
+                peft_model.eval()
+                if not _mixable(peft_model, adapter):  # scored alone, as the active adapter
+                    peft_model.set_adapter(adapter)
+                    try:
+                        rows[ckpt.name] = _measure(peft_model, self.tokenizer, examples,
+                                                   self.batch_size, ckpt.name,
+                                                   getattr(ckpt, "source_task", None), "lora",
+                                                   started, table)
+                    finally:
+                        peft_model.delete_adapter(adapter)
+                    continue
+                group.append((adapter, ckpt, time.perf_counter() - started))
+                group_bytes += size
+            if group:
+                run_group()
+        finally:
+            if peft_model is not None:
+                peft_model.unload()  # the bare base model back
+
+
+def provenance(checkpoint) -> dict[str, str | None]:
+    """Where a checkpoint's weights came from: its folder, and its Hub repo and revision."""
+    return {"path": str(checkpoint.path), "hub_id": getattr(checkpoint, "hub_id", None),
+            "revision": getattr(checkpoint, "revision", None)}
+
+
 def score_library(
     base_model,
     tokenizer,
     checkpoints: Sequence[Checkpoint],
     examples: Sequence[MCExample],
     *,
-    batch_size: int = 32,
+    batch_size: int = defaults.EVAL_BATCH_SIZE,
     progress: bool = True,
     target: str | None = None,
     include_full: bool = False,
     max_group: int | None = None,
+    use_bank: bool = True,
 ) -> ScoreTable:
-    """Score the base model and every checkpoint on `examples` (already sampled).
-
-    LoRA checkpoints share the one base model and are scored in groups: the adapters of a
-    group are attached to one PeftModel and run together in PEFT's mixed-adapter batches (the
-    base's rows, "__base__", ride along in the first), each example tokenised once and its
-    prompt run once per adapter for all choices. A group holds as many adapters as fit in
-    `group_budget(base_model)` bytes, at most `max_group` (default `MAX_GROUP`); they are
-    freed once measured,
-    so memory stays bounded however large the library. A row's `seconds` is its load time
-    plus its share of its group's forwards. Adapters PEFT cannot mix (DoRA, other PEFT
-    types) are scored alone. Full-model checkpoints (kind='full') are skipped with a reason
-    unless `include_full`, which loads each one (as slow as loading the base model per
-    checkpoint). A checkpoint that fails to load is skipped with the error as its reason;
-    the others are still scored.
-    """
-    from tqdm.auto import tqdm
-
-    examples = list(examples)
-    if not examples:
-        raise ScoringError("no target examples to score on")
-    names = [c.name for c in checkpoints]
-    if dupes := sorted({n for n in names if names.count(n) > 1}):
-        raise ScoringError(f"checkpoint names must be unique; repeated: {', '.join(dupes)}")
-    table = ScoreTable(rows=[], base=None, target=target)
-    rows: dict[str, ScoreRow] = {}
-    encoded = encode_examples(tokenizer, examples)
-    budget = group_budget(base_model)
-    cap = max(1, max_group or MAX_GROUP)
-    was_training = base_model.training
-    base_model.eval()
-    peft_model = None
-    group: list[tuple[str, Any, float]] = []  # (adapter, checkpoint, load seconds)
-    group_bytes = 0
-
-    def run_group() -> None:
-        nonlocal group_bytes
-        adapters = [a for a, _, _ in group]
-        with_base = table.base is None
-        run = (["__base__"] if with_base else []) + adapters
-        started = time.perf_counter()
-        try:
-            peft_model.set_adapter(adapters[0])  # rows name their adapters; PEFT wants one active
-            scores = library_loglikelihoods(peft_model, tokenizer, examples, run, batch_size,
-                                            encoded)
-            share = (time.perf_counter() - started) / len(run)
-            if with_base:
-                table.base = _row(examples, scores.pop(0), BASE_ROW, None, "base", share, table)
-            for (_, ckpt, load_s), sc in zip(group, scores, strict=True):
-                rows[ckpt.name] = _row(examples, sc, ckpt.name, getattr(ckpt, "source_task", None),
-                                       "lora", load_s + share, table)
-        finally:
-            # Freed as soon as measured: kept, 200 rank-16 adapters of a 7B model would hold
-            # ~17 GB. The PEFT layers stay for the next group.
-            with warnings.catch_warnings():  # "Adapter ckpt3 was active which is now deleted"
-                warnings.filterwarnings("ignore", message="Adapter .* was active")
-                for adapter in adapters:
-                    peft_model.delete_adapter(adapter)
-            group.clear()
-            group_bytes = 0
-
-    try:
-        for i, ckpt in enumerate(tqdm(checkpoints, desc="score checkpoints", disable=not progress)):
-            source_task, kind = getattr(ckpt, "source_task", None), getattr(ckpt, "kind", "lora")
-            started = time.perf_counter()
-            if kind == "full":
-                if not include_full:
-                    table.skipped[ckpt.name] = (
-                        "full-model checkpoint: scoring it means loading a whole model; "
-                        "pass include_full=True (slower) to score it")
-                    continue
-                rows[ckpt.name] = _score_full(ckpt, base_model, tokenizer, examples, batch_size,
-                                              started, table)
-                continue
-            size = _adapter_bytes(ckpt.path)
-            if group and (len(group) >= cap or group_bytes + size > budget):
-                run_group()
-            adapter = f"ckpt{i}"  # library names may hold characters a module name cannot
-            try:
-                peft_model = _attach(peft_model, base_model, ckpt.path, adapter)
-            except Exception as exc:  # one broken checkpoint must not stop the rest
-                table.skipped[ckpt.name] = f"cannot load the adapter at {ckpt.path}: {exc}"
-                continue
-            peft_model.eval()
-            if not _mixable(peft_model, adapter):  # scored alone, as the active adapter
-                peft_model.set_adapter(adapter)
-                try:
-                    rows[ckpt.name] = _measure(peft_model, tokenizer, examples, batch_size,
-                                               ckpt.name, source_task, kind, started, table)
-                finally:
-                    peft_model.delete_adapter(adapter)
-                continue
-            group.append((adapter, ckpt, time.perf_counter() - started))
-            group_bytes += size
-        if group:
-            run_group()
-        if table.base is None:  # no adapter ran in a mixed batch
-            inner = peft_model.get_base_model() if peft_model is not None else base_model
-            if peft_model is not None:
-                peft_model.unload()
-                peft_model = None
-            table.base = _measure(inner, tokenizer, examples, batch_size, BASE_ROW, None, "base",
-                                  time.perf_counter(), table)
-    finally:
-        if peft_model is not None:
-            peft_model.unload()  # hands the caller its bare base model back
-        base_model.train(was_training)
-    table.rows = [rows[c.name] for c in checkpoints if c.name in rows]
-    return table
+    """Score the base model and every checkpoint on `examples` (already sampled), with one
+    `LibraryScorer` (see there); `base_model` comes back as it was. `use_bank=False` scores
+    every adapter through PEFT's mixed-adapter batches (a reference in tests and benchmarks)."""
+    with LibraryScorer(base_model, tokenizer, batch_size=batch_size, max_group=max_group,
+                       use_bank=use_bank) as scorer:
+        return scorer.score(checkpoints, examples, progress=progress, target=target,
+                            include_full=include_full)
 
 
 def _score_full(ckpt, base_model, tokenizer, examples, batch_size, started, table) -> ScoreRow:
@@ -439,129 +550,6 @@ def _score_full(ckpt, base_model, tokenizer, examples, batch_size, started, tabl
                         getattr(ckpt, "source_task", None), "full", started, table)
     finally:
         del model
-
-
-# ---------------------------------------------------------------------------------------------
-# Cache
-
-
-def _fingerprint(path: Path) -> list[tuple[str, int, int]]:
-    """(file, size, mtime) of every file under `path`: changes when a checkpoint is rewritten."""
-    path = Path(path)
-    if not path.exists():
-        return [(str(path), -1, -1)]
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    return [(str(p.relative_to(path)) if p != path else p.name, p.stat().st_size,
-             p.stat().st_mtime_ns) for p in files]
-
-
-def cache_key(
-    checkpoints: Sequence[Checkpoint], examples: Sequence[MCExample], *, n: int,
-    seed: int | None, base_path: str | Path, device: str, dtype: str, include_full: bool,
-) -> str:
-    base_local = Path(base_path)
-    identity = {
-        "version": CACHE_VERSION,
-        "scorers": sorted(SCORERS),
-        "checkpoints": [(c.name, getattr(c, "kind", "lora"), _fingerprint(c.path))
-                        for c in checkpoints],
-        "examples": hashlib.sha256(
-            json.dumps([ex.to_json() for ex in examples], sort_keys=True).encode()
-        ).hexdigest(),
-        "n": n, "seed": seed,
-        "base": [str(base_path), _fingerprint(base_local) if base_local.exists() else None],
-        "device": device, "dtype": dtype, "include_full": include_full,
-    }
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
-
-
-def score_library_cached(
-    ws: Workspace,
-    checkpoints: Sequence[Checkpoint],
-    examples: Sequence[MCExample],
-    *,
-    n: int = 64,
-    seed: int | None = None,
-    base_path: str | Path | None = None,
-    target: str | None = None,
-    batch_size: int = 32,
-    progress: bool = True,
-    include_full: bool = False,
-    device: str | None = None,
-    refresh: bool = False,
-    cached_only: bool = False,
-) -> ScoreTable:
-    """`score_library` on `sample_examples(examples, n, seed)`, remembered in the workspace.
-
-    The key covers the checkpoints' files (size, mtime), the sampled examples' content, n,
-    seed, the scorers and the base model, so a changed input is never served stale. An
-    unreadable cache file is ignored and rewritten. `cached_only`: never score (nor write);
-    raise `NotCachedError` when the table is not cached (a read-only page, a quick look).
-    """
-    inputs = cached_inputs(ws, checkpoints, examples, n=n, seed=seed, base_path=base_path,
-                           device=device, include_full=include_full)
-    path = ws.cache_dir / "scores" / f"{inputs.key[:32]}.json"
-    if not refresh and (table := _read_cached(path)) is not None:
-        table.target = target
-        return table
-    if cached_only:
-        raise NotCachedError(f"{target or 'this target'}: not scored yet on n={n} "
-                             f"({len(checkpoints)} checkpoints)")
-    with base_in_slot(ws, inputs, holder=target or "score") as (model, tokenizer):
-        table = score_library(model, tokenizer, checkpoints, inputs.sample, batch_size=batch_size,
-                              progress=progress, target=target, include_full=include_full)
-    write_json_atomic(path, {"kind": "mashup-scores", "version": CACHE_VERSION, "key": inputs.key,
-                             "table": table.to_dict()})
-    return table
-
-
-@dataclass
-class CachedInputs:
-    """What a cached score (or halving) is computed on, and the key it is remembered by."""
-
-    sample: list[MCExample]
-    key: str
-    device: Any  # torch.device
-    base_path: str | Path
-
-
-def cached_inputs(ws: Workspace, checkpoints: Sequence[Checkpoint], examples: Sequence[MCExample], *,
-                  n: int, seed: int | None, base_path: str | Path | None, device: str | None,
-                  include_full: bool = False) -> CachedInputs:
-    """The sampled rows and their cache key: files, rows, n, seed, base, device and dtype."""
-    import torch
-
-    from mashup_core.models.loading import default_device, default_dtype
-
-    base_path = base_path or ws.base_dir
-    dev = torch.device(device) if device else default_device()
-    sample = sample_examples(examples, n, seed)
-    key = cache_key(checkpoints, sample, n=n, seed=seed, base_path=base_path, device=dev.type,
-                    dtype=str(default_dtype(dev)), include_full=include_full)
-    return CachedInputs(sample, key, dev, base_path)
-
-
-@contextlib.contextmanager
-def base_in_slot(ws: Workspace, inputs: CachedInputs, holder: str):
-    """(model, tokenizer) of the base on the device, while holding the device's slot: on a GPU,
-    scoring queues with runs and studies for the card (cached scores never wait)."""
-    from mashup_core.jobs.slot import accelerator_slot
-    from mashup_core.models.loading import load_base_model, load_tokenizer
-
-    with accelerator_slot(ws, inputs.device, holder=holder, kind="score"):
-        yield load_base_model(inputs.base_path, device=inputs.device), load_tokenizer(inputs.base_path)
-
-
-def _read_cached(path: Path) -> ScoreTable | None:
-    try:
-        data = json.loads(path.read_text())
-        if data.get("version") != CACHE_VERSION:
-            return None
-        table = ScoreTable.from_dict(data["table"])
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return None  # missing or damaged: score again and overwrite
-    table.from_cache = True
-    return table
 
 
 # ---------------------------------------------------------------------------------------------
@@ -594,7 +582,7 @@ class SweepResult:
 
 
 def sweep_from_table(
-    table: ScoreTable, ns: Iterable[int], scorer: str = "nll", *, reshuffles: int = 8,
+    table: ScoreTable, ns: Iterable[int], scorer: str = defaults.SCORER, *, reshuffles: int = 8,
     seed: int = 0, exclude_task: str | None = None, exclude_names: Iterable[str] = (),
 ) -> SweepResult:
     """Rank on the first n scored examples for each n; compare with the ranking on all of them.
@@ -633,8 +621,8 @@ def sweep_from_table(
 
 def sweep_n(
     base_model, tokenizer, checkpoints: Sequence[Checkpoint], examples: Sequence[MCExample],
-    ns: Iterable[int] = (8, 16, 32, 64, 128, 256), scorer: str = "nll", seed: int | None = None,
-    *, batch_size: int = 32, progress: bool = True, exclude_task: str | None = None,
+    ns: Iterable[int] = (8, 16, 32, 64, 128, 256), scorer: str = defaults.SCORER, seed: int | None = None,
+    *, batch_size: int = defaults.EVAL_BATCH_SIZE, progress: bool = True, exclude_task: str | None = None,
     reshuffles: int = 8,
 ) -> SweepResult:
     """Score once on the largest n, then rank every smaller n from prefixes of that sample."""

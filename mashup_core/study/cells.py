@@ -6,9 +6,12 @@ the driver writes the records. Ray reuses its worker processes, so the base mode
 once per worker (`_base`) and never changed by a cell: scoring and merge evaluations wrap it
 and unwrap it again, training works on a copy.
 
-- `select_cells`: per (target, n): score the library on the first n train rows, keep the top
-  k per (scorer, weighting, k) and record the base and the zero-shot merge cells. Its output,
-  the selections, is also saved in the study folder, so a resumed study does not score again.
+- `select_cells`: per (target, n): score the whole study library on the first n train rows
+  through the workspace's score store (the reference's relevance matrix: every checkpoint on
+  every target, once; the Relevance page and map read the same entries), keep the top k of
+  the other tasks' checkpoints per (scorer, weighting, k) and record the base and the
+  zero-shot merge cells. Its output, the selections, is also saved in the study folder, so a
+  resumed study does not score again.
 - `recycle_search`: per (target, n): the multi-target searched weights over the library
   (`merging.recycle`), the target itself never seen.
 - `train_cell`: one scratch or train cell: merge, start as its init says, finetune, evaluate.
@@ -31,6 +34,8 @@ from mashup_core.study.spec import RECYCLE, StudySpec, load_study_split
 from mashup_core.workspace import Workspace, read_json, write_json_atomic
 
 SELECTIONS_DIR = "selections"  # in the study folder: each (target, n)'s selection, for resume
+# What an evaluation record holds (`training.fit`), kept in a train cell's record.
+EVAL_FIELDS = ("acc", "acc_norm", "nll", "token_acc", "exact_match")
 
 # (base path, dtype, device) -> (model, tokenizer): one per worker process, reused by its tasks.
 _BASES: dict[tuple[str, str, str], tuple[Any, Any]] = {}
@@ -38,14 +43,14 @@ _BASES: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 
 def _base(ws: Workspace, device: torch.device, dtype: torch.dtype) -> tuple[Any, Any]:
     from mashup_core.config import resolve_config
-    from mashup_core.models.loading import load_base_model, load_tokenizer
+    from mashup_core.models.loading import load_base_model
 
     base = resolve_config(ws).base
     key = (str(base.model), str(dtype), str(device))
     if key not in _BASES:
         if len(_BASES) >= 2:  # one for scoring on the CPU, one for training on the device
             _BASES.pop(next(iter(_BASES)))
-        tokenizer = load_tokenizer(base.model, trust_remote_code=base.trust_remote_code)
+        tokenizer = base.load_tokenizer()
         model = load_base_model(base.model, device=device, dtype=dtype,
                                 trust_remote_code=base.trust_remote_code)
         _BASES[key] = (model, tokenizer)
@@ -69,7 +74,7 @@ def _quiet_and_slotted(ws: Workspace, device: torch.device, holder: str) -> Iter
 
 def library_for(ws: Workspace, spec: StudySpec, target: str) -> list:
     """The checkpoints a target may draw on: the study's library less its own task's."""
-    from mashup_core.study.grid import study_library
+    from mashup_core.study.spec import study_library
 
     return [c for c in study_library(ws, spec.finetune) if c.source_task != target]
 
@@ -90,17 +95,32 @@ def _saved(study_dir: Path, kind: str, target: str, n: int) -> Path:
 
 
 def mc_scores(result) -> dict:
-    """An evaluation's numbers for a cell record; its example count is `eval_n` there, since
-    a cell's `n` is its scoring sample."""
+    """An evaluation's numbers for a cell record (every metric; the study's `eval_metric` says
+    which one its tables read); its example count is `eval_n` there, since a cell's `n` is its
+    scoring sample."""
     out = result.as_dict()
     out["eval_n"] = out.pop("n", None)
     return out
 
 
-def _density(spec: StudySpec, method: str) -> float | None:
-    from mashup_core.merging.lora import MERGE_METHODS
+def relevance_seconds(table, exclude_task: str) -> dict[str, float]:
+    """What scoring cost one target, two ways. Ours: the sum of the seconds of every row the
+    fold draws on (the other tasks' checkpoints and the base), whether scored now or read from
+    the store. The reference's: the least seconds of any one checkpoint's relevance job on the
+    target, its own included (src/mashup/analysis/timing.py takes the minimum)."""
+    fold = [r.seconds for r in table.rows if r.source_task != exclude_task]
+    every = [r.seconds for r in table.rows]
+    return {"scoring_s": sum(fold) + (table.base.seconds if table.base else 0.0),
+            "relevance_min_s": min(every) if every else 0.0}
 
-    return spec.density if method in MERGE_METHODS and MERGE_METHODS[method].uses_density else None
+
+def _density(spec: StudySpec, method: str) -> float | None:
+    """The study's density for a method that prunes (in its kind's registry), else None."""
+    from mashup_core.merging import registry
+
+    kind = "full" if spec.finetune == "full" else "lora"
+    found = registry.methods(kind).get(method)
+    return spec.density if found is not None and "density" in found.param_names else None
 
 
 # --- select: score, choose, and the zero-shot merges -----------------------------------------
@@ -113,13 +133,18 @@ def select_cells(ctx: Mapping, target: str, n: int, cells: Sequence[dict]) -> di
     saved = _saved(study_dir, "select", target, n)
     if not cells and (output := read_json(saved)) is not None:
         return {"records": [], "output": output}  # resumed: nothing to record, nothing to score
+    from mashup_core.config import load_target, resolve_config
+    from mashup_core.data.examples import sample_examples
     from mashup_core.merging.weights import search_weights
     from mashup_core.selection.loglik import evaluate_mc
-    from mashup_core.selection.scoring import get_scorer, score_library
+    from mashup_core.selection.scoring import get_scorer
+    from mashup_core.selection.store import score_library_cached
+    from mashup_core.study.spec import study_library, study_target
 
     device = torch.device("cpu")  # a select task holds CPUs only (the plan's resources)
     model, tokenizer = _base(ws, device, torch.float32)
-    library = library_for(ws, spec, target)
+    matrix_library = study_library(ws, spec.finetune)  # the whole N x N row, own task included
+    library = [c for c in matrix_library if c.source_task != target]
     records = []
     with _quiet_and_slotted(ws, device, f"{study_dir.name}:select/{target}/n{n}"):
         validation = validation_rows(ws, spec, target)
@@ -127,39 +152,64 @@ def select_cells(ctx: Mapping, target: str, n: int, cells: Sequence[dict]) -> di
             t0 = time.perf_counter()
             records.append({**cell, **mc_scores(evaluate_mc(model, tokenizer, validation)),
                             "seconds": time.perf_counter() - t0})
-        started = time.perf_counter()
-        sample = load_study_split(ws, target, "train", n, None, spec.prompt_format)
-        table = score_library(model, tokenizer, library, sample,
-                              progress=False, target=target, include_full=spec.finetune == "full")
-        scoring_s = time.perf_counter() - started
+        rows = load_target(study_target(ws, target, "train", spec.prompt_format), ws)
+        table = score_library_cached(
+            ws, matrix_library, rows, n=n, seed=None, base_path=resolve_config(ws).base_model,
+            target=target, progress=False, include_full=spec.finetune == "full", device="cpu",
+            model_and_tokenizer=(model, tokenizer))
+        cost = relevance_seconds(table, target)
         paths = {c.name: str(c.path) for c in library}
         selections = {}
         for scorer_name in spec.scorers:
             scorer = get_scorer(scorer_name)
             for weighting in spec.weightings:
                 for k in spec.ks:
-                    chosen = table.select_top_k(scorer.name, k)
+                    chosen = table.select_top_k(scorer.name, k, exclude_task=target)
                     scores = [table.row(name).value(scorer.name) for name in chosen]
                     weights = search_weights(weighting, len(chosen), scores=scores,
                                              higher_is_better=scorer.higher_is_better).weights
                     selections[selection_key(scorer_name, weighting, k)] = {
                         "selected": chosen, "scores": scores, "weights": list(weights),
-                        "paths": [paths[name] for name in chosen]}
-        output = {"target": target, "n": n, "scoring_s": scoring_s, "selections": selections}
+                        "paths": [paths[name] for name in chosen],
+                        "base_score": table.base.value(scorer.name) if table.base else None,
+                        "similarity": update_similarity_of([paths[name] for name in chosen])
+                        if spec.finetune == "lora" else None}
+        output = {"target": target, "n": n, **cost, "selections": selections}
         merges = [c for c in cells if c["kind"] == "merge"]
         evaluate = _merge_lora if spec.finetune == "lora" else _merge_full
-        for cell, (result, merging_s, seconds) in zip(
-                merges, evaluate(ws, spec, model, tokenizer, merges, selections, validation),
+        sample = sample_examples(rows, n, None)  # the scoring rows, as the store scored them
+        for cell, (result, on_train, merging_s, seconds) in zip(
+                merges, evaluate(ws, spec, model, tokenizer, merges, selections, validation, sample),
                 strict=True):
             chosen = selections[selection_key(cell["scorer"], cell["weighting"], cell["k"])]
             records.append({**cell, **result, "selected": chosen["selected"],
-                            "scores": chosen["scores"], "weights": chosen["weights"],
-                            "scoring_s": scoring_s, "merging_s": merging_s, "seconds": seconds})
+                            "scores": chosen["scores"], "weights": chosen["weights"], **cost,
+                            "merging_s": merging_s, "seconds": seconds,
+                            # known before training: what the payoff predictor reads
+                            "train_value": on_train[spec.eval_metric],
+                            "base_score": chosen.get("base_score"),
+                            "similarity": chosen.get("similarity")})
     write_json_atomic(saved, output)
     return {"records": records, "output": output}
 
 
-def _merge_lora(ws, spec, model, tokenizer, cells, selections, validation) -> Iterator[tuple]:
+def update_similarity_of(paths: Sequence[str]) -> float | None:
+    """The mean pairwise cosine of these adapters' updates (1.0 for one; None if one cannot
+    be read as LoRA factors): how alike the merged checkpoints are."""
+    from itertools import combinations
+
+    from mashup_core.selection.bank import BankError, read_bank_adapter
+    from mashup_core.selection.similarity import update_similarity
+
+    try:
+        sim = update_similarity([read_bank_adapter(p) for p in paths])
+    except BankError:
+        return None
+    pairs = list(combinations(range(len(paths)), 2))
+    return float(sum(sim.cosine[i, j] for i, j in pairs) / len(pairs)) if pairs else 1.0
+
+
+def _merge_lora(ws, spec, model, tokenizer, cells, selections, validation, sample) -> Iterator[tuple]:
     """Each merge in memory, copied into a LoRA slot of the base (one slot per merged rank)."""
     from mashup_core.merging.lora import (
         add_merge_slot,
@@ -186,13 +236,14 @@ def _merge_lora(ws, spec, model, tokenizer, cells, selections, validation) -> It
             wrapped = add_merge_slot(wrapped, merged, factors[chosen["selected"][0]].config, slot)
             load_into_peft(wrapped, merged, slot)
             result = mc_scores(evaluate_mc(wrapped, tokenizer, validation))
-            yield result, merging_s, time.perf_counter() - t0
+            on_train = mc_scores(evaluate_mc(wrapped, tokenizer, sample))
+            yield result, on_train, merging_s, time.perf_counter() - t0
     finally:
         if wrapped is not model:
             wrapped.unload()  # the bare base again, for the next task of this worker
 
 
-def _merge_full(ws, spec, model, tokenizer, cells, selections, validation) -> Iterator[tuple]:
+def _merge_full(ws, spec, model, tokenizer, cells, selections, validation, sample) -> Iterator[tuple]:
     """Each merge streamed into a temporary checkpoint, loaded and evaluated, then deleted."""
     from mashup_core.models.loading import load_base_model
     from mashup_core.selection.loglik import evaluate_mc
@@ -205,8 +256,9 @@ def _merge_full(ws, spec, model, tokenizer, cells, selections, validation) -> It
             merging_s = time.perf_counter() - t0
             merged = load_base_model(merged_dir, device="cpu", dtype=torch.float32)
             result = mc_scores(evaluate_mc(merged, tokenizer, validation))
+            on_train = mc_scores(evaluate_mc(merged, tokenizer, sample))
             del merged
-        yield result, merging_s, time.perf_counter() - t0
+        yield result, on_train, merging_s, time.perf_counter() - t0
 
 
 def merge_full(ws: Workspace, spec: StudySpec, chosen: Mapping, method: str, out_dir: Path) -> Path:
@@ -280,6 +332,7 @@ def train_cell(ctx: Mapping, cell: dict, selection: Mapping | None = None) -> di
     train_rows = load_study_split(ws, cell["target"], "train", prompt_format=spec.prompt_format)
     validation = validation_rows(ws, spec, cell["target"])
     cfg = spec.train_config(cell["lr"], cell["seed"], len(train_rows))
+    metric = spec.eval_metric
     chosen, about = _chosen(cell, selection)
     with (_quiet_and_slotted(ws, device, f"{study_dir.name}:{cell['kind']}/{cell['target']}"),
           tempfile.TemporaryDirectory(prefix="study-init-", dir=_tmp_root(ws)) as tmp):
@@ -298,25 +351,30 @@ def train_cell(ctx: Mapping, cell: dict, selection: Mapping | None = None) -> di
             merging_s = time.perf_counter() - t0
         model = _starting_model(spec, cell, base, merged_dir, device)
         outcome = fit(model, tokenizer, as_pairs(train_rows), validation, cfg,
-                      FitSchedule(eval_every=spec.eval_every))
+                      FitSchedule(eval_every=spec.eval_every,
+                                  eval_at=spec.eval_steps_for(len(train_rows))))
         del model
-    curve = [[e["step"], e["acc"], e["seconds"]] for e in outcome.evals]
-    record = {**cell, "acc": curve[-1][1], "init_acc": curve[0][1], "curve": curve,
-              "steps": cfg.steps, "train_s": outcome.state.elapsed, **about,
-              "merging_s": merging_s}
+    # The curve is the study's metric; the record keeps every metric of the last evaluation.
+    curve = [[e["step"], e[metric], e["seconds"]] for e in outcome.evals]
+    final = {k: v for k, v in outcome.evals[-1].items() if k in EVAL_FIELDS}
+    record = {**cell, **final, "init_acc": outcome.evals[0]["acc"], "init_value": curve[0][1],
+              "metric": metric, "curve": curve, "steps": cfg.steps,
+              "train_s": outcome.state.elapsed, **about, "merging_s": merging_s}
     return {"records": [record], "output": None}
 
 
 def _chosen(cell: Mapping, selection: Mapping | None) -> tuple[Mapping | None, dict]:
     """The checkpoints and weights a cell merges, and what its record says about them."""
     if cell["kind"] == "scratch":
-        return None, {"scoring_s": 0.0}
+        return None, {"scoring_s": 0.0, "relevance_min_s": 0.0}
     if cell["init"] == RECYCLE:
         chosen = selection
     else:
         chosen = selection["selections"][selection_key(cell["scorer"], cell["weighting"], cell["k"])]
     return chosen, {"selected": chosen["selected"], "scores": chosen["scores"],
-                    "weights": chosen["weights"], "scoring_s": selection["scoring_s"]}
+                    "weights": chosen["weights"], "scoring_s": selection["scoring_s"],
+                    "relevance_min_s": selection.get("relevance_min_s", selection["scoring_s"]),
+                    "base_score": chosen.get("base_score"), "similarity": chosen.get("similarity")}
 
 
 def _starting_model(spec: StudySpec, cell: Mapping, base, merged_dir: Path | None,

@@ -31,10 +31,11 @@ from pathlib import Path
 from typing import Any
 
 from mashup_core.errors import MashupError
+from mashup_core.jobs.background import STUDY_PROGRESS
 from mashup_core.study.spec import append_cell, cell_key, read_cells
 from mashup_core.workspace import write_json_atomic
 
-PROGRESS_FILE = "progress.json"
+PROGRESS_FILE = STUDY_PROGRESS  # the job layer reads it too (`mashup jobs`)
 ENGINES = ("ray", "inline")
 MAX_RETRIES = 3  # a task lost with its node (or its worker) runs again, up to this many times
 

@@ -13,24 +13,12 @@ from mashup_core.study.spec import (
     SUMMARY_FILE,
     StudyError,
     StudySpec,
-    final_adapters,
     load_study_split,
     open_study,
     read_cells,
+    study_library,
 )
 from mashup_core.workspace import Workspace, read_json, write_json_atomic
-
-
-def study_library(ws: Workspace, finetune: str = "lora") -> list:
-    """The study's library: each task's final checkpoint (LoRA adapters, or full models for a
-    full-finetuning study), not checkpoints that runs added later.
-
-    A run added to the library (`jobs.promote`) is a second adapter of its target's task, at
-    another rank for merged-fold runs; cells computed before and after it was added would
-    silently draw on different libraries, so a study keeps to the world's own checkpoints.
-    """
-    kind = "full" if finetune == "full" else "lora"
-    return [c for c in final_adapters(ws, kind) if not c.meta.get("run_id")]
 
 
 def run_study(

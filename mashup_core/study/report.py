@@ -24,9 +24,12 @@ from mashup_core.study.spec import (
 )
 from mashup_core.workspace import read_json
 
-RECORD_COLUMNS = ["kind", "target", *SETTING, "lr", "seed", "label", "acc", "acc_norm", "nll",
-                  "init_acc", "selected", "weights", "curve", "train_s", "scoring_s",
-                  "weight_search_s", "merging_s"]
+# `acc` is the study's evaluation metric (`StudySpec.eval_metric`: lm-eval's acc unless the
+# study says e.g. token_acc, the reference's), so every table, rank and parity reads one column;
+# `mc_acc` keeps lm-eval's accuracy whatever the metric.
+RECORD_COLUMNS = ["kind", "target", *SETTING, "lr", "seed", "label", "acc", "mc_acc", "acc_norm",
+                  "nll", "token_acc", "exact_match", "init_acc", "selected", "weights", "curve",
+                  "train_s", "scoring_s", "relevance_min_s", "weight_search_s", "merging_s"]
 
 # --- Reading a study ---------------------------------------------------------------------------
 
@@ -71,6 +74,13 @@ class StudyTable:
     @property
     def complete(self) -> bool:
         return self.finished >= self.planned
+
+    @property
+    def metric_label(self) -> str:
+        """What the tables' accuracy is: "validation accuracy", "validation token accuracy", ..."""
+        from mashup_core.selection.scoring import get_scorer
+
+        return f"{self.spec.eval_split} {get_scorer(self.spec.eval_metric).label}"
 
     def runs(self, kind: str) -> pd.DataFrame:
         """Every finished cell of one kind (all lrs and seeds)."""
@@ -196,13 +206,17 @@ def study_table(study_dir: Path) -> StudyTable:
     rows = []
     for c in ordered:
         row = {column: c.get(column) for column in RECORD_COLUMNS}
+        row["mc_acc"] = c.get("acc")
+        row["acc"] = c.get(spec.eval_metric)
+        if c["kind"] == "train" and "init_value" in c:
+            row["init_acc"] = c["init_value"]
         if c["kind"] in ("merge", "train"):
             row["label"] = setting_label(spec, c)
         rows.append(row)
     # base cells have no k, n or seed: nullable integers keep the others' ints as ints
     records = pd.DataFrame(rows, columns=RECORD_COLUMNS).astype(
         {"k": "Int64", "n": "Int64", "seed": "Int64", "lr": float})
-    base = {c["target"]: c["acc"] for c in ordered if c["kind"] == "base"}
+    base = {c["target"]: c.get(spec.eval_metric) for c in ordered if c["kind"] == "base"}
     scratch_runs = records[records["kind"] == "scratch"]
     train_runs = records[records["kind"] == "train"]
     results = results_table(scratch_runs, train_runs)

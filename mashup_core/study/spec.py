@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
+from mashup_core import defaults
 from mashup_core.errors import MashupError
-from mashup_core.training.loop import TrainConfig
-from mashup_core.workspace import Workspace, read_json, write_json_atomic
+from mashup_core.workspace import Workspace, locked, read_json, write_json_atomic
 
 # --- The leave-one-out study (the paper's Fig. 3, and its whole protocol) ---------------------
 
@@ -26,6 +26,10 @@ INITS = ("merged-continue", "merged-fold", "recycle")
 RECYCLE = "recycle"  # a recycle cell's scorer, weighting and method: it selects no top k
 
 
+# Fields added after studies were first written, with the value every older study ran with.
+LATER_FIELDS = {"evals_per_epoch": 0, "eval_metric": "acc"}
+
+
 class StudyError(MashupError, ValueError):
     """A study that cannot run as asked; the message names the setting and what is allowed."""
 
@@ -37,23 +41,29 @@ class StudySpec:
     seed) and from scratch (per lr and seed)."""
 
     tasks: tuple[str, ...]
-    methods: tuple[str, ...] = ("linear", "cat_svd", "ties")
-    ks: tuple[int, ...] = (1, 2, 3)
-    scorers: tuple[str, ...] = ("acc",)
-    weightings: tuple[str, ...] = ("equal",)  # strategies that need no search
-    ns: tuple[int, ...] = (64,)  # scoring samples: the first n of the target's train split
+    methods: tuple[str, ...] = defaults.STUDY_METHODS
+    ks: tuple[int, ...] = defaults.STUDY_KS
+    scorers: tuple[str, ...] = (defaults.SCORER,)
+    weightings: tuple[str, ...] = (defaults.WEIGHT_STRATEGY,)  # strategies that need no search
+    ns: tuple[int, ...] = (defaults.STUDY_N,)  # scoring samples: the first n of the target's train split
     lrs: tuple[float, ...] = ()  # () = the workspace's lr for `finetune`, fixed when it opens
     seeds: tuple[int, ...] = (0,)  # training seeds: LoRA init and batch order
     inits: tuple[str, ...] = ()  # () = 'merged-continue' for LoRA, 'merged-fold' for full
     seed: int = 0  # the validation sample and the merges' random drops (DARE): every cell's
     eval_split: str = "validation"
     eval_limit: int = 0  # 0 = the whole split
-    density: float = 0.5  # for the pruning methods (ties, dare_*, magnitude_prune)
+    density: float = defaults.DENSITY  # kept fraction, for the pruning merge methods
     train: bool = False
-    train_steps: int = 100
+    train_steps: int = defaults.TRAIN_STEPS
     train_epochs: float | None = None  # set: steps = ceil(epochs × train rows / batch size)
-    train_batch_size: int = 32
-    eval_every: int = 10
+    train_batch_size: int = defaults.BATCH_SIZE
+    eval_every: int = defaults.EVAL_EVERY
+    # Set: evaluate this many times per epoch instead of every `eval_every` steps (the
+    # reference saves, and evaluates, 10 checkpoints per epoch of a LoRA run, 4 of a full one).
+    evals_per_epoch: int = 0
+    # What every cell is evaluated with (merges, curves, parity, the best lr): a scorer where
+    # higher is better; every metric is recorded either way.
+    eval_metric: str = defaults.EVAL_METRIC
     finetune: str = "lora"  # or 'full': a library of full checkpoints, merged and trained whole
     gradient_checkpointing: bool = False
     prompt_format: str = ""  # '' = the workspace's, fixed when the study opens
@@ -92,7 +102,11 @@ class StudySpec:
         return {k: v for k, v in self.to_dict().items() if k not in GRID_FIELDS}
 
     def identity(self) -> str:
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
+        """A hash of the spec. Fields added since studies were first written count only when
+        they differ from their default, so an older study keeps its id (and its folder)."""
+        data = {k: v for k, v in self.to_dict().items()
+                if k not in LATER_FIELDS or v != LATER_FIELDS[k]}
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:8]
 
     def train_steps_for(self, n_train: int) -> int:
         """Optimizer steps of every train cell: `train_steps`, or `train_epochs` epochs."""
@@ -102,8 +116,24 @@ class StudySpec:
             return self.train_steps
         return epoch_steps(self.train_epochs, n_train, self.train_batch_size)
 
-    def train_config(self, lr: float, seed: int, n_train: int) -> TrainConfig:
+    def eval_steps_for(self, n_train: int) -> tuple[int, ...]:
+        """With `evals_per_epoch`: the steps evaluated, that many evenly spaced per epoch (the
+        last step of each among them); () when every `eval_every` steps is the rule."""
+        if not self.evals_per_epoch:
+            return ()
+        from mashup_core.training.loop import epoch_steps
+
+        per_epoch = epoch_steps(1.0, n_train, self.train_batch_size)
+        total = self.train_steps_for(n_train)
+        marks = {math.ceil(i * per_epoch / self.evals_per_epoch) + e * per_epoch
+                 for e in range(math.ceil(total / per_epoch))
+                 for i in range(1, self.evals_per_epoch + 1)}
+        return tuple(sorted(m for m in marks if m <= total))
+
+    def train_config(self, lr: float, seed: int, n_train: int):
         """Cosine with 10% warmup (TrainConfig's defaults), as the reference trains."""
+        from mashup_core.training.loop import TrainConfig
+
         return TrainConfig(steps=self.train_steps_for(n_train), batch_size=self.train_batch_size,
                            lr=lr, seed=seed, gradient_checkpointing=self.gradient_checkpointing)
 
@@ -111,7 +141,7 @@ class StudySpec:
         from mashup_core.merging.full import FULL_MERGE_METHODS
         from mashup_core.merging.lora import MERGE_METHODS
         from mashup_core.merging.weights import WEIGHT_STRATEGIES
-        from mashup_core.selection.scoring import SCORERS
+        from mashup_core.selection.scoring import EVAL_METRICS, SCORERS
         from mashup_core.training.loop import FINETUNE_MODES
 
         def choose(name: str, values: Sequence[str], allowed: Sequence[str]) -> None:
@@ -126,6 +156,7 @@ class StudySpec:
         full = self.finetune == "full"
         choose("methods", self.methods, list(FULL_MERGE_METHODS if full else MERGE_METHODS))
         choose("scorers", self.scorers, list(SCORERS))
+        choose("eval_metric", [self.eval_metric], list(EVAL_METRICS))
         choose("weightings", self.weightings,
                [s.name for s in WEIGHT_STRATEGIES.values() if not s.needs_objective])
         choose("inits", self.inits, INITS)
@@ -137,6 +168,15 @@ class StudySpec:
             raise StudyError("tasks: give at least one target task")
         if not self.ks or min(self.ks) < 1:
             raise StudyError(f"ks: every k must be at least 1 (got {list(self.ks)})")
+        from mashup_core.merging import registry
+
+        kind = "full" if full else "lora"
+        for method in self.methods:  # slerp takes 1 input besides the base, nuslerp 2, ...
+            for k in self.ks:
+                try:
+                    registry.check_inputs(registry.get(kind, method), k)
+                except registry.MergeConfigError as exc:
+                    raise StudyError(f"methods × ks: {exc}; drop k={k} or the method") from exc
         if library_size is not None and max(self.ks) > library_size:
             raise StudyError(f"ks: k={max(self.ks)} but each target's library holds only "
                              f"{library_size} checkpoints (the other tasks'); use k <= {library_size}")
@@ -146,6 +186,9 @@ class StudySpec:
             raise StudyError("seeds: give at least one")
         if bad := [lr for lr in self.lrs if not lr > 0]:
             raise StudyError(f"lrs: every learning rate must be positive (got {bad[0]})")
+        if self.evals_per_epoch < 0:
+            raise StudyError(f"evals_per_epoch: must be 0 (use eval_every) or more (got "
+                             f"{self.evals_per_epoch})")
         for name in ("train_steps", "train_batch_size", "eval_every", "recycle_budget"):
             if getattr(self, name) < 1:
                 raise StudyError(f"{name}: must be at least 1 (got {getattr(self, name)})")
@@ -225,18 +268,15 @@ def read_cells(study_dir: Path) -> dict[str, dict]:
 
 def append_cell(study_dir: Path, record: dict) -> None:
     # Workers share one file: a lock keeps lines whole whatever their length.
-    with open(study_dir / CELLS_FILE, "a+b") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            fh.seek(0, 2)
-            if fh.tell():  # a line cut short by a kill must not swallow this one
-                fh.seek(-1, 2)
-                if fh.read(1) != b"\n":
-                    fh.write(b"\n")
-            fh.write((json.dumps(record) + "\n").encode())
-            fh.flush()
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    path = study_dir / CELLS_FILE
+    with locked(path), open(path, "a+b") as fh:
+        fh.seek(0, 2)
+        if fh.tell():  # a line cut short by a kill must not swallow this one
+            fh.seek(-1, 2)
+            if fh.read(1) != b"\n":
+                fh.write(b"\n")
+        fh.write((json.dumps(record) + "\n").encode())
+        fh.flush()
 
 
 def _migrate_cells(study_dir: Path) -> None:
@@ -297,16 +337,28 @@ def final_adapters(ws: Workspace, kind: str = "lora") -> list:
 
     Each target's own checkpoints (those that record it as their source task) are left out
     of its cells, as the paper's leave-one-out does."""
-    from mashup_core.models.library import workspace_library
+    from mashup_core.config import workspace_library
 
     return [c for c in workspace_library(ws, include_snapshots=False).checkpoints if c.kind == kind]
+
+
+def study_library(ws: Workspace, finetune: str = "lora") -> list:
+    """The study's library: each task's final checkpoint (LoRA adapters, or full models for a
+    full-finetuning study), not checkpoints that runs added later.
+
+    A run added to the library (`jobs.promote`) is a second adapter of its target's task, at
+    another rank for merged-fold runs; cells computed before and after it was added would
+    silently draw on different libraries, so a study keeps to the world's own checkpoints.
+    """
+    kind = "full" if finetune == "full" else "lora"
+    return [c for c in final_adapters(ws, kind) if not c.meta.get("run_id")]
 
 
 def study_target(ws: Workspace, name: str, split: str, prompt_format: str | None = None):
     """A study's target by name (`config.find_target`), its errors as the study's; in the
     study's `prompt_format` when given (else the workspace config's)."""
     from mashup_core.config import find_target
-    from mashup_core.data.targets import DatasetError
+    from mashup_core.data.examples import DatasetError
 
     try:
         return find_target(ws, name, split, prompt_format=prompt_format or None)
@@ -318,7 +370,8 @@ def load_study_split(ws: Workspace, name: str, split: str, n: int | None = None,
                      seed: int | None = None, prompt_format: str | None = None) -> list:
     """n examples of a target's split, by the one sampler runs and scoring use too, in the
     study's prompt format."""
-    from mashup_core.data.targets import DatasetError, load_target, sample_examples
+    from mashup_core.config import load_target
+    from mashup_core.data.examples import DatasetError, sample_examples
 
     try:
         return sample_examples(load_target(study_target(ws, name, split, prompt_format), ws), n, seed)

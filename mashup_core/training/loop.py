@@ -23,7 +23,9 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 
-from mashup_core.data.targets import MCExample
+from mashup_core import defaults
+from mashup_core.data.examples import MCExample
+from mashup_core.data.prompts import answer_text
 from mashup_core.errors import MashupError
 from mashup_core.models.batches import keep_last_logits, left_padded
 from mashup_core.selection.loglik import evaluate_mc
@@ -36,9 +38,9 @@ ALL_LINEAR = "all-linear"
 
 @dataclass
 class TrainConfig:
-    steps: int = 200
-    batch_size: int = 32
-    lr: float = 3e-4
+    steps: int = defaults.TRAIN_STEPS
+    batch_size: int = defaults.BATCH_SIZE
+    lr: float = defaults.LEARNING_RATE["lora"]
     warmup_ratio: float = 0.1
     weight_decay: float = 0.0
     grad_clip: float = 1.0
@@ -93,7 +95,10 @@ Pair = tuple[str, str]  # (prompt, answer); an empty prompt means plain language
 
 
 def as_pairs(examples: Sequence[MCExample]) -> list[Pair]:
-    return [(ex.prompt, ex.answer) for ex in examples]
+    """(prompt, gold answer) rows. A reference-format row's answer is the whole assistant turn
+    the template writes (the label and its end-of-turn tokens), as a chat-template trainer
+    learns it; `encode_pairs` adds the EOS to every row."""
+    return [(ex.prompt, answer_text(ex, ex.gold)) for ex in examples]
 
 
 @dataclass(frozen=True)
@@ -104,14 +109,25 @@ class EncodedPair:
     n_prompt: int
 
 
-def encode_pairs(tokenizer, pairs: Sequence[Pair]) -> list[EncodedPair]:
-    """Tokenise each pair once (a run reuses the rows for every step)."""
+def encode_pairs(tokenizer, pairs: Sequence[Pair], max_length: int | None = None) -> list[EncodedPair]:
+    """Tokenise each pair once (a run reuses the rows for every step); with `max_length` (the
+    model's context) a row that does not fit is refused, naming it."""
+    from mashup_core.data.limits import MAX_CHARS_PER_TOKEN, TooLongError
+
     out = []
-    for prompt, answer in pairs:
+    for i, (prompt, answer) in enumerate(pairs):
+        if max_length is not None and len(prompt) + len(answer) > max_length * MAX_CHARS_PER_TOKEN:
+            raise TooLongError(f"training row {i + 1} ({prompt[:40]!r}...) is "
+                               f"{len(prompt) + len(answer):,} characters: far more than the base "
+                               f"model's context of {max_length} tokens")
         prompt_ids = tokenizer(prompt)["input_ids"] if prompt else []
         full = tokenizer(prompt + answer)["input_ids"]
         if tokenizer.eos_token_id is not None:
             full = [*full, tokenizer.eos_token_id]
+        if max_length is not None and len(full) > max_length:
+            raise TooLongError(f"training row {i + 1} ({prompt[:40]!r}...) is {len(full)} tokens "
+                               f"with its answer, more than the base model's context of "
+                               f"{max_length}; shorten the row")
         out.append(EncodedPair(full, len(prompt_ids)))
     return out
 
@@ -226,8 +242,10 @@ def train(
     if cfg.grad_accum < 1 or cfg.batch_size % cfg.grad_accum:
         raise ValueError(f"grad_accum ({cfg.grad_accum}) must be at least 1 and divide "
                          f"batch_size ({cfg.batch_size})")
+    from mashup_core.data.limits import context_length
+
     device = next(model.parameters()).device
-    rows = encode_pairs(tokenizer, pairs)  # once: each step only pads
+    rows = encode_pairs(tokenizer, pairs, context_length(model))  # once: each step only pads
     pad = tokenizer.pad_token_id or 0
     state = state or new_state(model, cfg)
     if cfg.gradient_checkpointing:
@@ -479,9 +497,12 @@ def load_checkpoint(path: Path, model, state: TrainState) -> None:
 
 @dataclass
 class FitSchedule:
-    eval_every: int = 10
-    checkpoint_every: int = 20
-    eval_batch_size: int = 32
+    eval_every: int = defaults.EVAL_EVERY
+    # Set: evaluate at these steps instead of every `eval_every` (e.g. 10 evenly spaced
+    # evaluations per epoch, as the reference saves and evaluates its checkpoints).
+    eval_at: tuple[int, ...] = ()
+    checkpoint_every: int = defaults.CHECKPOINT_EVERY
+    eval_batch_size: int = defaults.EVAL_BATCH_SIZE
     keep_checkpoints: int = 2
 
 
@@ -549,7 +570,8 @@ def fit(
         emit({"step": log.step, "seconds": round(log.seconds, 4), "phase": "train",
               "loss": log.loss, "lr": log.lr})
         bar.update(1)
-        if log.step % schedule.eval_every == 0 or log.step == cfg.steps:
+        due = log.step in schedule.eval_at if schedule.eval_at else log.step % schedule.eval_every == 0
+        if due or log.step == cfg.steps:
             evaluate(log.step)
         if log.step % schedule.checkpoint_every == 0 or log.step == cfg.steps:
             checkpoint()

@@ -15,7 +15,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mashup_core.data.targets import MCExample
+from mashup_core import defaults
+from mashup_core.data.examples import MCExample
 from mashup_core.errors import MashupError
 from mashup_core.workspace import Workspace
 
@@ -31,7 +32,7 @@ class MashupInit:
     weights: list[float]
     scores: dict[str, Any]  # the ScoreTable, as `ScoreTable.to_dict`
     timings: dict[str, float]  # scoring_s, weight_search_s, merging_s
-    scorer: str = "acc"
+    scorer: str = defaults.SCORER
     selected_scores: list[float] = field(default_factory=list)
     weight_search: dict[str, Any] = field(default_factory=dict)  # WeightSearchResult.to_dict
     rejected: list[dict[str, str]] = field(default_factory=list)  # library entries left out
@@ -51,7 +52,8 @@ def source_task_of(target) -> str:
 
 def library_checkpoints(ws: Workspace | None, sources: Sequence | None, base_dir: str | None):
     """Checkpoints to score: given ones as they are, sources scanned, or the workspace's library."""
-    from mashup_core.models.library import Checkpoint, scan_library, workspace_library
+    from mashup_core.config import workspace_library
+    from mashup_core.models.library import Checkpoint, scan_library
 
     if sources and all(isinstance(s, Checkpoint) for s in sources):
         return list(sources), []
@@ -71,11 +73,11 @@ def prepare_mashup_init(
     library: Sequence | None,
     target_train_examples: Sequence[MCExample],
     *,
-    scorer: str = "acc",
-    n: int = 256,
-    k: int = 2,
-    method: str = "linear",
-    weight_strategy: str = "equal",
+    scorer: str = defaults.SCORER,
+    n: int = defaults.SCORING_N,
+    k: int = defaults.TOP_K,
+    method: str = defaults.MERGE_METHOD,
+    weight_strategy: str = defaults.WEIGHT_STRATEGY,
     seed: int = 0,
     out_dir: str | Path,
     budget: int = 20,
@@ -91,7 +93,7 @@ def prepare_mashup_init(
     so do the searched weight strategies (CMA-ES maximises accuracy, LoraHub minimises loss
     plus its L1 term), so the validation split stays unseen until training evaluates it.
     """
-    from mashup_core.data.targets import sample_examples
+    from mashup_core.data.examples import sample_examples
     from mashup_core.merging.lora import (
         MERGE_METHODS,
         load_lora_factors,
@@ -116,6 +118,10 @@ def prepare_mashup_init(
         raise PipelineError("the library has no usable LoRA checkpoint to merge"
                             + (f" ({why})" if why else ""))
     eligible = [c for c in lora if exclude_task is None or getattr(c, "source_task", None) != exclude_task]
+    if k > len(eligible):  # top-k would quietly merge fewer than asked
+        left_out = f" ({len(lora) - len(eligible)} of {exclude_task!r} left out)" if exclude_task else ""
+        raise PipelineError(f"k={k} but the library holds {len(eligible)} usable LoRA "
+                            f"checkpoints{left_out}; use k <= {len(eligible)}")
     ranks = {getattr(c, "rank", None) for c in eligible} - {None}
     if MERGE_METHODS[method].equal_ranks and len(ranks) > 1:  # fail before minutes of scoring
         raise PipelineError(

@@ -10,9 +10,6 @@ summary, the library, the targets and launching; their names are re-exported her
 
 from __future__ import annotations
 
-import hashlib
-import os
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +18,7 @@ from typing import Any
 import pandas as pd
 import plotly.graph_objects as go
 
-from mashup_core.access import require_write
+from mashup_core import defaults
 from mashup_core.errors import MashupError
 from mashup_core.views._format import fingerprint, fmt, human_size  # noqa: F401
 from mashup_core.views.launch import (  # noqa: F401
@@ -29,8 +26,12 @@ from mashup_core.views.launch import (  # noqa: F401
     relevance_table,
 )
 from mashup_core.views.library import (  # noqa: F401
+    ANY,
+    FILTER_PARAMS,
     add_library_source,
     default_merge_method,
+    filter_library,
+    filter_options,
     library_frame,
     library_scan,
     library_stamp,
@@ -38,10 +39,21 @@ from mashup_core.views.library import (  # noqa: F401
     remove_library_source,
 )
 from mashup_core.views.targets import (  # noqa: F401
+    MAX_UPLOAD_BYTES,
+    UPLOAD_SUFFIXES,
+    UploadError,
     add_workspace_target,
+    benchmarks_frame,
+    default_target,
     default_target_entry,
+    demo_tasks_frame,
+    examples_frame,
+    guess_mapping,
+    hub_offline,
     mapping_guess,
     mapping_summary,
+    read_target,
+    save_upload,
     target_fields,
     target_label,
     target_spec_dict,
@@ -53,8 +65,10 @@ from mashup_core.views.workspace import (  # noqa: F401 - the pages read them as
     WorkspaceSummary,
     build_log_path,
     build_running,
+    build_status,
     check_target,
     create_workspace,
+    demo_content_status,
     launch_demo_build,
     local_path,
     short_path,
@@ -68,14 +82,6 @@ COLORS = {
     "mashup": "#E4572E", "scratch": "#4C78A8", "chosen": "#E4572E", "other": "#B8C4D6",
     "base": "#54585D", "accent": "#F3A712",
 }
-UPLOAD_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv")
-MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # as .streamlit/config.toml's server.maxUploadSize
-
-
-class UploadError(MashupError):
-    """An uploaded target file that cannot be stored (wrong type, too large, empty)."""
-
-
 def _layout(fig: go.Figure, **extra: Any) -> go.Figure:
     layout = {"margin": {"l": 10, "r": 10, "t": 30, "b": 10}, "template": "plotly_white",
               "legend": {"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 0}}
@@ -88,7 +94,7 @@ def _tint(hex_color: str, alpha: float) -> str:
     return f"rgba({r},{g},{b},{alpha})"
 
 
-def method_diagram(n_checkpoints: int | None = None, k: int = 2) -> go.Figure:
+def method_diagram(n_checkpoints: int | None = None, k: int = defaults.TOP_K) -> go.Figure:
     """Mashup Learning in one picture: library -> score -> merge top-k -> finetune vs scratch."""
     library = f"{n_checkpoints} checkpoints" if n_checkpoints else "LoRA checkpoints"
     steps = [
@@ -172,114 +178,6 @@ def transfer_caption(ws: Workspace) -> str:
     return text
 
 
-def default_target(ws: Workspace) -> str | None:
-    """The demo task whose best donor helps most (measured), else the first task."""
-    from mashup_core.demo.story import world_story
-
-    story = world_story(ws)
-    if story is not None and story.default_target:
-        return story.default_target
-    return next(iter((ws.manifest() or {}).get("tasks") or []), None)
-
-
-# --- targets ---------------------------------------------------------------------------------
-
-
-def demo_tasks_frame(ws: Workspace) -> pd.DataFrame:
-    from mashup_core.data.targets import list_demo_tasks
-
-    descriptions = (ws.manifest() or {}).get("descriptions", {})
-    rows = []
-    for task in list_demo_tasks(ws):
-        sizes = {p.stem: sum(1 for line in p.open() if line.strip())
-                 for p in (ws.tasks_dir / task).glob("*.jsonl")}
-        rows.append({"task": task, "what it asks": descriptions.get(task, ""),
-                     **{s: sizes.get(s) for s in ("train", "validation", "test")}})
-    return pd.DataFrame(rows, columns=["task", "what it asks", "train", "validation", "test"])
-
-
-def benchmarks_frame() -> pd.DataFrame:
-    from mashup_core.data.targets import BENCHMARKS
-
-    return pd.DataFrame([
-        {"benchmark": b.name, "title": b.title,
-         "dataset": b.path + (f" ({b.sources[0][1]})" if b.sources[0][1] else ""),
-         "train": b.sizes.get("train"), "validation": b.sizes.get("validation")}
-        for b in BENCHMARKS.values()
-    ])
-
-
-def hub_offline() -> bool:
-    return any(os.environ.get(v, "0") not in ("", "0", "false", "False")
-               for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
-
-
-def save_upload(ws: Workspace, filename: str, data: bytes,
-                max_bytes: int = MAX_UPLOAD_BYTES) -> Path:
-    """Store an uploaded target file inside `ws.uploads_dir` and return its path.
-
-    The name is reduced to safe characters (no folders, no dot-files), so an upload can only
-    land in the uploads folder; the same content under the same name is stored once.
-    """
-    require_write("uploading a file")
-    suffix = Path(filename).suffix.lower()
-    if suffix not in UPLOAD_SUFFIXES:
-        raise UploadError(f"{filename!r}: unsupported file type {suffix or '(none)'}; "
-                          f"upload one of {', '.join(UPLOAD_SUFFIXES)}")
-    if len(data) > max_bytes:
-        raise UploadError(f"{filename!r} is {human_size(len(data))}; the limit is "
-                          f"{human_size(max_bytes)}. Upload a sample of the train split.")
-    if not data.strip():
-        raise UploadError(f"{filename!r} is empty; upload a file with one example per row")
-    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", Path(filename).stem).strip("_") or "upload"
-    ws.uploads_dir.mkdir(parents=True, exist_ok=True)
-    path = ws.uploads_dir / f"{stem[:60]}{suffix}"
-    if path.exists() and path.read_bytes() != data:  # keep the older file: a run may use it
-        path = path.with_name(f"{path.stem}-{hashlib.sha256(data).hexdigest()[:8]}{suffix}")
-    if not path.exists():
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    return path
-
-
-def guess_mapping(fields: Sequence[str], rows: Sequence[dict] = ()) -> dict[str, Any]:
-    """A first guess at a `FieldMapping` for a file's fields (the user corrects it); `rows`,
-    a few of the file's rows, let it guess how the gold label is written."""
-    lower = {f.lower(): f for f in fields}
-
-    def first(*names: str) -> str | None:
-        return next((lower[n] for n in names if n in lower), None)
-
-    prompt = first("prompt", "question", "query", "input", "goal", "sentence", "ctx", "text")
-    choices = first("choices", "options", "endings", "answers", "candidates")
-    # sol1, sol2 / option_a, option_b / ending0 ...: one column per choice
-    columns = [f for f in fields
-               if re.fullmatch(r"(sol|option|choice|ending|answer)_?(\d+|[a-h])", f.lower())]
-    gold = first("gold", "label", "answer", "answerkey", "answer_key", "target", "correct")
-    gold = gold or (fields[-1] if fields else "gold")
-    values = [str(r.get(gold, "")).strip() for r in rows if r.get(gold) is not None]
-    if values and all(re.fullmatch(r"[A-Ha-h]", v) for v in values):
-        gold_format = "letter"
-    elif values and all(v.isdigit() for v in values) and "0" not in values:
-        gold_format = "index1" if columns and any(int(v) == len(columns) for v in values) else "index0"
-    elif values and not all(v.lstrip("-").isdigit() for v in values):
-        gold_format = "text"
-    else:
-        gold_format = "index0"
-    return {"prompt": prompt or (fields[0] if fields else "prompt"),
-            "choices": [choices] if choices else (columns or [f for f in fields[1:2]]),
-            "gold": gold, "gold_format": gold_format}
-
-
-def examples_frame(examples: Sequence, limit: int = 8) -> pd.DataFrame:
-    """The first examples as a table: prompt, choices (gold marked) and answer."""
-    rows = [{"prompt": ex.prompt,
-             "choices": "  |  ".join(f"✔ {c}" if i == ex.gold else c for i, c in enumerate(ex.choices)),
-             "answer": ex.answer} for ex in list(examples)[:limit]]
-    return pd.DataFrame(rows, columns=["prompt", "choices", "answer"])
-
-
 # --- relevance -------------------------------------------------------------------------------
 
 
@@ -351,7 +249,8 @@ def sweep_figure(sweep) -> go.Figure:
 
 def scores_frame(table) -> pd.DataFrame:
     frame = table.to_frame()
-    return frame[["name", "source_task", "acc", "acc_norm", "nll", "n", "seconds", "is_base"]]
+    return frame[["name", "source_task", "acc", "acc_norm", "nll", "token_acc", "exact_match", "n",
+                  "seconds", "is_base"]]
 
 
 # --- runs ------------------------------------------------------------------------------------
@@ -415,20 +314,23 @@ def run_progress(record) -> RunProgress:
 
 
 def curves_frame(records: Sequence) -> pd.DataFrame:
-    """Every evaluation of these runs, long format: run, kind, step, seconds, acc, nll, loss."""
+    """Every evaluation of these runs, long format: run, kind, step, seconds, each metric, loss."""
+    columns = ["run", "kind", "label", "step", "seconds", *CURVE_METRICS, "loss"]
     rows = [{"run": r.id, "kind": r.spec.kind, "label": run_label(r), "step": m["step"],
-             "seconds": m.get("seconds"), "acc": m.get("acc"), "acc_norm": m.get("acc_norm"),
-             "nll": m.get("nll"), "loss": m.get("loss")}
+             "seconds": m.get("seconds"), "loss": m.get("loss"),
+             **{k: m.get(k) for k in CURVE_METRICS}}
             for r in records for m in r.evals]
-    return pd.DataFrame(rows, columns=["run", "kind", "label", "step", "seconds", "acc",
-                                       "acc_norm", "nll", "loss"])
+    return pd.DataFrame(rows, columns=columns)
 
 
 def run_label(record) -> str:
     return f"{record.spec.kind} · {record.spec.target_label} · {record.id[-6:]}"
 
 
-METRICS = {"acc": "validation accuracy", "nll": "validation answer NLL",
+CURVE_METRICS = ("acc", "acc_norm", "nll", "token_acc", "exact_match")
+METRICS = {"acc": "validation accuracy", "acc_norm": "validation length-normalised accuracy",
+           "nll": "validation answer NLL", "token_acc": "validation token accuracy",
+           "exact_match": "validation exact match",
            "loss": "training loss (mean since the last evaluation)"}
 AXES = {"step": "training step", "seconds": "wall-clock seconds of training"}
 
@@ -462,7 +364,7 @@ def curves_figure(curves: pd.DataFrame, x: str = "step", metric: str = "acc",
             hovertemplate="%{text}<br>reaches the scratch final accuracy at %{x:.4g}<extra></extra>",
         ))
     fig.update_xaxes(title=AXES[x])
-    fig.update_yaxes(title=METRICS[metric], range=[0, 1.02] if metric == "acc" else None)
+    fig.update_yaxes(title=METRICS[metric], range=None if metric in ("nll", "loss") else [0, 1.02])
     return _layout(fig, height=380)
 
 
@@ -495,14 +397,16 @@ def compare_pairs(records: Sequence) -> PairComparison:
                          f"{'it' if not run.evals else 'its baseline'}")
             continue
         try:
-            result = compare_runs(baseline.metrics, run.metrics, run.timings, baseline.timings)
+            metric = run.spec.eval_metric
+            result = compare_runs(baseline.metrics, run.metrics, run.timings, baseline.timings,
+                                  metric=metric)
         except MashupError as exc:
             notes.append(f"{run_label(run)}: {exc}")
             continue
         target = result["target_acc"]
         label = run_label(run)
         for axis in parity:
-            reached = first_reach(eval_curve(run.metrics, axis), target)
+            reached = first_reach(eval_curve(run.metrics, axis, metric), target)
             if reached is not None:
                 parity[axis].append((label, reached, target))
         # everything compare_runs timed that is not training is the method's own cost

@@ -24,7 +24,7 @@ from plotly.offline import get_plotlyjs
 from mashup_core.study.report import StudyTable, study_table
 from mashup_core.views.report import (
     figure_html,
-    figure_image,
+    html_to_pdf,
     images_available,
     merge_frame,
     page_html,
@@ -33,6 +33,7 @@ from mashup_core.views.report import (
     setting_name,
     settings_frame,
     text_frame,
+    write_images,
 )
 
 REPORT_DIR = "report"
@@ -68,8 +69,9 @@ def _about(table: StudyTable) -> list[str]:
         f"- learning rates: {', '.join(f'{lr:g}' for lr in spec.lrs) or '–'}; "
         f"seeds: {', '.join(map(str, spec.seeds))}" + (f"; init: {', '.join(spec.inits)}"
                                                       if spec.train else ""),
-        "- best lr: per (target, setting) on mean validation accuracy over seeds, separately for "
-        "scratch and each mashup setting (ties: the smaller lr)",
+        f"- evaluation: {table.metric_label} ({spec.eval_metric}); best lr: per (target, setting) "
+        "on its mean over seeds, separately for scratch and each mashup setting (ties: the "
+        "smaller lr)",
     ]
 
 
@@ -84,8 +86,13 @@ def results_markdown(table: StudyTable, study_name: str = "") -> str:
                   "Accuracy on the study's evaluation split, each side at its own best lr; mean ± "
                   "std over seeds. Δ = mashup − scratch in percentage points. Parity = share of "
                   "the scratch run's steps the mashup run needs to reach the scratch run's final "
-                  "accuracy (normal: 100% when never reached; strict: those left out). Wall-clock "
-                  "ratio = (scoring + merging + mashup training to parity) / scratch training.", ""]
+                  "accuracy (0% when the merge reaches it already; normal: 100% when never "
+                  "reached; strict, as the reference: a target where any seed never reaches it "
+                  "is left out). Wall-clock ratio = (scoring + merging + mashup training to "
+                  "parity) / scratch training, scoring counted as the sum over the fold's "
+                  "checkpoints; the reference's ratio counts scoring as the cheapest single "
+                  "checkpoint's relevance job on the target (its analysis/timing.py), a lower "
+                  "figure for the same work.", ""]
         settings = settings_frame(table)
         if len(settings) > 1:
             lines += ["## Every setting (mean over targets)", "", markdown_table(text_frame(settings)),
@@ -127,9 +134,12 @@ def report_html(table: StudyTable, study_name: str = "") -> str:
     return page_html(f"Study {study_name}", "\n".join(parts))
 
 
-def write_report(study_dir: str | Path, out_dir: str | Path | None = None) -> dict[str, Path | str]:
-    """Write the study's report files; returns {name: path}, plus 'note' (a string) when
-    something was skipped (images without kaleido, figures the study cannot draw)."""
+def write_report(study_dir: str | Path, out_dir: str | Path | None = None, *,
+                 pdf: bool = True) -> dict[str, Path | str]:
+    """Write the study's report files: results.csv/.md, report.html (and report.pdf, printed
+    by a headless Chrome/Chromium), each figure as HTML, PNG and SVG (kaleido); returns
+    {name: path}, plus 'note' (a string) when something was skipped (images without kaleido,
+    the PDF without a browser, figures the study cannot draw)."""
     study_dir = Path(study_dir)
     table = study_table(study_dir)
     out = Path(out_dir) if out_dir is not None else study_dir / REPORT_DIR
@@ -148,6 +158,7 @@ def write_report(study_dir: str | Path, out_dir: str | Path | None = None) -> di
     images = images_available()
     if not images:
         notes.append("PNG/SVG skipped: kaleido is not installed (pip install kaleido)")
+    drawn = []
     for item in report_figures(table):
         if item.figure is None:
             notes.append(f"{item.name} not drawn: {item.reason}")
@@ -155,15 +166,19 @@ def write_report(study_dir: str | Path, out_dir: str | Path | None = None) -> di
         if "plotly.min.js" not in written:  # the figure pages share one copy, beside them
             write("plotly.min.js", get_plotlyjs())
         write(f"{item.name}.html", figure_html(item.figure, item.title, "directory"))
-        for suffix in ("png", "svg") if images else ():
-            path = out / f"{item.name}.{suffix}"
-            try:
-                path.write_bytes(figure_image(item.figure, suffix))
-            except Exception as exc:  # kaleido present but unusable (e.g. v1 without Chrome)
-                notes.append(f"PNG/SVG skipped: {type(exc).__name__}: {exc}")
-                images = False
-                break
-            written[path.name] = path
+        drawn.append(item)
+    if images and drawn:
+        paths = [out / f"{item.name}.{suffix}" for item in drawn for suffix in ("png", "svg")]
+        try:  # for slides: one browser renders them all
+            write_images([item.figure for item in drawn for _ in ("png", "svg")], paths)
+            written.update({p.name: p for p in paths})
+        except Exception as exc:  # kaleido present but no Chrome/Chromium to drive
+            notes.append(f"PNG/SVG skipped: {type(exc).__name__}: {exc}")
+    if pdf:
+        try:
+            written["report.pdf"] = html_to_pdf(out / "report.html", out / "report.pdf")
+        except Exception as exc:  # no browser, or it failed: the HTML report stands
+            notes.append(f"PDF skipped: {exc}")
     if notes:
         written["note"] = "; ".join(notes)
     return written

@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import plotly.graph_objects as go
 
-from mashup_core.selection.halving import HalvingResult
+from mashup_core.selection.halving import (  # noqa: F401  (the Relevance page's settings)
+    DEFAULT_ETA,
+    DEFAULT_MARGIN,
+    DEFAULT_MIN_N,
+    SELECTIONS,
+    HalvingResult,
+)
+from mashup_core.workspace import Workspace
 
 
 def halving_figure(result: HalvingResult) -> go.Figure:
@@ -58,3 +66,23 @@ def halving_figure(result: HalvingResult) -> go.Figure:
     grace = f", and any within {result.margin:g} SE of the k-th" if result.margin else ""
     fig.update_xaxes(title=f"round (examples scored; keep 1/{result.eta:g}{grace} each round)")
     return _layout(fig, height=360, bargap=0.3)
+
+
+def halving_for_target(ws: Workspace, target: dict[str, Any], n: int, **settings: Any) -> HalvingResult:
+    """`successive_halving_cached` on a target of the dashboard (the library of the config, the
+    target's train split), as `views.relevance_table` scores it in full."""
+    from mashup_core.config import load_target, resolve_config, target_name
+    from mashup_core.data.targets import TargetSpec
+    from mashup_core.selection.halving import successive_halving_cached
+    from mashup_core.selection.scoring import ScoringError
+    from mashup_core.views.library import library_scan
+
+    config = resolve_config(ws)
+    scan = library_scan(ws)
+    if not scan.checkpoints:
+        raise ScoringError("the library has no usable checkpoint to score")
+    spec = TargetSpec.from_dict({"split": "train", **target})
+    examples = load_target(spec.with_split("train"), ws)
+    return successive_halving_cached(ws, scan.checkpoints, examples, n=n,
+                                     base_path=config.base_model, target=target_name(target),
+                                     progress=False, **settings)

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from mashup_core.errors import MashupError
+from mashup_core.selection.scoring import explain_choice, sweep_from_table  # noqa: F401  (the Relevance page's)
 from mashup_core.views.workspace import local_path
 from mashup_core.workspace import Workspace
 
@@ -21,9 +22,9 @@ def relevance_table(ws: Workspace, target: dict[str, Any], n: int, *, cached_onl
     on the config's base model (cached on disk by `score_library_cached`). `cached_only`: read
     the cache, never score or write (`NotCachedError` when it is not there): what a read-only
     page does. `scan`: the library scan, when the caller has it already."""
-    from mashup_core.config import resolve_config, target_name
-    from mashup_core.data.targets import TargetSpec, load_target
-    from mashup_core.selection.scoring import score_library_cached
+    from mashup_core.config import load_target, resolve_config, target_name
+    from mashup_core.data.targets import TargetSpec
+    from mashup_core.selection.store import score_library_cached
     from mashup_core.views.library import library_scan
 
     config = resolve_config(ws)

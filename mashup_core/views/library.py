@@ -15,13 +15,17 @@ from mashup_core.views.workspace import ensure_config_file, local_path, short_pa
 from mashup_core.workspace import Workspace
 
 COLUMNS = ["name", "source task", "stage", "own-task accuracy", "status", "kind", "rank", "size",
-           "target modules", "source", "trained on"]
+           "target modules", "tags", "source", "trained on"]
+# What the Library page filters a large library by (column -> how a row's cell is split).
+FILTERS = {"source task": None, "rank": None, "target modules": ", ", "tags": ", "}
+FILTER_PARAMS = {"source task": "task", "rank": "rank", "target modules": "modules", "tags": "tag"}
+ANY = "(any)"
 
 
 def library_scan(ws: Workspace):
     """The config's sources, every checkpoint validated against the config's base model in one
     scan (so a name already taken is a rejection with its reason, not a silent drop)."""
-    from mashup_core.models.library import workspace_library
+    from mashup_core.config import workspace_library
 
     return workspace_library(ws)
 
@@ -56,6 +60,7 @@ def library_frame(scan, manifest: dict | None = None, sources: list[str] | tuple
             "kind": c.kind, "rank": c.rank, "size": human_size(c.size_bytes),
             # q_proj, k_proj, ... -> q, k, ...: the suffix is the same for every Llama-style layer
             "target modules": ", ".join(m.removesuffix("_proj") for m in c.target_modules),
+            "tags": ", ".join(str(t) for t in c.card.get("tags") or ()),
             "source": shown(source_of(c.path, c.hub_id, sources)),
             "trained on": shown(c.base_model),
         })
@@ -65,9 +70,42 @@ def library_frame(scan, manifest: dict | None = None, sources: list[str] | tuple
     frame = pd.DataFrame(rows, columns=COLUMNS)
     # Task and own-task accuracy are known for the demo's adapters (and checkpoints that
     # record them); a library without any would show two empty columns before the useful ones.
-    empty = [c for c in ("source task", "own-task accuracy")
+    empty = [c for c in ("source task", "own-task accuracy", "tags")
              if frame[c].replace("", None).isna().all()]
     return frame.drop(columns=empty) if rows else frame
+
+
+def filter_options(frame: pd.DataFrame) -> dict[str, list[str]]:
+    """Per filterable column the frame has: its values (a list cell split into its items)."""
+    out = {}
+    for column, sep in FILTERS.items():
+        if column not in frame:
+            continue
+        cells = frame[column].dropna().astype(str)
+        values = {v.strip() for cell in cells for v in (cell.split(sep) if sep else [cell]) if v.strip()}
+        if len(values) > 1:
+            out[column] = [ANY, *sorted(values, key=_natural)]
+    return out
+
+
+def filter_library(frame: pd.DataFrame, chosen: dict[str, str]) -> pd.DataFrame:
+    """The rows whose cell is (or, for a list column, holds) each chosen value."""
+    for column, value in chosen.items():
+        if value in (None, ANY) or column not in frame:
+            continue
+        sep = FILTERS[column]
+        cells = frame[column].astype(str)
+        keep = cells.map(lambda cell, s=sep, v=value: v in [x.strip() for x in cell.split(s)]) \
+            if sep else cells == value
+        frame = frame[keep]
+    return frame
+
+
+def _natural(text: str) -> tuple:
+    """'rank-4' before 'rank-16': digits compared as numbers."""
+    import re
+
+    return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", text))
 
 
 def source_of(path: Path, hub_id: str | None, sources: list[str] | tuple[str, ...]) -> str | None:

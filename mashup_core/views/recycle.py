@@ -11,7 +11,18 @@ from typing import Any
 import pandas as pd
 import plotly.graph_objects as go
 
-from mashup_core.merging.recycle import pareto_front, weight_vs_own_score
+from mashup_core.merging.recycle import (  # noqa: F401  (the page's actions, through this view)
+    RecycleRequest,
+    launch_recycle,
+    list_fronts,
+    load_front,
+    pareto_front,
+    recycle_dir,
+    recycle_job,
+    summary,
+    weight_vs_own_score,
+    write_recycled_adapter,
+)
 
 KIND_STYLE = {  # kind → (legend name, colour, marker symbol, size)
     "searched": ("searched merges", "#B8C4D6", "circle", 7),

@@ -1,9 +1,11 @@
 """The relevance map: every checkpoint scored on every workspace target, at a glance.
 
 Rows are checkpoints, columns the workspace's targets, cells the chosen scorer's value (or its
-gain over the base model on that target). Tables come from the core's score cache
-(`score_library_cached`); a target not scored yet is reported as missing and only scored on
-request (`score_missing`), never by just looking. Nothing here imports streamlit.
+gain over the base model on that target). Tables come from the workspace's score store
+(`selection.store`), which a study's select tasks, the Relevance page and `mashup score` fill
+too: what any of them scored shows here. A target (or a checkpoint) not scored yet is reported
+as missing and only scored on request (`score_missing`, which scores just what the store
+lacks), never by just looking. Nothing here imports streamlit.
 """
 
 from __future__ import annotations
@@ -36,6 +38,12 @@ class MapTables:
     tables: dict[str, Any] = field(default_factory=dict)  # label -> ScoreTable (cached ones)
     missing: list[str] = field(default_factory=list)  # labels not scored yet at this n
     errors: dict[str, str] = field(default_factory=dict)  # label -> why it cannot be scored
+    # label -> checkpoints of the library the store holds no score of on that target yet
+    partial: dict[str, list[str]] = field(default_factory=dict)
+
+    def unscored(self) -> list[str]:
+        """Checkpoints not scored on some target (each once, in library order)."""
+        return list(dict.fromkeys(name for names in self.partial.values() for name in names))
 
 
 def map_targets(config) -> dict[str, dict[str, Any]]:
@@ -47,14 +55,18 @@ def map_targets(config) -> dict[str, dict[str, Any]]:
 
 
 def map_tables(ws: Workspace, config, n: int, scan) -> MapTables:
-    """The cached score tables of every target at `n`; reads only, never scores."""
-    from mashup_core.selection.scoring import NotCachedError
+    """The cached score tables of every target at `n` (`config` None: the workspace's own
+    mashup.toml); reads only, never scores."""
+    from mashup_core.config import resolve_config
+    from mashup_core.selection.store import NotCachedError
     from mashup_core.views.launch import relevance_table
 
-    found = MapTables(map_targets(config))
+    found = MapTables(map_targets(config if config is not None else resolve_config(ws)))
     for label, spec in found.labels.items():
         try:
-            found.tables[label] = relevance_table(ws, spec, n, cached_only=True, scan=scan)
+            found.tables[label] = table = relevance_table(ws, spec, n, cached_only=True, scan=scan)
+            if table.unscored:
+                found.partial[label] = list(table.unscored)
         except NotCachedError:
             found.missing.append(label)
         except MashupError as exc:  # a target whose data cannot load, an empty library
@@ -79,7 +91,8 @@ def score_missing(ws: Workspace, config, n: int, scan, labels: Sequence[str],
 def relevance_matrix(tables: Mapping[str, Any], scorer: str, relative: bool = False) -> pd.DataFrame:
     """checkpoint × target of `scorer`'s value; `relative`: the gain over the base model on that
     target, signed so that positive is better for either scorer. NaN where a checkpoint was
-    not scored on a target (skipped, or scored before it joined the library)."""
+    not scored on a target (skipped, or not scored yet); a checkpoint scored on no target has
+    no row."""
     from mashup_core.selection.scoring import get_scorer
 
     s = get_scorer(scorer)
@@ -90,7 +103,7 @@ def relevance_matrix(tables: Mapping[str, Any], scorer: str, relative: bool = Fa
             base, sign = table.base.value(s.name), 1.0 if s.higher_is_better else -1.0
             values = {name: sign * (v - base) for name, v in values.items()}
         columns[label] = values
-    frame = pd.DataFrame(columns)
+    frame = pd.DataFrame(columns).dropna(how="all")
     frame.index.name = "checkpoint"
     return frame
 

@@ -19,6 +19,7 @@ import html
 import importlib.util
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -26,6 +27,7 @@ from plotly.subplots import make_subplots
 
 from mashup_core import views
 from mashup_core.compare.protocol import MEAN, SETTING, at_best_lr, summarise
+from mashup_core.errors import MashupError
 from mashup_core.views._format import fmt
 
 
@@ -125,7 +127,7 @@ def accuracy_vs_n_figure(table, setting: Mapping | None = None) -> ReportFigure:
         fig.add_hline(y=level, line_dash="dash", line_color=palette["scratch"],
                       annotation_text="scratch (mean, best lr)", annotation_position="bottom right")
     fig.update_xaxes(title="scoring samples n", type="log", tickvals=_ns(table))
-    fig.update_yaxes(title="validation accuracy" + (" after training" if trained else ", merged"))
+    fig.update_yaxes(title=table.metric_label + (" after training" if trained else ", merged"))
     what = "after training, each n at its best lr" if trained else "merged, zero-shot (no training in this study)"
     return ReportFigure("fig2_accuracy_vs_n", title, views._layout(fig, height=380),
                         caption=f"{setting_name(setting, False)}: accuracy {what}; thin lines "
@@ -181,7 +183,7 @@ def accuracy_vs_lr_figure(table, setting: Mapping | None = None) -> ReportFigure
         mean = rows[rows["target"] == MEAN]
         _line(fig, mean["lr"], mean, label, color, mean=True, dash=dash)
     _lr_axis(fig, _lrs(table), title="learning rate")
-    fig.update_yaxes(title="validation accuracy after training")
+    fig.update_yaxes(title=f"{table.metric_label} after training")
     return ReportFigure(name, title, views._layout(fig, height=380),
                         caption="Mean over targets at each lr; bars = std over seeds of that mean.")
 
@@ -230,7 +232,7 @@ RESULT_NAMES = {
     "target": "target", "scratch_lr": "lr scratch", "mashup_lr": "lr mashup",
     "scratch_acc": "scratch acc", "mashup_acc": "mashup acc", "delta_pp": "Δ (pp)",
     "parity": "parity", "parity_strict": "parity (strict)", "wallclock": "wall-clock ratio",
-    "seeds": "seeds",
+    "wallclock_reference": "wall-clock ratio (reference)", "seeds": "seeds",
 }
 
 
@@ -246,10 +248,8 @@ def results_frame(table, setting: Mapping | None = None) -> pd.DataFrame:
     columns = {}
     for key, name in RESULT_NAMES.items():
         columns[name] = rows[key]
-        if f"{key}_std" in rows and key not in ("parity_strict", "wallclock"):
+        if f"{key}_std" in rows:
             columns[f"{name} std"] = rows[f"{key}_std"]
-    columns["parity (strict) std"] = rows["parity_strict_std"]
-    columns["wall-clock ratio std"] = rows["wallclock_std"]
     return pd.DataFrame(columns).reset_index(drop=True)
 
 
@@ -268,7 +268,7 @@ def settings_frame(table) -> pd.DataFrame:
                               for r in means.to_dict("records")]
         means = means.sort_values("mean rank", kind="stable")
     keep = ["setting", "mean rank", "scratch_acc", "mashup_acc", "delta_pp", "parity",
-            "parity_strict", "wallclock", "seeds"]
+            "parity_strict", "wallclock", "wallclock_reference", "seeds"]
     return means[[c for c in keep if c in means]].rename(columns=RESULT_NAMES).reset_index(drop=True)
 
 
@@ -302,6 +302,7 @@ FORMATS = {
     "scratch acc": ("{:.3f}", 1), "mashup acc": ("{:.3f}", 1), "base acc": ("{:.3f}", 1),
     "merged acc": ("{:.3f}", 1), "Δ (pp)": ("{:+.1f}", 1), "parity": ("{:.0f}%", 100),
     "parity (strict)": ("{:.0f}%", 100), "wall-clock ratio": ("{:.2f}×", 1),
+    "wall-clock ratio (reference)": ("{:.2f}×", 1),
     "mean rank": ("{:.2f}", 1), "lr scratch": ("{:.2g}", 1), "lr mashup": ("{:.2g}", 1),
 }
 
@@ -356,3 +357,47 @@ def figure_image(fig: go.Figure, fmt: str = "png", scale: float = 2.0) -> bytes 
     if not images_available():
         return None
     return fig.to_image(format=fmt, scale=scale)
+
+
+def write_images(figures: list[go.Figure], paths: list[Path], scale: float = 2.0) -> None:
+    """Many figures to PNG/SVG/PDF files with one browser (kaleido 1.x starts Chrome once)."""
+    import plotly.io as pio
+
+    if hasattr(pio, "write_images"):
+        pio.write_images(figures, [str(p) for p in paths], scale=scale)
+    else:  # an older plotly: one at a time
+        for fig, path in zip(figures, paths, strict=True):
+            fig.write_image(str(path), scale=scale)
+
+
+BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
+
+
+def find_browser() -> str | None:
+    """A Chrome or Chromium to print with (the one kaleido renders figures with, too)."""
+    import shutil
+
+    return next((path for name in BROWSERS if (path := shutil.which(name))), None)
+
+
+def html_to_pdf(html_path: Path, pdf_path: Path, timeout: float = 180) -> Path:
+    """A page (the report, its figures drawn by plotly.js) printed to one PDF by a headless
+    Chrome/Chromium; a clear error when none is installed."""
+    import subprocess
+
+    browser = find_browser()
+    if browser is None:
+        raise MashupError("the PDF report needs Chrome or Chromium (Debian: apt-get install "
+                          "chromium; the HTML report opens in any browser)")
+    pdf_path = Path(pdf_path)
+    cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+           "--disable-component-update", "--no-first-run", "--disable-sync",
+           f"--user-data-dir={pdf_path.parent / '.pdf-profile'}", "--no-pdf-header-footer",
+           "--virtual-time-budget=20000", f"--print-to-pdf={pdf_path}", Path(html_path).resolve().as_uri()]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    if not pdf_path.exists() or pdf_path.stat().st_size == 0:
+        raise MashupError(f"printing {html_path.name} to PDF failed: {result.stderr.strip()[-300:]}")
+    import shutil
+
+    shutil.rmtree(pdf_path.parent / ".pdf-profile", ignore_errors=True)
+    return pdf_path

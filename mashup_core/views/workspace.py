@@ -9,7 +9,6 @@ Nothing here imports streamlit.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +16,8 @@ from typing import Any
 
 from mashup_core.access import require_write
 from mashup_core.config import ConfigError, WorkspaceConfig
+from mashup_core.hub import HUB_ID, hub_owner
 from mashup_core.workspace import Workspace
-
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 @dataclass(frozen=True)
@@ -136,9 +134,9 @@ def create_workspace(
         raise ConfigError("name at least one checkpoint source: a folder of LoRA adapters or "
                           "checkpoints (searched recursively), or a Hub id")
     for source in picked:
-        if not Path(source).is_dir() and not HUB_ID.match(source):
+        if not Path(source).is_dir() and not HUB_ID.match(source) and not hub_owner(source):
             raise ConfigError(f"checkpoint source {source!r}: no such folder, and not a Hub id "
-                              "(owner/name)")
+                              "(owner/name) or owner (hf://OWNER)")
     entries = [check_target(ws, t) for t in targets]
     return init_workspace(ws, base, picked, entries, dtype=dtype,
                           trust_remote_code=trust_remote_code, device=device, finetune=finetune)
@@ -148,7 +146,8 @@ def check_target(ws: Workspace, target: dict[str, Any]) -> dict[str, Any]:
     """A target entry as mashup.toml keeps it (no split), after loading what can be loaded
     offline: a file's train split through its mapping, a benchmark's local data. A Hub
     benchmark is not fetched here; it loads (or says why not) when it is first used."""
-    from mashup_core.data.targets import TargetSpec, load_target
+    from mashup_core.config import load_target
+    from mashup_core.data.targets import TargetSpec
 
     entry = {k: v for k, v in dict(target).items() if v not in (None, "")}
     entry.pop("split", None)
@@ -200,3 +199,26 @@ def build_running(ws: Workspace) -> bool:
         except (OSError, ValueError, AttributeError):
             continue
     return any(process_alive(pid) for pid in pids)
+
+
+def build_status(ws: Workspace) -> str | None:
+    """What the background build is doing ("adapters: adapter 3 of 8, 41 s, about 30 s left"),
+    or None before it has written its first progress."""
+    from mashup_core.demo.progress import build_progress, describe_build
+
+    building = build_progress(ws)
+    return describe_build(building) if building else None
+
+
+def demo_content_status(ws: Workspace) -> dict | None:
+    """The first-open demo content's status (`demo.content.content_status`) where it was ever
+    started in this workspace; None in one where it never was (a user's: nothing to say)."""
+    from mashup_core.demo.content import content_path, content_status
+    from mashup_core.errors import MashupError
+
+    if not content_path(ws).exists():
+        return None
+    try:
+        return content_status(ws)
+    except (MashupError, OSError, ValueError):
+        return None
