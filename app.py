@@ -14,7 +14,6 @@ import streamlit as st
 if str(Path(__file__).resolve().parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from mashup_core import views  # noqa: E402
 from mashup_core.workspace import Workspace  # noqa: E402
 from pages import _ui  # noqa: E402
 
@@ -37,11 +36,15 @@ with st.sidebar:
     else:  # fixed at start: a visitor cannot point the server at its other folders
         st.caption(f"**Workspace:** `{_ui.workspace().root}`")
     with _ui.shown_errors():
-        state = views.workspace_state(_ui.workspace())
+        state = _ui.read("state", _ui.workspace())
         if state.usable:
             chosen = _ui.target(_ui.workspace(), state.config)
             st.caption(f"**Target:** {chosen.label} · n = {chosen.n}" if chosen else
                        "**Target:** none yet (add one on the Target page)")
     _ui.teaching_toggle()
 
-page.run()
+try:
+    page.run()
+finally:  # also after a page's st.stop or st.rerun
+    _ui.keep_imports_out_of_gc()
+    _ui.warm_up_heavy_imports()

@@ -9,6 +9,9 @@ up on the next rerun.
 from __future__ import annotations
 
 import contextlib
+import gc
+import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -57,6 +60,54 @@ def hand_over_to_app(page_file: str) -> None:
     params = {k: (v if len(v := st.query_params.get_all(k)) > 1 else v[0]) for k in st.query_params}
     st.session_state[WANTED_PAGE_KEY] = (f"pages/{Path(page_file).name}", params)
     st.switch_page("app.py")
+
+
+_frozen_modules = 0  # len(sys.modules) when the heap was last frozen
+_freeze_lock = threading.Lock()
+
+
+def keep_imports_out_of_gc() -> None:
+    """Move what the imports made out of the garbage collector's sight, once per new import.
+
+    Streamlit runs a full `gc.collect(2)` after every script run (`runner.postScriptGC`). With
+    torch, transformers and plotly imported that walks millions of long-lived objects: 40 % of
+    the server's CPU in a room of 30 visitors. After a run that imported new modules, the
+    objects alive then (modules, classes, their caches) go to the permanent generation
+    (`gc.freeze`), so each later collection walks only what the runs themselves make. Imports
+    stop after each page's first run, so this happens a few times per process.
+    """
+    global _frozen_modules
+    if len(sys.modules) <= _frozen_modules:
+        return
+    with _freeze_lock:
+        if len(sys.modules) > _frozen_modules:
+            gc.freeze()
+            _frozen_modules = len(sys.modules)
+
+
+# What the scoring, merging and training pages import: torch, transformers, PEFT (seconds of
+# CPU on a laptop). No page's first run needs them for what it reads from disk, so the Overview
+# a room opens first does not wait; they are imported once, in the background, after it.
+HEAVY_MODULES = ("mashup_core.selection.loglik", "mashup_core.merging.lora",
+                 "mashup_core.training.loop")
+_warming = threading.Event()
+
+
+def warm_up_heavy_imports() -> None:
+    """Import HEAVY_MODULES in a daemon thread, once per process (a page that needs one first
+    waits on Python's import lock for the rest, never imports twice)."""
+    if _warming.is_set():
+        return
+    _warming.set()
+
+    def run() -> None:
+        import importlib
+
+        for name in HEAVY_MODULES:
+            with contextlib.suppress(Exception):  # the page that needs it reports any failure
+                importlib.import_module(name)
+
+    threading.Thread(target=run, name="mashup-warm-up", daemon=True).start()
 
 
 # --- who may change the workspace ----------------------------------------------------------
@@ -116,6 +167,34 @@ def workspace() -> Workspace:
     return Workspace.resolve(chosen or None)
 
 
+# A session that cannot write (a read-only room, a locked dashboard's visitors) changes nothing,
+# so what it reads of the workspace only moves with background jobs, which pages poll every
+# few seconds anyway. Those reads are made once per SHARED_FOR_S for every such session
+# together: thirty visitors cost one walk of the folders, not thirty. A session that may write
+# reads afresh, so its own change shows on the very next rerun.
+SHARED_FOR_S = 2.0
+_READS = {
+    "state": views.workspace_state,  # config, demo world, a build running
+    "content": views.demo_content_status,  # the demo's first-open content (reads run records)
+    "library_stamp": views.library_stamp,  # walks every file of the base and local sources
+    "target_stamp": lambda ws, spec: views.target_stamp(spec, ws),
+    "fingerprint": lambda ws, *paths: views.fingerprint(*paths),
+}
+
+
+@st.cache_resource(show_spinner=False, max_entries=256)
+def _shared_read(name: str, root: str, args: tuple, period: int) -> Any:
+    return _READS[name](Workspace.resolve(root), *args)  # `period` keys it: one per SHARED_FOR_S
+
+
+def read(name: str, ws: Workspace, *args: Any) -> Any:
+    """`_READS[name](ws, *args)`: afresh for a session that may write, else shared (see above).
+    The result is shared too, so it is never changed in place."""
+    if can_write():
+        return _READS[name](ws, *args)
+    return _shared_read(name, str(ws.root), args, int(time.monotonic() // SHARED_FOR_S))
+
+
 def open_workspace(page_file: str):
     """(workspace, config) of the open study; else the first screen, which sets one up.
 
@@ -123,7 +202,7 @@ def open_workspace(page_file: str):
     """
     hand_over_to_app(page_file)
     ws = workspace()
-    state = views.workspace_state(ws)
+    state = read("state", ws)
     if state.building:
         st.title("Building the demo world")
         _build_progress(ws)
@@ -360,7 +439,7 @@ def load_examples(root: str, spec: dict, stamp: tuple) -> list:
 
 
 def target_examples(ws: Workspace, spec: dict) -> list:
-    return load_examples(str(ws.root), spec, views.target_stamp(spec, ws))
+    return load_examples(str(ws.root), spec, read("target_stamp", ws, spec))
 
 
 # --- the library -------------------------------------------------------------------------------
@@ -373,7 +452,7 @@ def _scan(root: str, stamp: tuple):
 
 def library(ws: Workspace):
     """The workspace's library (mashup.toml's sources on its base model), validated."""
-    return _scan(str(ws.root), views.library_stamp(ws))
+    return _scan(str(ws.root), read("library_stamp", ws))
 
 
 def page_header(title: str, lead: str, *, content_detail: bool = False) -> None:
@@ -388,6 +467,34 @@ def page_header(title: str, lead: str, *, content_detail: bool = False) -> None:
         content_line(workspace(), content_detail)
 
 
+# --- figures and what they are drawn from --------------------------------------------------
+
+
+@st.cache_resource(show_spinner=False, max_entries=256)
+def _derived(_build, _args: tuple, _kwargs: dict, name: str, inputs: Any) -> Any:
+    return _build(*_args, **_kwargs)  # `name` and `inputs` key it; the rest is not hashed
+
+
+def derived(build, *args: Any, inputs: Any = None, **kwargs: Any) -> Any:
+    """`build(*args, **kwargs)` of a pure function (a view's figure, frame or notes), computed
+    once for every session that asks under the same `inputs`: drawing the figures was most of
+    a page's run, and a room of thirty now draws each once.
+
+    `inputs` names the arguments in a few small values: the stamp the page read its data under
+    and the choices applied to it (hashing a table on every run costs as much as drawing it).
+    Without it the arguments themselves are hashed (for small ones: counts, names). The result
+    is shared, so it is only read (st.plotly_chart copies a figure)."""
+    name = f"{build.__module__}.{build.__qualname__}"
+    return _derived(build, args, kwargs, name, (args, kwargs) if inputs is None else inputs)
+
+
+def chart(build, *args: Any, key: str, inputs: Any = None, options: dict | None = None,
+          **kwargs: Any):
+    """`st.plotly_chart(build(*args, **kwargs), key=key, **options)`, the figure `derived`."""
+    figure = derived(build, *args, inputs=inputs, **kwargs)
+    return st.plotly_chart(figure, key=key, **(options or {}))
+
+
 # --- the demo's first-open content (`mashup demo start`: world -> study -> pair) -------------
 
 STAGES = {"world": "the demo world", "study": "the leave-one-out study",
@@ -397,7 +504,7 @@ STAGES = {"world": "the demo world", "study": "the leave-one-out study",
 def demo_content(ws: Workspace) -> dict | None:
     """`content_status(ws)` of a workspace whose demo content was started here; None for one
     where it never was (a user's workspace: nothing to say)."""
-    return views.demo_content_status(ws)
+    return read("content", ws)
 
 
 def _count(stage: dict) -> str:
@@ -465,7 +572,7 @@ def _study_table(path: str, stamp: tuple):
 
 def study_table(study_dir: Path):
     """The study's `StudyTable`, cached until its files change."""
-    return _study_table(str(study_dir), views.fingerprint(study_dir))
+    return _study_table(str(study_dir), read("fingerprint", workspace(), study_dir))
 
 
 def choose_study(ws: Workspace, studies: list[Path], key: str) -> Path:

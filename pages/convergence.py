@@ -42,17 +42,18 @@ with _ui.shown_errors():
     # a mashup run is compared with its baseline, so the baseline comes along
     baselines = [r["baseline_id"] for r in rows if r["id"] in picked and r.get("baseline_id")]
     ids = list(dict.fromkeys([*picked, *(b for b in baselines if b in names)]))
-    records = [load_run(str(ws.root), i, views.fingerprint(ws.runs_dir / i / "status.json",
-                                                            ws.runs_dir / i / "metrics.jsonl"))
-               for i in ids]
+    stamps = [_ui.read("fingerprint", ws, ws.runs_dir / i / "status.json",
+                       ws.runs_dir / i / "metrics.jsonl") for i in ids]
+    read_under = (str(ws.root), tuple(ids), tuple(stamps))
+    records = [load_run(str(ws.root), i, stamp) for i, stamp in zip(ids, stamps, strict=True)]
     for record in records:
         if (problem := views.run_progress(record).problem) is not None:
             st.error(problem, icon=":material/error:")
-    curves = views.curves_frame(records)
+    curves = _ui.derived(views.curves_frame, records, inputs=read_under)
     if curves.empty:
         st.info("These runs have no evaluations yet.", icon=":material/hourglass_top:")
         st.stop()
-    comparison = views.compare_pairs(records)
+    comparison = _ui.derived(views.compare_pairs, records, inputs=read_under)
 
     axis = st.segmented_control("x axis", list(views.AXES), default="step",
                                 format_func={"step": "training step",
@@ -63,17 +64,20 @@ with _ui.shown_errors():
     metric = next((r.spec.eval_metric for r in records if r.spec.kind == "mashup"),
                   records[0].spec.eval_metric)
     with acc_tab:
-        st.plotly_chart(views.curves_figure(curves, axis, metric, comparison.parity[axis]),
-                        key="acc_curve")
+        _ui.chart(views.curves_figure, curves, axis, metric, comparison.parity[axis],
+                  key="acc_curve", inputs=(read_under, axis, metric))
         st.caption(f"{views.METRICS[metric].capitalize()} ({metric}); orange = from the merge, "
                    "dashed blue = from scratch. The "
                    "star is where the mashup run first reaches the scratch run's final accuracy "
                    "(parity); wall-clock excludes the one-off scoring and merging.")
-        _ui.teach(teaching.curves_notes(curves) + teaching.parity_notes(comparison.table))
+        if _ui.teaching():
+            _ui.teach(_ui.derived(teaching.curves_notes, curves, inputs=read_under)
+                      + teaching.parity_notes(comparison.table))
     with loss_tab:
         metric = st.radio("Loss", ["loss", "nll"], horizontal=True,
                           format_func={"loss": "training loss", "nll": "validation answer NLL"}.get)
-        st.plotly_chart(views.curves_figure(curves, axis, metric), key="loss_curve")
+        _ui.chart(views.curves_figure, curves, axis, metric, key="loss_curve",
+                  inputs=(read_under, axis, metric))
         st.caption("Lower is better. Training loss is averaged over the steps since the previous "
                    "evaluation; validation NLL is per answer token.")
     st.download_button("Download the curves (CSV)", curves.to_csv(index=False),

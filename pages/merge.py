@@ -158,6 +158,8 @@ with _ui.shown_errors():
     study_dir = _ui.choose_study(ws, studies, "study_choice")
     job_status(study_dir)
     table = _ui.study_table(study_dir)
+    read_under = (str(study_dir), _ui.read("fingerprint", ws, study_dir))
+    read_under = (str(study_dir), _ui.read("fingerprint", ws, study_dir))
     if not table.finished and _ui.computing_note(ws, "study"):
         st.stop()
     spec = table.spec
@@ -169,8 +171,8 @@ with _ui.shown_errors():
         default="merged", what="view", format_func={"merged": "merged (zero-shot)",
                                                     "finetuned": "after finetuning"}.get,
     ) == "finetuned"
-    event = st.plotly_chart(views.rank_heatmap(table, trained), key="ranks", on_select="rerun",
-                            selection_mode="points")
+    event = _ui.chart(views.rank_heatmap, table, trained, key="ranks", inputs=(read_under, trained),
+                      options={"on_select": "rerun", "selection_mode": "points"})
     st.caption("Mean rank across targets: 1 = the best merge on every target (green). Hover a "
                "cell for its per-target accuracies; click it (or pick it below) for the detail.")
     _ui.teach(teaching.merge_notes(table, trained))
@@ -189,7 +191,8 @@ with _ui.shown_errors():
     label = left.selectbox("Merge method", labels, key="cell_label")
     k = right.selectbox("k", ks, key="cell_k")
     with _ui.shown_errors():
-        st.plotly_chart(views.cell_figure(table, label, k, trained), key="cell")
+        _ui.chart(views.cell_figure, table, label, k, trained, key="cell",
+                  inputs=(read_under, label, k, trained))
         st.caption(f"{label}, k={k}: accuracy on each target when merging its top-{k} "
                    "checkpoints from the other tasks (orange), beside the "
                    + ("model trained from scratch (grey)." if trained else

@@ -21,8 +21,8 @@ _ui.page_header(
     "library on a few target examples, merges the best *k*, and trains from there.",
     content_detail=True,  # while the demo's first content computes: a line per stage
 )
-st.plotly_chart(views.method_diagram(summary.checkpoints, k=2), config={"displayModeBar": False},
-                key="diagram")
+_ui.chart(views.method_diagram, summary.checkpoints, k=2, key="diagram",
+          options={"config": {"displayModeBar": False}})
 st.caption("Read left to right: the library is scored on the target, the top-k are merged, and "
            "the merge is finetuned next to a from-scratch baseline. Hover a box for details.")
 

@@ -38,6 +38,12 @@ def halving(root: str, spec: dict, n: int, settings: dict, stamp: tuple):
     return halving_for_target(Workspace.resolve(root), spec, n, **settings)
 
 
+def sweep_figure(table, exclude_task: str | None):
+    """Re-ranking on the first n examples, for growing n (the chart under the bars)."""
+    return views.sweep_figure(sweep_from_table(table, views.sweep_ns(table.n), "nll",
+                                               exclude_task=exclude_task))
+
+
 strategy = st.radio(
     "Selection", list(SELECTIONS), format_func={"full": "score all on n",
                                                 "halving": "successive halving"}.get,
@@ -69,7 +75,7 @@ if strategy == "halving":
                     "margin": float(margin), "exclude_task": exclude_task}
         with st.spinner(f"Successive halving over {len(_ui.library(ws))} checkpoints…"):
             result = halving(str(ws.root), chosen.spec, chosen.n, settings,
-                             (views.library_stamp(ws), views.target_stamp(chosen.spec, ws)))
+                             (_ui.read("library_stamp", ws), _ui.read("target_stamp", ws, chosen.spec)))
         st.session_state["selection"] = {"k": int(k_h), "exclude_task": exclude_task,
                                          "strategy": "halving", "selected": result.selected}
         st.plotly_chart(halving_figure(result), key="halving")
@@ -86,9 +92,11 @@ if strategy == "halving":
 with _ui.shown_errors():
     try:
         with st.spinner(f"Scoring {len(_ui.library(ws))} checkpoints on {chosen.n} examples…"):
-            table = score(str(ws.root), chosen.spec, chosen.n,
-                          (views.library_stamp(ws), views.target_stamp(chosen.spec, ws),
-                           views.fingerprint(ws.cache_dir / "scores")), not _ui.can_write())
+            scored_under = (str(ws.root), chosen.spec, chosen.n,
+                            (_ui.read("library_stamp", ws), _ui.read("target_stamp", ws, chosen.spec),
+                             _ui.read("fingerprint", ws, ws.cache_dir / "scores")),
+                            not _ui.can_write())
+            table = score(*scored_under)
     except NotCachedError:
         st.info(f"**{chosen.label}** is not scored yet at n = {chosen.n}, and this dashboard "
                 "only shows what is computed (`mashup score` computes it).",
@@ -115,11 +123,14 @@ with _ui.shown_errors():
     # by token accuracy: one tab each, from the same scoring pass.
     shown = {"nll": "Loss (answer NLL, paper)", "acc": "Accuracy (lm-eval)",
              "token_acc": "Token accuracy (reference code)"}
-    tabs = st.tabs(list(shown.values()))
+    tabs = _ui.url_tabs(list(shown.values()), param="rank", key="relevance_tab")
     for tab, scorer in zip(tabs, shown, strict=True):
+        if not tab.open:  # only the open tab is drawn; a click on another reruns the page
+            continue
         with tab, _ui.shown_errors():
             top = table.select_top_k(scorer, int(k), exclude_task=exclude_task)
-            st.plotly_chart(views.relevance_figure(table, scorer, top, exclude_task), key=f"bars_{scorer}")
+            _ui.chart(views.relevance_figure, table, scorer, top, exclude_task, key=f"bars_{scorer}",
+                      inputs=(scored_under, scorer, int(k), exclude_task))
             direction = "higher" if get_scorer(scorer).higher_is_better else "lower"
             st.caption(f"Bars are checkpoints, best first ({direction} is better); the top {k} "
                        "in orange are merged; hatched bars are left out. The dashed line is the base "
@@ -133,14 +144,14 @@ with _ui.shown_errors():
 
     st.subheader("How many examples are enough?")
     with _ui.shown_errors():
-        sweep = sweep_from_table(table, views.sweep_ns(table.n), "nll", exclude_task=exclude_task)
-        st.plotly_chart(views.sweep_figure(sweep), key="sweep")
+        _ui.chart(sweep_figure, table, exclude_task, key="sweep", inputs=(scored_under, exclude_task))
         st.caption("Each point re-ranks the library on the first n examples only. Kendall tau near "
                    "1 means the ranking already matches the one on all examples; the dotted line "
                    "is how often a fresh sample of n picks the same best checkpoint.")
 
     with st.expander("All scores"):
-        _ui.paged_table(views.scores_frame(table), key="scores", search=["name", "source_task"],
+        scores = _ui.derived(views.scores_frame, table, inputs=scored_under)
+        _ui.paged_table(scores, key="scores", search=["name", "source_task"],
                         hide_index=True, width="stretch")
         if table.skipped:
             for name, reason in table.skipped.items():

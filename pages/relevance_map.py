@@ -3,7 +3,7 @@ click on a cell opens that target's Relevance page."""
 
 import streamlit as st
 
-from mashup_core import defaults, views
+from mashup_core import defaults
 from mashup_core.views import relevance_map as rmap
 from mashup_core.views import teaching
 from mashup_core.views.catalog import SCORERS, get_scorer
@@ -33,8 +33,8 @@ if not config.targets:
 
 with _ui.shown_errors():
     scan = _ui.library(ws)
-    stamp = (views.library_stamp(ws), views.fingerprint(ws.cache_dir / "scores"),
-             *(views.target_stamp(spec, ws) for spec in rmap.map_targets(config).values()))
+    stamp = (_ui.read("library_stamp", ws), _ui.read("fingerprint", ws, ws.cache_dir / "scores"),
+             *(_ui.read("target_stamp", ws, spec) for spec in rmap.map_targets(config).values()))
     found = cached_tables(str(ws.root), n, stamp)
     for label, why in found.errors.items():
         st.error(f"**{label}** cannot be scored: {why}", icon=":material/error:")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -120,3 +121,13 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def fresh_shared_reads():
+    """A read-only session's shared reads of a workspace last SHARED_FOR_S (pages/_ui.py): a
+    test that changes a workspace and then reads it read-only must not see the last test's."""
+    ui = sys.modules.get("pages._ui")
+    if ui is not None:
+        ui._shared_read.clear()
+    yield

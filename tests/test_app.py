@@ -253,7 +253,10 @@ def test_benchmark_offline_says_it_needs_the_hub(shared, monkeypatch):
 
 def test_relevance_highlights_the_top_k_and_explains_it(shared):
     at = render("relevance")
-    bars_nll, bars_acc, bars_token, sweep = figures(at)  # loss, lm-eval's acc, the reference's
+    bars_nll, sweep = figures(at)  # the open tab's (loss, the paper's) and the n-sweep
+    # lm-eval's acc and the reference's token accuracy: each drawn when its tab is open
+    bars_acc = figures(render("relevance", params={"rank": "Accuracy (lm-eval)"}))[0]
+    bars_token = figures(render("relevance", params={"rank": "Token accuracy (reference code)"}))[0]
     bars = bars_acc.data[0]
     chosen = [x for x, c in zip(bars.x, bars.marker.color, strict=True) if c == views.COLORS["chosen"]]
     assert len(chosen) == 2

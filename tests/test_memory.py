@@ -17,7 +17,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 
 from mashup_core.data.examples import MCExample
 from mashup_core.demo.tiny_model import TinyModelSpec, build_char_tokenizer, build_tiny_llama
-from mashup_core.selection import scoring
+from mashup_core.selection import loglik, scoring
 from mashup_core.selection.loglik import choice_loglikelihoods, encode_examples, evaluate_mc
 from mashup_core.training.loop import LoraSpec, TrainConfig, add_lora, train, trainable_state
 
@@ -123,13 +123,13 @@ def test_score_library_deletes_each_adapter_once_measured(tok, tmp_path, monkeyp
     with torch.no_grad():
         before = model(input_ids=ids).logits
     held = []  # at each measurement: adapter configs and adapter weights in the layers
-    measure = scoring.library_loglikelihoods
+    measure = loglik.library_loglikelihoods  # scoring imports it when it scores
 
     def spy(m, *args, **kwargs):
         held.append((sorted(getattr(m, "peft_config", {})), sorted(_adapters_in_layers(m))))
         return measure(m, *args, **kwargs)
 
-    monkeypatch.setattr(scoring, "library_loglikelihoods", spy)
+    monkeypatch.setattr(loglik, "library_loglikelihoods", spy)
     table = scoring.score_library(model, tok, ckpts, EXAMPLES, progress=False, max_group=1,
                                   use_bank=False)  # PEFT's path, what the bank does not hold
     # Groups of one (the base rides with the first): kept adapters would show up as ckpt0, ...

@@ -4,7 +4,8 @@ Two ways, so the comparison runs with or without mergekit installed:
 
 - fixtures: tensors stored from one mergekit run (tests/data/mergekit, written by its
   make_fixtures.py) on tiny Llama checkpoints, fp32 and bf16; the same configs merged here
-  (`merge_config`, inputs one file or sharded, output sharded or not) must equal them.
+  (`merge_config`, inputs one file or sharded, output sharded or not) must equal them (the
+  trigonometric methods to 2 ulps: another CPU gives them other last bits, `ACROSS_CPUS`).
 - live: where mergekit is installed (`pip install mergekit==0.1.5`), mergekit itself merges the
   same configs and our output must equal its output.
 
@@ -68,11 +69,22 @@ def _ours(case: str, dtype: str, native: bool, root: Path, out: Path, shard_byte
     return {k: v for f in sorted(merged.glob("*.safetensors")) for k, v in load_file(f).items()}
 
 
-def _assert_equal(ours: dict, theirs: dict) -> None:
+# Computed through acos, sin and an iterated mean: libm and torch's vectorised kernels give
+# other last bits on another CPU, so against fixtures stored elsewhere these are compared to
+# 2 ulps; against mergekit run here (the live test), bit for bit like every other method.
+ACROSS_CPUS = {"slerp", "nuslerp", "multislerp", "karcher"}
+
+
+def _assert_equal(ours: dict, theirs: dict, *, ulps: int = 0) -> None:
     assert ours.keys() == theirs.keys()
     for name, tensor in theirs.items():
         assert ours[name].dtype == tensor.dtype, name
-        assert torch.equal(ours[name], tensor), (name, float((ours[name].double() - tensor.double()).abs().max()))
+        gap = (name, float((ours[name].double() - tensor.double()).abs().max()))
+        if ulps:
+            torch.testing.assert_close(ours[name], tensor, rtol=ulps * torch.finfo(tensor.dtype).eps,
+                                       atol=1e-8, msg=str(gap))
+        else:
+            assert torch.equal(ours[name], tensor), gap
 
 
 def test_the_fixtures_cover_every_full_method():
@@ -88,7 +100,9 @@ def test_each_method_equals_mergekits_stored_output(stored, roots, tmp_path, dty
     theirs = {k.removeprefix(prefix): v for k, v in stored[dtype].items() if k.startswith(prefix)}
     assert theirs
     shard_bytes = 3_000 if case in ("ties", "linear") else 2 * 1024**3  # sharded output too
-    _assert_equal(_ours(case, dtype, native, roots[dtype], tmp_path / "m", shard_bytes), theirs)
+    ulps = 2 if cases.CASES[case]["merge_method"] in ACROSS_CPUS else 0
+    _assert_equal(_ours(case, dtype, native, roots[dtype], tmp_path / "m", shard_bytes), theirs,
+                  ulps=ulps)
 
 
 @needs_mergekit

@@ -18,7 +18,7 @@ from mashup_core.data.examples import MCExample, sample_examples
 from mashup_core.demo.world import load_split
 from mashup_core.models.library import demo_library, scan_library
 from mashup_core.models.loading import load_base_model, load_tokenizer
-from mashup_core.selection import scoring
+from mashup_core.selection import loglik, scoring
 from mashup_core.selection.loglik import choice_loglikelihoods, mc_result
 from mashup_core.selection.scoring import BASE_ROW, score_library
 
@@ -102,13 +102,13 @@ def test_groups_follow_the_memory_budget(arch_worlds, examples, monkeypatch):
     monkeypatch.setattr(scoring, "GROUP_FRACTION", 0.0)
     assert scoring.group_budget(model) == smallest
     held = []
-    real = scoring.library_loglikelihoods
+    real = loglik.library_loglikelihoods  # scoring imports it when it scores
 
     def spy(peft_model, *args, **kwargs):
         held.append(len(peft_model.peft_config))
         return real(peft_model, *args, **kwargs)
 
-    monkeypatch.setattr(scoring, "library_loglikelihoods", spy)
+    monkeypatch.setattr(loglik, "library_loglikelihoods", spy)
     split = score_library(model, tok, checkpoints, examples[:6], progress=False, use_bank=False)
     assert held == [1] * len(checkpoints)  # never more than one adapter loaded
     for name in [BASE_ROW, *(c.name for c in checkpoints)]:

@@ -338,6 +338,9 @@ def test_the_page_in_a_browser(recycled, tmp_path):
 
         page.get_by_test_id("stButtonGroup").get_by_text("two targets", exact=True).click()
         settle(page)
+        page.wait_for_function(  # the new figure, not the one being replaced (a busy machine)
+            "() => Array.from(document.querySelector('.js-plotly-plot')?.data || [])"
+            ".some(t => t.name === 'front (non-dominated)')", timeout=60_000)
         traces = page.evaluate("() => document.querySelector('.js-plotly-plot').data"
                                ".map(t => [t.name, Array.from(t.customdata || [])])")
         drawn_front = dict(traces)["front (non-dominated)"]

@@ -476,8 +476,7 @@ def _settle(rec: dict, done: bool, alive: bool, gone: str, broken: str | None = 
 
 
 def _world_status(ws: Workspace, rec: dict, alive: bool, gone: str) -> dict:
-    from mashup_core.demo.progress import build_progress, describe_build
-    from mashup_core.demo.world import world_status
+    from mashup_core.demo.progress import build_progress, describe_build, world_status
 
     usable, reason = world_status(ws)
     building = None if usable else build_progress(ws)

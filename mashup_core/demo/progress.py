@@ -14,7 +14,9 @@ import time
 from typing import Any
 
 from mashup_core.jobs.processes import process_alive, process_start
-from mashup_core.workspace import Workspace, read_json, write_json_atomic
+from mashup_core.workspace import Workspace, read_json, sha256_file, write_json_atomic
+
+WORLD_DIRS = ("base", "tasks", "library")  # what a demo world build writes
 
 STAGES = {"tasks": "writing the tasks", "pretrain": "pretraining the base model",
           "library": "training the LoRA library", "manifest": "writing the manifest"}
@@ -101,3 +103,27 @@ def describe_build(progress: dict[str, Any]) -> str:
 def _duration(seconds: float) -> str:
     seconds = round(seconds)
     return f"{seconds // 60} min {seconds % 60} s" if seconds >= 60 else f"{seconds} s"
+
+
+# Here, not in demo.world, which imports torch to build one: every page asks this first.
+def world_status(ws: Workspace, check_hashes: bool = False) -> tuple[bool, str]:
+    """(usable, reason). Usable means: a manifest exists and every file it lists matches."""
+    if ws.building_marker.exists():
+        if (building := build_progress(ws)) is not None:
+            return False, f"being built now: {describe_build(building)}"
+        return False, f"an interrupted build was found ({ws.building_marker} is still there)"
+    manifest = ws.manifest()
+    if manifest is None:
+        leftovers = [d for d in WORLD_DIRS if (ws.root / d).exists()]
+        if leftovers:
+            return False, f"world files without a manifest ({', '.join(leftovers)}): a half-written build"
+        return False, "no demo world yet"
+    for rel, info in manifest["files"].items():
+        path = ws.root / rel
+        if not path.exists():
+            return False, f"{rel} is missing"
+        if path.stat().st_size != info["bytes"]:
+            return False, f"{rel} has changed size since the build"
+        if check_hashes and sha256_file(path) != info["sha256"]:
+            return False, f"{rel} has changed since the build (hash differs)"
+    return True, "ok"

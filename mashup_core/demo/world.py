@@ -32,7 +32,13 @@ from tqdm.auto import tqdm
 from mashup_core.data.examples import write_jsonl
 from mashup_core.data.targets import load_demo_task as load_split  # noqa: F401  (re-exported)
 from mashup_core.demo import synthetic
-from mashup_core.demo.progress import BuildMarker, build_progress, describe_build
+from mashup_core.demo.progress import (  # noqa: F401  (world_status re-exported)
+    WORLD_DIRS,
+    BuildMarker,
+    build_progress,
+    describe_build,
+    world_status,
+)
 from mashup_core.demo.tiny_model import (
     TinyModelSpec,
     build_char_tokenizer,
@@ -45,7 +51,6 @@ from mashup_core.selection.loglik import evaluate_mc
 from mashup_core.training.loop import LoraSpec, TrainConfig, add_lora, as_pairs, train
 from mashup_core.workspace import Workspace, sha256_file, write_json_atomic
 
-WORLD_DIRS = ("base", "tasks", "library")
 # Each adapter trains with this many torch threads, in whichever process trains it: the
 # thread count decides the reduction order, so it is part of the adapters' bits.
 ADAPTER_THREADS = 1
@@ -138,29 +143,6 @@ def pretrain_corpus(n: int, seed: int) -> list[tuple[str, str]]:
             operand, *_ = synthetic.GENERATORS[task](rng)
             texts.append(("", synthetic.prompt_for(task, operand)))
     return texts
-
-
-def world_status(ws: Workspace, check_hashes: bool = False) -> tuple[bool, str]:
-    """(usable, reason). Usable means: a manifest exists and every file it lists matches."""
-    if ws.building_marker.exists():
-        if (building := build_progress(ws)) is not None:
-            return False, f"being built now: {describe_build(building)}"
-        return False, f"an interrupted build was found ({ws.building_marker} is still there)"
-    manifest = ws.manifest()
-    if manifest is None:
-        leftovers = [d for d in WORLD_DIRS if (ws.root / d).exists()]
-        if leftovers:
-            return False, f"world files without a manifest ({', '.join(leftovers)}): a half-written build"
-        return False, "no demo world yet"
-    for rel, info in manifest["files"].items():
-        path = ws.root / rel
-        if not path.exists():
-            return False, f"{rel} is missing"
-        if path.stat().st_size != info["bytes"]:
-            return False, f"{rel} has changed size since the build"
-        if check_hashes and sha256_file(path) != info["sha256"]:
-            return False, f"{rel} has changed since the build (hash differs)"
-    return True, "ok"
 
 
 class WorldBusy(MashupError):

@@ -12,7 +12,7 @@ from typing import Any
 
 from mashup_core import defaults
 from mashup_core.errors import MashupError
-from mashup_core.training.loop import FINETUNE_MODES, INIT_MODES, LoraSpec, TrainConfig
+from mashup_core.training.settings import FINETUNE_MODES, INIT_MODES, LoraSpec, TrainConfig
 from mashup_core.workspace import Workspace
 
 
@@ -102,19 +102,20 @@ class RunSpec:
         return data
 
     @classmethod
-    def from_dict(cls, data: Any, where: str = "spec") -> RunSpec:
-        """A validated spec; every problem is a `SpecError` naming `where` and the field."""
+    def from_dict(cls, data: Any, where: str = "spec", *, merge_methods: bool = True) -> RunSpec:
+        """A validated spec; every problem is a `SpecError` naming `where` and the field.
+        `merge_methods=False` leaves out the merge method's name (see `validate`)."""
         if not isinstance(data, dict):
             raise SpecError(f"{where}: expected a JSON object, got {type(data).__name__}")
         values = _typed(cls, data, where)
         values["lora"] = LoraSpec(**_typed(LoraSpec, data.get("lora", {}), f"{where}: lora"))
         values["train"] = TrainConfig(**_typed(TrainConfig, data.get("train", {}), f"{where}: train"))
         spec = cls(**values)
-        spec.validate(where)
+        spec.validate(where, merge_methods=merge_methods)
         return spec
 
     @classmethod
-    def load(cls, path: str | Path) -> RunSpec:
+    def load(cls, path: str | Path, *, merge_methods: bool = True) -> RunSpec:
         path = Path(path)
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
@@ -124,9 +125,12 @@ class RunSpec:
             raise SpecError(f"{path}: cannot read ({exc})") from exc
         except json.JSONDecodeError as exc:
             raise SpecError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from exc
-        return cls.from_dict(data, str(path))
+        return cls.from_dict(data, str(path), merge_methods=merge_methods)
 
-    def validate(self, where: str = "spec") -> None:
+    def validate(self, where: str = "spec", *, merge_methods: bool = True) -> None:
+        """Every field in range and every name known. `merge_methods=False`: not the merge
+        method's name, whose registry is torch code (seconds to import): a stored spec read for
+        a listing was checked when it was written, and a run checks it again when it starts."""
         def bad(name: str, problem: str) -> SpecError:
             return SpecError(f"{where}: field '{name}': {problem}")
 
@@ -168,7 +172,8 @@ class RunSpec:
             raise bad("finetune", "'full' needs init 'merged-fold' ('merged-continue' trains the LoRA)")
         if self.kind == "mashup":
             choose("scorer", self.scorer, _registry("selection.scorers", "SCORERS"))
-            choose("merge_method", self.merge_method, _registry("merging.lora", "MERGE_METHODS"))
+            if merge_methods:
+                choose("merge_method", self.merge_method, _registry("merging.lora", "MERGE_METHODS"))
             choose("weight_strategy", self.weight_strategy, _registry("merging.weights", "WEIGHT_STRATEGIES"))
         choose("eval_metric", self.eval_metric, _registry("selection.scorers", "EVAL_METRICS"))
         for tracker in self.report_to:

@@ -102,7 +102,7 @@ def get_run(ws: Workspace, run_id: str) -> RunRecord:
     rd = run_dir(ws, run_id)
     status = refresh_status(rd, read_json(rd / RUN_STATUS, {"state": "queued"}))
     return RunRecord(
-        id=run_id, dir=rd, spec=RunSpec.load(rd / "spec.json"), status=status,
+        id=run_id, dir=rd, spec=RunSpec.load(rd / "spec.json", merge_methods=False), status=status,
         metrics=read_metrics(rd / "metrics.jsonl"), timings=read_json(rd / "timings.json", {}),
         selection=read_json(rd / "selection.json"), pair=read_json(rd / "pair.json"),
     )

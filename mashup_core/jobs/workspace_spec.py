@@ -14,7 +14,7 @@ from typing import Any
 from mashup_core import defaults
 from mashup_core.config import WorkspaceConfig
 from mashup_core.jobs.spec import RunSpec
-from mashup_core.training.loop import TrainConfig
+from mashup_core.training.settings import TrainConfig
 
 
 def workspace_run_spec(

@@ -25,14 +25,16 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from safetensors import SafetensorError, safe_open
 
 from mashup_core.errors import MashupError
 from mashup_core.hub import HUB_ID, hub_owner
 from mashup_core.workspace import JsonFileError, Workspace, load_json_object
+
+if TYPE_CHECKING:  # torch is imported where a checkpoint is opened: a scan the cache answers needs none
+    import torch
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -164,6 +166,7 @@ class BaseShapes:
 
 def base_shapes(name_or_path: str | Path, *, trust_remote_code: bool = False) -> BaseShapes:
     """Instantiate the base from its config on the `meta` device: real names and shapes, no weights."""
+    import torch
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
     try:
@@ -181,6 +184,8 @@ def base_shapes(name_or_path: str | Path, *, trust_remote_code: bool = False) ->
 
 
 def _layer_io(module: torch.nn.Module) -> tuple[int, int] | None:
+    import torch
+
     if isinstance(module, torch.nn.Linear):
         return module.in_features, module.out_features
     if isinstance(module, torch.nn.Embedding):
@@ -455,10 +460,12 @@ class _BaseResolver:
     def __init__(self, override: Path | str | None):
         self.override = override
         self.cache: dict[str, BaseShapes | str] = {}
-        if override is not None:  # an explicit base must be usable: fail before any work
-            self.cache[str(override)] = base_shapes(override)
 
     def __call__(self, recorded: str | None) -> tuple[BaseShapes | None, str | None]:
+        if self.override is not None and str(self.override) not in self.cache:
+            # An explicit base must be usable: read before the first checkpoint is (not when
+            # the scan cache answers for all of them, which needs neither torch nor the base).
+            self.cache[str(self.override)] = base_shapes(self.override)
         ref = str(self.override) if self.override is not None else recorded
         if ref is None:
             return None, "no base model recorded: layers and shapes not checked"
@@ -565,6 +572,8 @@ def _resolve_ref(ref: str | None, checkpoint_dir: Path) -> str | None:
 
 def _read_tensors(path: Path) -> dict[str, tuple[int, ...]]:
     """Shapes of every tensor, after checking the header and that every value is finite."""
+    import torch
+
     shapes = {}
     try:
         with safe_open(path, framework="pt") as f:

@@ -10,8 +10,12 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from mashup_core.errors import MashupError
+
+if TYPE_CHECKING:
+    from mashup_core.data.examples import MCExample
 
 
 class ScoringError(MashupError):
@@ -77,3 +81,64 @@ def get_scorer(name: str) -> Scorer:
         return SCORERS[name]
     except KeyError:
         raise ScoringError(f"unknown scorer {name!r}; choose from {', '.join(SCORERS)}") from None
+
+
+# --- what one scoring pass measures (no torch here: reading a stored table needs none) -----
+
+
+@dataclass
+class ChoiceScores:
+    """Per example, per choice: summed answer log-probability and its length; and of the
+    answer tokens token accuracy counts (`counted`), how many are the argmax over the whole
+    vocabulary (`hits`), from the same forward."""
+
+    logprobs: list[list[float]]
+    num_tokens: list[list[int]]
+    num_bytes: list[list[int]]
+    hits: list[list[int]] | None = None
+    counted: list[list[int]] | None = None
+
+
+@dataclass
+class MCResult:
+    acc: float
+    acc_norm: float
+    nll: float  # mean over examples of the gold answer's per-token negative log-likelihood
+    n: int
+    correct: list[bool]
+    # The reference pipeline's relevance: the share of the gold answers' counted tokens whose
+    # teacher-forced argmax is the gold token, pooled over the examples' tokens; exact match:
+    # the share of examples whose counted tokens are all right.
+    token_acc: float = float("nan")
+    exact_match: float = float("nan")
+    answer_tokens: int = 0  # counted gold-answer tokens: token_acc's denominator
+
+    def as_dict(self) -> dict[str, float]:
+        return {"acc": self.acc, "acc_norm": self.acc_norm, "nll": self.nll,
+                "token_acc": self.token_acc, "exact_match": self.exact_match, "n": self.n}
+
+
+def mc_result(examples: Sequence[MCExample], scores: ChoiceScores) -> MCResult:
+    correct, correct_norm, nlls = [], [], []
+    for ex, lp, ntok, nbytes in zip(
+        examples, scores.logprobs, scores.num_tokens, scores.num_bytes, strict=True
+    ):
+        correct.append(max(range(len(lp)), key=lp.__getitem__) == ex.gold)
+        # acc_norm divides by the answer's length in bytes, as lm-eval does.
+        normed = [v / max(b, 1) for v, b in zip(lp, nbytes, strict=True)]
+        correct_norm.append(max(range(len(normed)), key=normed.__getitem__) == ex.gold)
+        nlls.append(-lp[ex.gold] / max(ntok[ex.gold], 1))
+    n = len(examples)
+    token_acc, exact_match, answer_tokens = float("nan"), float("nan"), 0
+    if scores.hits is not None and scores.counted is not None:
+        gold_hits = [h[ex.gold] for ex, h in zip(examples, scores.hits, strict=True)]
+        gold_counted = [c[ex.gold] for ex, c in zip(examples, scores.counted, strict=True)]
+        answer_tokens = sum(gold_counted)
+        # Pooled over tokens, as the reference sums correct and total tokens over the split;
+        # an example with no counted token counts as no exact match (its denominator is n).
+        token_acc = sum(gold_hits) / answer_tokens if answer_tokens else 0.0
+        exact_match = sum(c > 0 and h == c for h, c in zip(gold_hits, gold_counted, strict=True)) / n
+    return MCResult(
+        acc=sum(correct) / n, acc_norm=sum(correct_norm) / n, nll=sum(nlls) / n, n=n,
+        correct=correct, token_acc=token_acc, exact_match=exact_match, answer_tokens=answer_tokens,
+    )

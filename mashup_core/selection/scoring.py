@@ -29,20 +29,15 @@ from typing import TYPE_CHECKING, Any
 
 from mashup_core import defaults
 from mashup_core.data.examples import MCExample, sample_examples
-from mashup_core.selection.loglik import (
-    ChoiceScores,
-    choice_loglikelihoods,
-    encode_examples,
-    library_loglikelihoods,
-    mc_result,
-)
 from mashup_core.selection.scorers import (  # noqa: F401  (the registry, where scoring is)
     AUXILIARY,
     EVAL_METRICS,
     SCORERS,
+    ChoiceScores,
     Scorer,
     ScoringError,
     get_scorer,
+    mc_result,
 )
 
 if TYPE_CHECKING:  # one Checkpoint type: the library's (scoring reads name, path, source_task, kind)
@@ -220,6 +215,8 @@ def _per_example(examples: Sequence[MCExample], scores: ChoiceScores) -> dict[st
 
 
 def _measure(model, tokenizer, examples, batch_size, name, source_task, kind, started, table):
+    from mashup_core.selection.loglik import choice_loglikelihoods  # torch: on first scoring
+
     scores = choice_loglikelihoods(model, tokenizer, examples, batch_size)
     return _row(examples, scores, name, source_task, kind, time.perf_counter() - started, table)
 
@@ -361,6 +358,7 @@ class LibraryScorer:
         table = ScoreTable(rows=[], base=None, target=target)
         rows: dict[str, ScoreRow] = {}
         from mashup_core.data.limits import context_length
+        from mashup_core.selection.loglik import encode_examples
 
         encoded = encode_examples(self.tokenizer, examples, context_length(self.base_model))
         group: list[tuple[Any, float]] = []  # (checkpoint, load seconds) in the bank
@@ -428,6 +426,8 @@ class LibraryScorer:
             self.bank.unload(leaving)
 
     def _run_bank(self, group, examples, encoded, table, rows) -> None:
+        from mashup_core.selection.loglik import library_loglikelihoods
+
         with_base = table.base is None and self._base_wanted
         run = (["__base__"] if with_base else []) + [c.name for c, _ in group]
         started = time.perf_counter()
@@ -449,6 +449,8 @@ class LibraryScorer:
         peft_model, group, group_bytes = None, [], 0
 
         def run_group() -> None:
+            from mashup_core.selection.loglik import library_loglikelihoods
+
             nonlocal group_bytes
             adapters = [a for a, _, _ in group]
             with_base = table.base is None and self._base_wanted

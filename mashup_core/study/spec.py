@@ -132,7 +132,7 @@ class StudySpec:
 
     def train_config(self, lr: float, seed: int, n_train: int):
         """Cosine with 10% warmup (TrainConfig's defaults), as the reference trains."""
-        from mashup_core.training.loop import TrainConfig
+        from mashup_core.training.settings import TrainConfig
 
         return TrainConfig(steps=self.train_steps_for(n_train), batch_size=self.train_batch_size,
                            lr=lr, seed=seed, gradient_checkpointing=self.gradient_checkpointing)
@@ -142,7 +142,7 @@ class StudySpec:
         from mashup_core.merging.lora import MERGE_METHODS
         from mashup_core.merging.weights import WEIGHT_STRATEGIES
         from mashup_core.selection.scoring import EVAL_METRICS, SCORERS
-        from mashup_core.training.loop import FINETUNE_MODES
+        from mashup_core.training.settings import FINETUNE_MODES
 
         def choose(name: str, values: Sequence[str], allowed: Sequence[str]) -> None:
             if not values:

@@ -14,11 +14,11 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
@@ -29,47 +29,13 @@ from mashup_core.data.prompts import answer_text
 from mashup_core.errors import MashupError
 from mashup_core.models.batches import keep_last_logits, left_padded
 from mashup_core.selection.loglik import evaluate_mc
-
-# The paper's LoRA: r=8, alpha=16, dropout 0, every linear layer of each block. PEFT resolves
-# "all-linear" per architecture (Llama's q/k/v/o/gate/up/down, Phi-3's fused qkv_proj and
-# gate_up_proj, GPT-2's Conv1D c_attn/c_fc/c_proj, ...), never the output head.
-ALL_LINEAR = "all-linear"
-
-
-@dataclass
-class TrainConfig:
-    steps: int = defaults.TRAIN_STEPS
-    batch_size: int = defaults.BATCH_SIZE
-    lr: float = defaults.LEARNING_RATE["lora"]
-    warmup_ratio: float = 0.1
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    schedule: str = "cosine"  # or "constant"
-    seed: int = 0
-    # Recompute each block's activations in the backward pass: less memory, ~1/3 more compute.
-    gradient_checkpointing: bool = False
-    # Micro-batches per optimizer step. The step still learns from `batch_size` examples (the
-    # same ones, the same loss), run as `grad_accum` forwards of batch_size // grad_accum.
-    grad_accum: int = 1
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-@dataclass
-class LoraSpec:
-    r: int = 8
-    alpha: int = 16
-    dropout: float = 0.0
-    target_modules: str | tuple[str, ...] = ALL_LINEAR  # "all-linear" or module names
-
-    def peft_config(self) -> LoraConfig:
-        targets = self.target_modules
-        return LoraConfig(
-            r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout,
-            target_modules=targets if isinstance(targets, str) else list(targets),
-            task_type="CAUSAL_LM",
-        )
+from mashup_core.training.settings import (  # noqa: F401  (re-exported)
+    ALL_LINEAR,
+    FINETUNE_MODES,
+    INIT_MODES,
+    LoraSpec,
+    TrainConfig,
+)
 
 
 @dataclass
@@ -330,8 +296,6 @@ def add_lora(model, spec: LoraSpec | None = None, adapter_name: str = "default")
 
 # --- Where training starts: the base, or a merged adapter (two ways), LoRA or full -----------
 
-INIT_MODES = ("scratch", "merged-fold", "merged-continue")
-FINETUNE_MODES = ("lora", "full")
 
 
 class TrainingError(MashupError):

@@ -13,14 +13,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 import plotly.graph_objects as go
 
 from mashup_core import defaults
 from mashup_core.errors import MashupError
-from mashup_core.views._format import fingerprint, fmt, human_size  # noqa: F401
+from mashup_core.views._format import fingerprint, fmt, human_size, styled  # noqa: F401
 from mashup_core.views.launch import (  # noqa: F401
     launch_pair_for,
     relevance_table,
@@ -82,11 +81,6 @@ COLORS = {
     "mashup": "#E4572E", "scratch": "#4C78A8", "chosen": "#E4572E", "other": "#B8C4D6",
     "base": "#54585D", "accent": "#F3A712",
 }
-def _layout(fig: go.Figure, **extra: Any) -> go.Figure:
-    layout = {"margin": {"l": 10, "r": 10, "t": 30, "b": 10}, "template": "plotly_white",
-              "legend": {"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 0}}
-    fig.update_layout(**{**layout, **extra})
-    return fig
 
 
 def _tint(hex_color: str, alpha: float) -> str:
@@ -127,7 +121,7 @@ def method_diagram(n_checkpoints: int | None = None, k: int = defaults.TOP_K) ->
     span = len(steps) * (width + gap) - gap
     fig.update_xaxes(visible=False, range=[-0.05, span + 0.05])
     fig.update_yaxes(visible=False, range=[-0.05, 1.05])
-    return _layout(fig, height=190, margin={"l": 0, "r": 0, "t": 0, "b": 0}, dragmode=False)
+    return styled(fig, height=190, margin={"l": 0, "r": 0, "t": 0, "b": 0}, dragmode=False)
 
 
 # --- the library (the scan and its table: views/library.py) -------------------------------
@@ -155,7 +149,7 @@ def transfer_heatmap(manifest: dict) -> go.Figure:
     ))
     fig.update_yaxes(autorange="reversed", title="adapter trained on")
     fig.update_xaxes(title="evaluated on task", side="top")
-    return _layout(fig, height=90 + 34 * len(y))
+    return styled(fig, height=90 + 34 * len(y))
 
 
 def transfer_caption(ws: Workspace) -> str:
@@ -215,7 +209,7 @@ def relevance_figure(table, scorer: str, chosen: Iterable[str] = (),
     fig.update_xaxes(title="checkpoint (best first)", tickangle=-40)
     fig.update_yaxes(title=s.label + (" ↑" if s.higher_is_better else " ↓"),
                      range=[0, 1.05] if s.higher_is_better else None)
-    return _layout(fig, height=380, showlegend=False)
+    return styled(fig, height=380, showlegend=False)
 
 
 def explanation_parts(text: str) -> tuple[str, list[str]]:
@@ -244,7 +238,7 @@ def sweep_figure(sweep) -> go.Figure:
                              hovertemplate="n=%{x}: top-1 agrees %{y:.0%}<extra></extra>"))
     fig.update_xaxes(type="log", title="scoring examples n", tickvals=ns)
     fig.update_yaxes(range=[-1.05 if any((sweep.tau[n] or 0) < 0 for n in ns) else 0, 1.05])
-    return _layout(fig, height=320)
+    return styled(fig, height=320)
 
 
 def scores_frame(table) -> pd.DataFrame:
@@ -365,7 +359,7 @@ def curves_figure(curves: pd.DataFrame, x: str = "step", metric: str = "acc",
         ))
     fig.update_xaxes(title=AXES[x])
     fig.update_yaxes(title=METRICS[metric], range=None if metric in ("nll", "loss") else [0, 1.02])
-    return _layout(fig, height=380)
+    return styled(fig, height=380)
 
 
 # --- convergence: a mashup run against its scratch baseline -------------------------------
@@ -465,7 +459,7 @@ def rank_heatmap(table, trained: bool = False) -> go.Figure:
     ))
     fig.update_yaxes(autorange="reversed", title="merge method")
     fig.update_xaxes(title="k (checkpoints merged)", side="top")
-    return _layout(fig, height=120 + 48 * len(ranks.index))
+    return styled(fig, height=120 + 48 * len(ranks.index))
 
 
 def cell_figure(table, label: str, k: int, trained: bool = False) -> go.Figure:
@@ -484,7 +478,7 @@ def cell_figure(table, label: str, k: int, trained: bool = False) -> go.Figure:
     ])
     fig.update_yaxes(title="validation accuracy", range=[0, 1.02])
     fig.update_xaxes(title="target (its own adapters left out)")
-    return _layout(fig, height=320, barmode="group")
+    return styled(fig, height=320, barmode="group")
 
 
 def cell_frame(table, label: str, k: int, trained: bool = False) -> pd.DataFrame:

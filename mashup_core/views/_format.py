@@ -5,6 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import plotly.graph_objects as go
+
+TEMPLATE = "plotly_white"  # every figure's, on screen and in the PNG, SVG and PDF exports
+
 
 def fingerprint(*paths: Path) -> tuple[tuple[str, int, int], ...]:
     """(path, file count, newest mtime) per path: a cheap cache key that changes with the files."""
@@ -33,3 +37,13 @@ def human_size(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} GiB"
+
+
+def styled(fig: go.Figure, *, top: int = 30, **extra: Any) -> go.Figure:
+    """The dashboard's figure style: its template, tight margins (`top` leaves room for a
+    title), the legend in a row above the plot; `extra` is any other layout. (Plotly validates
+    the template anew for each figure, 15 ms; the pages build a figure once for all sessions.)"""
+    fig.update_layout(**{"margin": {"l": 10, "r": 10, "t": top, "b": 10}, "template": TEMPLATE,
+                         "legend": {"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 0},
+                         **extra})
+    return fig

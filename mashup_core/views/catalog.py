@@ -8,20 +8,31 @@ defined where it belongs; this module only says which ones the dashboard uses.
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from mashup_core.compare.payoff import PredictionError
 from mashup_core.config import FINETUNE_MODES, target_name
 from mashup_core.data.targets import BENCHMARKS, GOLD_FORMATS, list_demo_tasks
-from mashup_core.merging.lora import MERGE_METHODS
 from mashup_core.merging.weights import WEIGHT_STRATEGIES
 from mashup_core.selection.scorers import EVAL_METRICS, SCORERS, get_scorer
 from mashup_core.selection.store import NotCachedError
 from mashup_core.study.presets import PRESETS
 
-__all__ = ["BENCHMARKS", "EVAL_METRICS", "FINETUNE_MODES", "GOLD_FORMATS", "MERGE_METHODS",
+__all__ = ["BENCHMARKS", "EVAL_METRICS", "FINETUNE_MODES", "GOLD_FORMATS", "MERGE_METHODS",  # noqa: F822 (on first use)
            "PRESETS", "SCORERS", "WEIGHT_STRATEGIES", "NotCachedError", "PredictionError",
            "get_scorer", "list_demo_tasks", "method_families", "target_name"]
+
+
+# Read on first use (PEP 562): the LoRA merges import torch and PEFT, seconds on a laptop, and
+# the pages that list no merge method (the Overview a room opens first) should not wait for them.
+_ON_FIRST_USE = {"MERGE_METHODS": "mashup_core.merging.lora"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _ON_FIRST_USE:
+        return getattr(importlib.import_module(_ON_FIRST_USE[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def method_families(kind: str) -> dict[str, list[dict[str, Any]]]:

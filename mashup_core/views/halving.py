@@ -22,7 +22,8 @@ def halving_figure(result: HalvingResult) -> go.Figure:
     checkpoint a marker at its rank in that round; crosses are dropped there, circles went on
     past the 1/eta cut (tied with it, or within the margin of the k-th best), the top k of the
     last round are stars."""
-    from mashup_core.views import COLORS, _layout
+    from mashup_core.views import COLORS
+    from mashup_core.views._format import styled
 
     labels = [f"n={r.n}" for r in result.rounds]
     fig = go.Figure(go.Bar(
@@ -65,7 +66,7 @@ def halving_figure(result: HalvingResult) -> go.Figure:
     fig.update_yaxes(title="checkpoints (rank in the round)", rangemode="tozero")
     grace = f", and any within {result.margin:g} SE of the k-th" if result.margin else ""
     fig.update_xaxes(title=f"round (examples scored; keep 1/{result.eta:g}{grace} each round)")
-    return _layout(fig, height=360, bargap=0.3)
+    return styled(fig, height=360, bargap=0.3)
 
 
 def halving_for_target(ws: Workspace, target: dict[str, Any], n: int, **settings: Any) -> HalvingResult:

@@ -11,9 +11,21 @@ from collections.abc import Sequence
 from typing import Any
 
 from mashup_core.errors import MashupError
-from mashup_core.selection.scoring import explain_choice, sweep_from_table  # noqa: F401  (the Relevance page's)
 from mashup_core.views.workspace import local_path
 from mashup_core.workspace import Workspace
+
+# The Relevance page's, read on first use (PEP 562): scoring imports torch and transformers,
+# seconds on a laptop, which the pages that score nothing should not wait for.
+_ON_FIRST_USE = {"explain_choice": "mashup_core.selection.scoring",
+                 "sweep_from_table": "mashup_core.selection.scoring"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _ON_FIRST_USE:
+        import importlib
+
+        return getattr(importlib.import_module(_ON_FIRST_USE[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def relevance_table(ws: Workspace, target: dict[str, Any], n: int, *, cached_only: bool = False,

@@ -139,7 +139,7 @@ def update_vs_relevance(found: LibraryMap, profiles: Mapping[str, Any]) -> dict:
 def map_figure(found: LibraryMap, colour: str = "source task",
                relevance: Mapping[str, float] | None = None, scorer_label: str = "") -> go.Figure:
     """The adapters as points: colour by source task (or cluster), or by relevance on a target."""
-    from mashup_core.views import _layout
+    from mashup_core.views._format import styled
 
     frame = found.frame()
     custom = np.column_stack([frame["checkpoint"], frame["source_task"], frame["cluster"]])
@@ -162,4 +162,4 @@ def map_figure(found: LibraryMap, colour: str = "source task",
                 customdata=custom[rows.index], marker={"size": 9}, hovertemplate=hover))
     fig.update_xaxes(title="", showticklabels=False, zeroline=False)
     fig.update_yaxes(title="", showticklabels=False, zeroline=False, scaleanchor="x")
-    return _layout(fig, height=520)
+    return styled(fig, height=520)

@@ -102,7 +102,8 @@ def payoff_check(ws: Workspace, metric: str | None) -> PayoffCheck:
 def validation_figure(validation: Validation, highlight: str | None = None) -> go.Figure:
     """Predicted vs measured, one point per cell, its interval as an error bar; the diagonal
     is a perfect prediction."""
-    from mashup_core.views import COLORS, _layout
+    from mashup_core.views import COLORS
+    from mashup_core.views._format import styled
 
     t = validation.table
     fig = go.Figure()
@@ -121,4 +122,4 @@ def validation_figure(validation: Validation, highlight: str | None = None) -> g
     label = OUTCOMES.get(validation.outcome, validation.outcome)
     fig.update_xaxes(title=f"measured {label}")
     fig.update_yaxes(title=f"predicted {label} (target left out)")
-    return _layout(fig, height=420)
+    return styled(fig, height=420)

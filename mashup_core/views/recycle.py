@@ -23,6 +23,7 @@ from mashup_core.merging.recycle import (  # noqa: F401  (the page's actions, th
     weight_vs_own_score,
     write_recycled_adapter,
 )
+from mashup_core.views._format import styled
 
 KIND_STYLE = {  # kind → (legend name, colour, marker symbol, size)
     "searched": ("searched merges", "#B8C4D6", "circle", 7),
@@ -33,11 +34,6 @@ KIND_STYLE = {  # kind → (legend name, colour, marker symbol, size)
 FRONT_COLOR = "#E4572E"
 
 
-def _layout(fig: go.Figure, **extra: Any) -> go.Figure:
-    fig.update_layout(**{"margin": {"l": 10, "r": 10, "t": 40, "b": 10}, "template": "plotly_white",
-                         "legend": {"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 0},
-                         **extra})
-    return fig
 
 
 def point_label(point: dict[str, Any]) -> str:
@@ -74,7 +70,7 @@ def front_scatter(front: dict[str, Any], x: str, y: str) -> go.Figure:
     ))
     fig.update_xaxes(title=f"accuracy on {x}")
     fig.update_yaxes(title=f"accuracy on {y}")
-    return _layout(fig, height=460, clickmode="event+select")
+    return styled(fig, top=40, height=460, clickmode="event+select")
 
 
 def front_parallel(front: dict[str, Any]) -> go.Figure:
@@ -92,7 +88,7 @@ def front_parallel(front: dict[str, Any]) -> go.Figure:
              [0.66, KIND_STYLE["equal"][1]], [1, FRONT_COLOR]]
     fig = go.Figure(go.Parcoords(line={"color": color, "colorscale": scale, "cmin": 0, "cmax": 3},
                                  dimensions=dims, customdata=[p["id"] for p in points]))
-    return _layout(fig, height=420, margin={"l": 60, "r": 60, "t": 60, "b": 20})
+    return styled(fig, top=40, height=420, margin={"l": 60, "r": 60, "t": 60, "b": 20})
 
 
 def held_out_figure(front: dict[str, Any]) -> go.Figure | None:
@@ -114,7 +110,7 @@ def held_out_figure(front: dict[str, Any]) -> go.Figure | None:
         hovertemplate="%{x}<br>held-out accuracy %{y:.3f}<extra></extra>",
     ))
     fig.update_yaxes(title=f"accuracy on {target} (held out)", range=[0, 1])
-    return _layout(fig, height=460, showlegend=False)
+    return styled(fig, top=40, height=460, showlegend=False)
 
 
 def weight_score_figure(front: dict[str, Any], point_id: str | None = None) -> go.Figure:
@@ -130,7 +126,7 @@ def weight_score_figure(front: dict[str, Any], point_id: str | None = None) -> g
     fig.update_xaxes(title=f"own score on the targets ({front['objective']})")
     fig.update_yaxes(title=f"weight in {data['point']}")
     title = "Spearman ρ = " + ("undefined (a constant side)" if corr is None else f"{corr:.2f}")
-    return _layout(fig, height=420, title={"text": title, "x": 0})
+    return styled(fig, top=40, height=420, title={"text": title, "x": 0})
 
 
 def points_frame(front: dict[str, Any], only_front: bool = False) -> pd.DataFrame:

@@ -152,7 +152,7 @@ def relevance_map_figure(frame: pd.DataFrame, scorer: str, relative: bool = Fals
     """The map as a heatmap: x = target, y = checkpoint (in `frame`'s order); a click on a cell
     names its target (the page opens that target's Relevance page)."""
     from mashup_core.selection.scoring import get_scorer
-    from mashup_core.views import _layout
+    from mashup_core.views._format import styled
 
     s = get_scorer(scorer)
     higher = better_is_higher(scorer, relative)
@@ -181,7 +181,7 @@ def relevance_map_figure(frame: pd.DataFrame, scorer: str, relative: bool = Fals
     fig.update_yaxes(autorange="reversed", title="checkpoint", type="category")
     fig.update_xaxes(title="target", side="top", type="category")
     rows = len(frame.index)
-    return _layout(fig, height=min(160 + (24 if rows <= MAX_CELL_TEXT else 12) * rows, 4000))
+    return styled(fig, height=min(160 + (24 if rows <= MAX_CELL_TEXT else 12) * rows, 4000))
 
 
 def _fmt(value: float | None) -> str:

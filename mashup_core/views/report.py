@@ -28,7 +28,7 @@ from plotly.subplots import make_subplots
 from mashup_core import views
 from mashup_core.compare.protocol import MEAN, SETTING, at_best_lr, summarise
 from mashup_core.errors import MashupError
-from mashup_core.views._format import fmt
+from mashup_core.views._format import fmt, styled
 
 
 @dataclass
@@ -129,7 +129,7 @@ def accuracy_vs_n_figure(table, setting: Mapping | None = None) -> ReportFigure:
     fig.update_xaxes(title="scoring samples n", type="log", tickvals=_ns(table))
     fig.update_yaxes(title=table.metric_label + (" after training" if trained else ", merged"))
     what = "after training, each n at its best lr" if trained else "merged, zero-shot (no training in this study)"
-    return ReportFigure("fig2_accuracy_vs_n", title, views._layout(fig, height=380),
+    return ReportFigure("fig2_accuracy_vs_n", title, styled(fig, height=380),
                         caption=f"{setting_name(setting, False)}: accuracy {what}; thin lines "
                         "are targets, the thick line their mean; bars = std over seeds.")
 
@@ -184,7 +184,7 @@ def accuracy_vs_lr_figure(table, setting: Mapping | None = None) -> ReportFigure
         _line(fig, mean["lr"], mean, label, color, mean=True, dash=dash)
     _lr_axis(fig, _lrs(table), title="learning rate")
     fig.update_yaxes(title=f"{table.metric_label} after training")
-    return ReportFigure(name, title, views._layout(fig, height=380),
+    return ReportFigure(name, title, styled(fig, height=380),
                         caption="Mean over targets at each lr; bars = std over seeds of that mean.")
 
 
@@ -211,7 +211,7 @@ def accuracy_vs_lr_per_target_figure(table, setting: Mapping | None = None,
                   **where)
     _lr_axis(fig, _lrs(table))
     fig.update_yaxes(matches="y")  # one accuracy scale, so targets compare at a glance
-    return ReportFigure(name, title, views._layout(fig, height=90 + 230 * rows_n,
+    return ReportFigure(name, title, styled(fig, height=90 + 230 * rows_n,
                                                    margin={"l": 10, "r": 10, "t": 80, "b": 10},
                                                    legend={"orientation": "h", "y": 0.99,
                                                            "yanchor": "top", "x": 0,

@@ -37,7 +37,7 @@ class WorkspaceState:
 def workspace_state(ws: Workspace) -> WorkspaceState:
     """What the pages need to know before anything else: is there a study here to show?"""
     from mashup_core.config import demo_config, load_config
-    from mashup_core.demo.world import world_status
+    from mashup_core.demo.progress import world_status
 
     demo, reason = world_status(ws)
     error = None
