@@ -189,3 +189,20 @@ def test_a_real_study_on_a_cluster_that_loses_a_node_matches_a_local_run(world_c
             (on_cluster / CELLS_FILE).read_text().splitlines()]
     assert sorted(keys) == sorted(numbers(local))  # every cell, each once
     assert numbers(on_cluster) == numbers(local)
+
+
+def test_a_local_study_starts_its_own_ray_beside_a_cluster_on_this_machine(tmp_path, toy_path):
+    """No address: a Ray of the study's own, not whatever cluster runs on this machine (which
+    ray.init would otherwise join, refusing the local num_cpus)."""
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    try:
+        study, logs = tmp_path / "study", tmp_path / "logs"
+        study.mkdir()
+        logs.mkdir()
+        run_tasks(fan6(logs), study, engine="ray", progress=False)
+        assert read_cells(study) == inline_records(tmp_path, lambda d: fan(d, width=6, seconds=0))
+    finally:
+        ray.shutdown()
+        cluster.shutdown()

@@ -77,7 +77,9 @@ def score_library_ray(
                            "LoRA libraries only")
     started_here = not ray.is_initialized()
     if started_here:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False,
+        address = address or os.environ.get("RAY_ADDRESS") or None
+        # No address: a Ray of our own ("local"), not whatever `ray start` cluster runs here.
+        ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
                  ignore_reinit_error=True, **({} if address else {"num_cpus": workers}))
     try:
         remote = ray.remote(num_cpus=1)(score_share)

@@ -296,7 +296,9 @@ def _run_ray(todo: Sequence[CellTask], state: _Progress, address: str | None, on
     try:
         if started_here:
             local = {} if address else {"num_cpus": _cores()}  # a cluster knows its own sizes
-            ray.init(address=address, include_dashboard=False, log_to_driver=False,
+            # No address: a Ray of our own ("local"). Left as None, ray.init joins whatever
+            # `ray start` cluster runs on this machine, and then refuses num_cpus.
+            ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
                      ignore_reinit_error=True, **local)
         # After ray.init, which installs its own SIGTERM handler (it dumps and dies).
         cancelled = stack.enter_context(_sigterm_cancels(raise_now=False))
