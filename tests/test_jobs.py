@@ -203,3 +203,23 @@ def test_old_records_still_read(tmp_path, capsys):
         get_job(ws, "run", "nope")
     with pytest.raises(JobError, match="unknown job kind 'spark'"):
         get_job(ws, "spark", "x")
+
+
+def test_a_killed_studys_progress_reads_killed_not_running(tmp_path):
+    """The engine writes progress.json as it goes; a driver killed mid-study left it saying
+    "running" with tasks running. Read through its job, it says what the job is."""
+    from mashup_core.study.job import study_job
+
+    ws = Workspace(tmp_path / "ws")
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    _records(ws, gone.pid, process_start(os.getpid()))  # a pid that is no longer this job's
+    write_json_atomic(ws.studies_dir / "s1" / "progress.json", {
+        "state": "running", "cells_total": 8, "cells_done": 3,
+        "tasks": {"done": 3, "running": 2, "failed": 0, "pending": 3}})
+    job = study_job(ws.studies_dir / "s1")
+    assert job["state"] == "killed"
+    assert job["progress"]["state"] == "killed"
+    assert job["progress"]["tasks"] == {"done": 3, "running": 0, "failed": 0, "pending": 5}
+    listed = get_job(ws, "study", "s1")
+    assert listed.state == "killed" and listed.progress["tasks"]["running"] == 0

@@ -490,6 +490,7 @@ def _world_status(ws: Workspace, rec: dict, alive: bool, gone: str) -> dict:
 
 
 def _study_status(ws: Workspace, rec: dict, alive: bool, gone: str) -> dict:
+    from mashup_core.jobs.background import study_progress
     from mashup_core.study.engine import PROGRESS_FILE
 
     out: dict[str, Any] = {**_times(rec), "study_id": None, "study_dir": None,
@@ -505,7 +506,8 @@ def _study_status(ws: Workspace, rec: dict, alive: bool, gone: str) -> dict:
     study_dir = ws.studies_dir / study_id
     state, error = _settle(rec, done == total, alive, gone,
                            f"{total - done} of {total} cells are missing")
-    engine = read_json(study_dir / PROGRESS_FILE, {}) if study_dir.is_dir() else {}
+    engine = study_progress(read_json(study_dir / PROGRESS_FILE, {}) if study_dir.is_dir() else {},
+                            "running" if alive else "killed") or {}
     return {**out, "state": state, "error": error, "study_id": study_id,
             "study_dir": str(study_dir) if study_dir.is_dir() else None,
             "progress": {"done": done, "total": total, "unit": "cells"},

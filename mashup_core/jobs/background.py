@@ -83,9 +83,23 @@ def _run_more(ws: Workspace, run_id: str, record: dict) -> dict:
                          "total": steps, "unit": "steps"}}
 
 
-def _study_more(ws: Workspace, study_id: str, record: dict) -> dict:
-    engine = read_json(ws.studies_dir / study_id / STUDY_PROGRESS)
+def study_progress(engine: Any, job_state: str | None) -> dict | None:
+    """A study engine's progress.json as its job stands: the engine writes "running" as it
+    goes, so a driver killed mid-study left "running" and tasks running; once the job is
+    not active its state is the job's (killed, failed, cancelled) and those tasks pending."""
     if not isinstance(engine, dict):
+        return None
+    if job_state in ACTIVE or engine.get("state") != "running":
+        return engine
+    tasks = dict(engine.get("tasks") or {})
+    tasks["pending"] = tasks.get("pending", 0) + tasks.pop("running", 0)
+    return {**engine, "state": job_state or "killed", "tasks": {**tasks, "running": 0}}
+
+
+def _study_more(ws: Workspace, study_id: str, record: dict) -> dict:
+    engine = study_progress(read_json(ws.studies_dir / study_id / STUDY_PROGRESS),
+                            record.get("state"))
+    if engine is None:
         return {}
     return {"progress": {"done": engine.get("cells_done"), "total": engine.get("cells_total"),
                          "unit": "cells", "tasks": engine.get("tasks")}}

@@ -19,6 +19,7 @@ from mashup_core.jobs.background import (
     cancel_job,
     mark_running,
     start_job,
+    study_progress,
     update_job,
 )
 from mashup_core.jobs.record import ACTIVE, job_record, settle
@@ -60,8 +61,8 @@ def study_job(study_dir: Path) -> dict:
         return {}
     job = settle(path, job, KINDS["study"].resume_hint)
     job = {**job, "state": job_record("study", study_dir.name, job).state}  # 'starting' -> queued
-    progress = read_json(study_dir / PROGRESS_FILE)
-    if isinstance(progress, dict):
+    progress = study_progress(read_json(study_dir / PROGRESS_FILE), job["state"])
+    if progress is not None:
         job["progress"] = {k: progress.get(k) for k in
                            ("state", "cells_total", "cells_done", "tasks", "nodes", "errors",
                             "updated")}
