@@ -12,7 +12,7 @@ from mashup_core.views.halving import (
     SELECTIONS,
     halving_figure,
 )
-from mashup_core.views.launch import explain_choice, sweep_from_table
+from mashup_core.views.launch import explain_choice
 from mashup_core.workspace import Workspace
 from pages import _ui
 
@@ -36,12 +36,6 @@ def halving(root: str, spec: dict, n: int, settings: dict, stamp: tuple):
     from mashup_core.views.halving import halving_for_target
 
     return halving_for_target(Workspace.resolve(root), spec, n, **settings)
-
-
-def sweep_figure(table, exclude_task: str | None):
-    """Re-ranking on the first n examples, for growing n (the chart under the bars)."""
-    return views.sweep_figure(sweep_from_table(table, views.sweep_ns(table.n), "nll",
-                                               exclude_task=exclude_task))
 
 
 strategy = st.radio(
@@ -144,7 +138,8 @@ with _ui.shown_errors():
 
     st.subheader("How many examples are enough?")
     with _ui.shown_errors():
-        _ui.chart(sweep_figure, table, exclude_task, key="sweep", inputs=(scored_under, exclude_task))
+        _ui.chart(views.sweep_figure, table, exclude_task, key="sweep",
+                  inputs=(scored_under, exclude_task))
         st.caption("Each point re-ranks the library on the first n examples only. Kendall tau near "
                    "1 means the ranking already matches the one on all examples; the dotted line "
                    "is how often a fresh sample of n picks the same best checkpoint.")

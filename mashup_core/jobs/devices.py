@@ -1,6 +1,8 @@
-"""Which device a job asks for, and the name of its queue."""
+"""Where a job runs: the device it asks for and the name of its queue; the Ray it starts."""
 
 from __future__ import annotations
+
+import os
 
 from mashup_core.errors import MashupError
 
@@ -27,3 +29,18 @@ def device_key(device) -> str:
 
         return f"cuda:{device.index if device.index is not None else torch.cuda.current_device()}"
     return device.type
+
+
+def ray_address(address: str | None) -> str | None:
+    """The Ray cluster a job is pointed at: `address`, else $RAY_ADDRESS; None: a Ray of its own."""
+    return address or os.environ.get("RAY_ADDRESS") or None
+
+
+def start_ray(address: str | None, num_cpus: int) -> None:
+    """Connect to the cluster at `address`, or start a Ray of our own with `num_cpus` ("local":
+    left to itself, ray.init joins any `ray start` cluster on this machine, then refuses the
+    num_cpus a cluster sets for itself)."""
+    import ray
+
+    ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
+             ignore_reinit_error=True, **({} if address else {"num_cpus": num_cpus}))

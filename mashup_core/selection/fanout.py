@@ -16,6 +16,7 @@ from typing import Any
 
 from mashup_core import defaults
 from mashup_core.data.examples import MCExample
+from mashup_core.jobs.devices import ray_address, start_ray
 from mashup_core.selection.scoring import ScoreTable, ScoringError
 
 DEFAULT_SLOTS = 16  # a fanned-out library's group: the same on every worker, for equal tables
@@ -77,10 +78,7 @@ def score_library_ray(
                            "LoRA libraries only")
     started_here = not ray.is_initialized()
     if started_here:
-        address = address or os.environ.get("RAY_ADDRESS") or None
-        # No address: a Ray of our own ("local"), not whatever `ray start` cluster runs here.
-        ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
-                 ignore_reinit_error=True, **({} if address else {"num_cpus": workers}))
+        start_ray(ray_address(address), workers)
     try:
         remote = ray.remote(num_cpus=1)(score_share)
         rows = [{k: v for k, v in ex.to_json().items() if k != "meta"} | {"meta": ex.meta}

@@ -32,6 +32,7 @@ from typing import Any
 
 from mashup_core.errors import MashupError
 from mashup_core.jobs.background import STUDY_PROGRESS
+from mashup_core.jobs.devices import ray_address, start_ray
 from mashup_core.study.spec import append_cell, cell_key, read_cells
 from mashup_core.workspace import write_json_atomic
 
@@ -236,7 +237,7 @@ def run_tasks(tasks: Sequence[CellTask], study_dir: str | Path, *, address: str 
     order = plan_order(tasks)
     study_dir = Path(study_dir)
     run = tasks_to_run(order, set(read_cells(study_dir)))
-    address = address or os.environ.get("RAY_ADDRESS") or None
+    address = ray_address(address)
     state = _Progress(study_dir, engine, address if engine == "ray" else None, order, run,
                       progress)
     outcome = "failed"
@@ -295,11 +296,7 @@ def _run_ray(todo: Sequence[CellTask], state: _Progress, address: str | None, on
     stack = contextlib.ExitStack()
     try:
         if started_here:
-            local = {} if address else {"num_cpus": _cores()}  # a cluster knows its own sizes
-            # No address: a Ray of our own ("local"). Left as None, ray.init joins whatever
-            # `ray start` cluster runs on this machine, and then refuses num_cpus.
-            ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
-                     ignore_reinit_error=True, **local)
+            start_ray(address, _cores())
         # After ray.init, which installs its own SIGTERM handler (it dumps and dies).
         cancelled = stack.enter_context(_sigterm_cancels(raise_now=False))
         labels = _node_labels(ray)

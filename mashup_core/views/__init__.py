@@ -225,8 +225,12 @@ def sweep_ns(n: int) -> list[int]:
     return [*ns, n]
 
 
-def sweep_figure(sweep) -> go.Figure:
-    """Rank stability vs n: Kendall tau with the ranking on all n, and top-1 agreement."""
+def sweep_figure(table, exclude_task: str | None = None) -> go.Figure:
+    """Rank stability vs n: the table re-ranked (by loss) on its first n examples for growing
+    n, Kendall tau with the ranking on all of them, and top-1 agreement."""
+    from mashup_core.selection.scoring import sweep_from_table
+
+    sweep = sweep_from_table(table, sweep_ns(table.n), "nll", exclude_task=exclude_task)
     ns = list(sweep.ns)
     fig = go.Figure()
     fig.add_trace(go.Scatter(x=ns, y=[sweep.tau[n] for n in ns], mode="lines+markers",

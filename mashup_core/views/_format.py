@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,18 @@ def fingerprint(*paths: Path) -> tuple[tuple[str, int, int], ...]:
         newest = max((p.stat().st_mtime_ns for p in files), default=path.stat().st_mtime_ns)
         stamp.append((str(path), len(files), newest))
     return tuple(stamp)
+
+
+def on_first_use(module: str, homes: dict[str, str]) -> Callable[[str], Any]:
+    """A module `__getattr__` (PEP 562) that imports each name of `homes` from its home module
+    when first asked for: what a page reads through a view without importing torch, PEFT or
+    transformers on every page's first run (seconds on a laptop)."""
+    def __getattr__(name: str) -> Any:
+        if name in homes:
+            return getattr(importlib.import_module(homes[name]), name)
+        raise AttributeError(f"module {module!r} has no attribute {name!r}")
+
+    return __getattr__
 
 
 def fmt(value: Any, pattern: str = "{:.2f}") -> str:

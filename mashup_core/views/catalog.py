@@ -8,7 +8,6 @@ defined where it belongs; this module only says which ones the dashboard uses.
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 from mashup_core.compare.payoff import PredictionError
@@ -18,21 +17,16 @@ from mashup_core.merging.weights import WEIGHT_STRATEGIES
 from mashup_core.selection.scorers import EVAL_METRICS, SCORERS, get_scorer
 from mashup_core.selection.store import NotCachedError
 from mashup_core.study.presets import PRESETS
+from mashup_core.views._format import on_first_use
 
 __all__ = ["BENCHMARKS", "EVAL_METRICS", "FINETUNE_MODES", "GOLD_FORMATS", "MERGE_METHODS",  # noqa: F822 (on first use)
            "PRESETS", "SCORERS", "WEIGHT_STRATEGIES", "NotCachedError", "PredictionError",
            "get_scorer", "list_demo_tasks", "method_families", "target_name"]
 
 
-# Read on first use (PEP 562): the LoRA merges import torch and PEFT, seconds on a laptop, and
-# the pages that list no merge method (the Overview a room opens first) should not wait for them.
-_ON_FIRST_USE = {"MERGE_METHODS": "mashup_core.merging.lora"}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _ON_FIRST_USE:
-        return getattr(importlib.import_module(_ON_FIRST_USE[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# The LoRA merges import torch and PEFT: the pages that list no merge method (the Overview a
+# room opens first) do not wait for them.
+__getattr__ = on_first_use(__name__, {"MERGE_METHODS": "mashup_core.merging.lora"})
 
 
 def method_families(kind: str) -> dict[str, list[dict[str, Any]]]:

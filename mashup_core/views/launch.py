@@ -11,21 +11,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from mashup_core.errors import MashupError
+from mashup_core.views._format import on_first_use
 from mashup_core.views.workspace import local_path
 from mashup_core.workspace import Workspace
 
-# The Relevance page's, read on first use (PEP 562): scoring imports torch and transformers,
-# seconds on a laptop, which the pages that score nothing should not wait for.
-_ON_FIRST_USE = {"explain_choice": "mashup_core.selection.scoring",
-                 "sweep_from_table": "mashup_core.selection.scoring"}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _ON_FIRST_USE:
-        import importlib
-
-        return getattr(importlib.import_module(_ON_FIRST_USE[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# The Relevance page's; scoring imports torch and transformers, which the pages that score
+# nothing do not wait for.
+__getattr__ = on_first_use(__name__, {"explain_choice": "mashup_core.selection.scoring"})
 
 
 def relevance_table(ws: Workspace, target: dict[str, Any], n: int, *, cached_only: bool = False,
